@@ -1,0 +1,539 @@
+"""The catalog: the one module that knows the schema.
+
+Every stage reads what it needs from here and writes its own table. The schema is a
+SQLAlchemy 2 typed ORM; changes go through the Alembic migrations in ``db/migrations``.
+SQLite (the default) runs in WAL mode with foreign keys on; any SQLAlchemy URL works.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from curation.errors import CurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
+
+# Candidate statuses (crawl stage).
+PENDING, DOWNLOADED, FAILED, SKIPPED = "pending", "downloaded", "failed", "skipped"
+# Dedup statuses.
+REPRESENTATIVE, DUPLICATE, LEAKED = "representative", "duplicate", "leaked"
+# Annotation verdicts.
+VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip")
+
+
+def utcnow() -> datetime:
+    """Timezone-naive UTC now (SQLite stores no zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# --------------------------------------------------------------------------- classes
+
+
+class ImageClass(Base):
+    """A class of the dataset: an ImageNet-1k/21k synset."""
+
+    __tablename__ = "classes"
+
+    wnid: Mapped[str] = mapped_column(String(16), primary_key=True)
+    index_1k: Mapped[int | None] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    gloss: Mapped[str] = mapped_column(Text, default="")
+    origin: Mapped[str] = mapped_column(String(32), default="imagenet_a")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SearchQuery(Base):
+    """One search query of a class (a WordNet lemma or a hand-written disambiguation)."""
+
+    __tablename__ = "search_queries"
+    __table_args__ = (UniqueConstraint("wnid", "query"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid", ondelete="CASCADE"), index=True)
+    query: Mapped[str] = mapped_column(String(300))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --------------------------------------------------------------------------- crawl
+
+
+class Candidate(Base):
+    """One discovered image URL for one class, with its provenance and download status."""
+
+    __tablename__ = "candidates"
+    __table_args__ = (
+        UniqueConstraint("wnid", "url"),
+        Index("ix_candidates_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str | None] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    page_url: Mapped[str | None] = mapped_column(Text)
+    title: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(Text)
+    license: Mapped[str | None] = mapped_column(String(100))
+    query: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Image(Base):
+    """A stored image, named by the SHA-256 of its original bytes."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to the data directory
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    bytes: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str | None] = mapped_column(String(16))
+    multi_class: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --------------------------------------------------------------------------- filter
+
+
+class Prediction(Base):
+    """One model's output on one image, judged against one class."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("sha256", "wnid", "model", "weights_hash", "rule"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    weights_hash: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(16))  # "restricted" | "top1"
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # "ok" | "failed"
+    error: Mapped[str | None] = mapped_column(Text)
+    top5: Mapped[str | None] = mapped_column(Text)  # JSON [[index, prob], ...] over the full label space
+    pred_index: Mapped[int | None] = mapped_column(Integer)
+    pred_wnid: Mapped[str | None] = mapped_column(String(16))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    margin: Mapped[float | None] = mapped_column(Float)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FilterVerdict(Base):
+    """The filter stage's decision for an (image, class) pair, combining its models."""
+
+    __tablename__ = "filter_verdicts"
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+    wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"), primary_key=True)
+    kept: Mapped[bool] = mapped_column(Boolean)
+    models: Mapped[str] = mapped_column(Text)  # JSON list of "model@weights_hash"
+    keep_rule: Mapped[str] = mapped_column(String(16))  # "all-wrong" | "any-wrong"
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+# --------------------------------------------------------------------------- dedup
+
+
+class PerceptualHash(Base):
+    """64-bit perceptual hashes of an image (stored as signed 64-bit integers)."""
+
+    __tablename__ = "perceptual_hashes"
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+    phash: Mapped[int] = mapped_column(BigInteger)
+    dhash: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DedupStatus(Base):
+    """Where an image stands after dedup: representative, duplicate (of another) or leaked."""
+
+    __tablename__ = "dedup_status"
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    cluster_id: Mapped[str | None] = mapped_column(String(64))  # sha256 of the representative
+    label_conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class DuplicateLink(Base):
+    """A near-duplicate pair: a crawled image and the image (or reference item) it repeats."""
+
+    __tablename__ = "duplicate_links"
+    __table_args__ = (UniqueConstraint("sha256", "other", "reference"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    other: Mapped[str] = mapped_column(Text)  # sha256 of a crawled image, or a reference item key
+    reference: Mapped[str | None] = mapped_column(String(100))  # reference set name, None = crawl
+    hash_kind: Mapped[str] = mapped_column(String(16))
+    distance: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ReferenceSet(Base):
+    """A reference collection (e.g. ImageNet train) whose hashes live in a compact file."""
+
+    __tablename__ = "reference_sets"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    root: Mapped[str | None] = mapped_column(Text)
+    hash_file: Mapped[str] = mapped_column(Text)  # relative to the data directory
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+# --------------------------------------------------------------------------- annotate
+
+
+class Annotation(Base):
+    """One annotator's verdict on an (image, class) pair."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("sha256", "wnid", "annotator"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"), index=True)
+    annotator: Mapped[str] = mapped_column(String(100))
+    verdict: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --------------------------------------------------------------------------- release
+
+
+class Release(Base):
+    """A written dataset release."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))
+    out_dir: Mapped[str] = mapped_column(Text)
+    n_images: Mapped[int] = mapped_column(Integer, default=0)
+    archive_sha256: Mapped[str | None] = mapped_column(String(64))
+    settings: Mapped[str | None] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ReleaseItem(Base):
+    """One image of a release."""
+
+    __tablename__ = "release_items"
+    __table_args__ = (UniqueConstraint("release_id", "sha256", "wnid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"))
+    file: Mapped[str] = mapped_column(Text)
+
+
+class Meta(Base):
+    """Key/value facts about the catalog itself (e.g. whether the recipe was seeded)."""
+
+    __tablename__ = "catalog_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+TABLES: dict[str, type[Base]] = {
+    m.__tablename__: m
+    for m in (
+        ImageClass,
+        SearchQuery,
+        Candidate,
+        Image,
+        Prediction,
+        FilterVerdict,
+        PerceptualHash,
+        DedupStatus,
+        DuplicateLink,
+        ReferenceSet,
+        Annotation,
+        Release,
+        ReleaseItem,
+        Meta,
+    )
+}
+
+
+# --------------------------------------------------------------------------- engine and migrations
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout; its folder is created."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        db_path = Path(url[len("sqlite:///") :])
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CurationError(f"cannot create the catalog folder {db_path.parent}: {exc.strerror}") from None
+    try:
+        engine = create_engine(url, future=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise CurationError(f"bad catalog URL {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this code."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the catalog is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the Alembic migrations up to ``revision``."""
+    from alembic import command
+
+    cfg = _alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+class Catalog:
+    """An open, migrated catalog: an engine plus a session factory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+
+def open_catalog(url: str, *, auto_upgrade: bool = True, seed: bool = True) -> Catalog:
+    """Open (creating and migrating if needed) the catalog at ``url``.
+
+    A new catalog is seeded with the shipped ImageNet-A class recipe. An older catalog is
+    upgraded automatically; if that is switched off, the error names the one command to run.
+    """
+    engine = make_engine(url)
+    try:
+        current = current_revision(engine)
+        head = head_revision()
+        if current != head:
+            if current is not None and not auto_upgrade:
+                raise CurationError(
+                    f"the catalog is at schema {current}, this code needs {head}: run `curation db upgrade`"
+                )
+            if current is not None:
+                print(f"curation: upgrading catalog schema {current} -> {head}", file=sys.stderr)
+            upgrade(engine)
+        catalog = Catalog(engine)
+        if seed:
+            seed_default_classes(catalog)
+        return catalog
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc).splitlines()[0]
+        raise CurationError(f"cannot open the catalog {engine.url.render_as_string()}: {reason}") from None
+
+
+def seed_default_classes(catalog: Catalog) -> None:
+    """Load the shipped class recipe into a catalog the first time it is opened."""
+    with catalog.session() as session:
+        if session.get(Meta, "seeded") is not None:
+            return
+        from curation.classes import DEFAULT_RECIPE, import_recipe
+
+        import_recipe(session, DEFAULT_RECIPE, only_missing=True)
+        session.add(Meta(key="seeded", value=utcnow().isoformat()))
+
+
+# --------------------------------------------------------------------------- reading helpers
+
+
+def accepted_pairs(session: Session, votes_needed: int = 1) -> set[tuple[str, str]]:
+    """(sha256, wnid) pairs accepted by annotation: at least a majority of ``votes_needed`` accepts
+    and more accepts than other verdicts (skips do not count)."""
+    rows = session.execute(
+        select(Annotation.sha256, Annotation.wnid, Annotation.verdict, func.count())
+        .where(Annotation.verdict != "skip")
+        .group_by(Annotation.sha256, Annotation.wnid, Annotation.verdict)
+    ).all()
+    tally: dict[tuple[str, str], dict[str, int]] = {}
+    for sha, wnid, verdict, n in rows:
+        tally.setdefault((sha, wnid), {})[verdict] = n
+    need = votes_needed // 2 + 1
+    accepted = set()
+    for pair, counts in tally.items():
+        accepts = counts.get("accept", 0)
+        if accepts >= need and accepts > sum(counts.values()) - accepts:
+            accepted.add(pair)
+    return accepted
+
+
+def funnel(session: Session, votes_needed: int = 1) -> list[dict[str, Any]]:
+    """Per-class counts through the pipeline, one dict per class, in wnid order."""
+    classes = session.execute(select(ImageClass.wnid, ImageClass.name).order_by(ImageClass.wnid)).all()
+    counts: dict[str, dict[str, int]] = {
+        wnid: {"candidates": 0, "downloaded": 0, "failed": 0, "kept": 0, "unique": 0, "accepted": 0, "released": 0}
+        for wnid, _ in classes
+    }
+
+    def add(column: str, rows: Any) -> None:
+        for wnid, n in rows:
+            if wnid in counts:
+                counts[wnid][column] += n
+
+    add("candidates", session.execute(select(Candidate.wnid, func.count()).group_by(Candidate.wnid)))
+    for status, column in ((DOWNLOADED, "downloaded"), (FAILED, "failed")):
+        add(
+            column,
+            session.execute(
+                select(Candidate.wnid, func.count()).where(Candidate.status == status).group_by(Candidate.wnid)
+            ),
+        )
+    add(
+        "kept",
+        session.execute(
+            select(FilterVerdict.wnid, func.count()).where(FilterVerdict.kept.is_(True)).group_by(FilterVerdict.wnid)
+        ),
+    )
+    add(
+        "unique",
+        session.execute(
+            select(FilterVerdict.wnid, func.count())
+            .join(DedupStatus, DedupStatus.sha256 == FilterVerdict.sha256)
+            .where(FilterVerdict.kept.is_(True), DedupStatus.status == REPRESENTATIVE)
+            .group_by(FilterVerdict.wnid)
+        ),
+    )
+    for _sha, wnid in accepted_pairs(session, votes_needed):
+        if wnid in counts:
+            counts[wnid]["accepted"] += 1
+    latest = session.scalar(select(func.max(Release.id)))
+    if latest is not None:
+        add(
+            "released",
+            session.execute(
+                select(ReleaseItem.wnid, func.count())
+                .where(ReleaseItem.release_id == latest)
+                .group_by(ReleaseItem.wnid)
+            ),
+        )
+    return [{"wnid": wnid, "name": name, **counts[wnid]} for wnid, name in classes]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def table_names() -> list[str]:
+    """Names of every catalog table, in schema order."""
+    return list(TABLES)
+
+
+def export_table(catalog: Catalog, table: str, fmt: str, out: io.TextIOBase) -> int:
+    """Write every row of ``table`` to ``out`` as CSV or JSON lines; returns the row count."""
+    if table not in TABLES:
+        raise CurationError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    model = TABLES[table]
+    columns = [c.key for c in inspect(model).columns]
+    n = 0
+    with catalog.session() as session:
+        rows = session.execute(select(*[getattr(model, c) for c in columns])).all()
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
+            n += 1
+    else:
+        for row in rows:
+            record = {c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(columns, row, strict=True)}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+    return n

@@ -1,0 +1,213 @@
+"""Classes: the shipped ImageNet-A recipe and user-added synsets (`curation classes`)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from curation.errors import CurationError
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data" / "classes" / "imagenet_a.csv"
+QUERY_SEPARATOR = " | "
+RECIPE_COLUMNS = ["wnid", "index_1k", "name", "gloss", "queries"]
+
+
+@cache
+def _timm_info_dir() -> Path:
+    """timm's label metadata folder, found without importing timm (and torch)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise CurationError("timm is not installed: it provides the ImageNet label metadata")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
+
+
+def _read_tsv(name: str) -> dict[str, str]:
+    text = (_timm_info_dir() / name).read_text(encoding="utf-8")
+    return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+
+
+@cache
+def wordnet_lemmas() -> dict[str, str]:
+    """wnid -> comma-separated WordNet lemmas, for every ImageNet-21k synset timm knows."""
+    return _read_tsv("imagenet_synset_to_lemma.txt")
+
+
+@cache
+def wordnet_glosses() -> dict[str, str]:
+    """wnid -> WordNet gloss, for every ImageNet-21k synset timm knows."""
+    return _read_tsv("imagenet_synset_to_definition.txt")
+
+
+@cache
+def imagenet_1k_wnids() -> list[str]:
+    """The 1,000 ImageNet-1k wnids in model output order."""
+    return (_timm_info_dir() / "imagenet_synsets.txt").read_text().split()
+
+
+def imagenet_a_reference() -> tuple[list[str], list[int]]:
+    """timm's ImageNet-A wnids and their ImageNet-1k indices."""
+    info = _timm_info_dir()
+    wnids = (info / "imagenet_a_synsets.txt").read_text().split()
+    indices = [int(x) for x in (info / "imagenet_a_indices.txt").read_text().split()]
+    return wnids, indices
+
+
+def describe_synset(wnid: str) -> dict[str, Any]:
+    """Name, gloss, lemmas and 1k index of a synset from timm's metadata; refuses unknown wnids."""
+    lemmas = wordnet_lemmas().get(wnid)
+    if lemmas is None:
+        raise CurationError(f"unknown wnid {wnid!r}: not an ImageNet-1k/21k synset (expected e.g. n01498041)")
+    one_k = imagenet_1k_wnids()
+    lemma_list = [x.strip() for x in lemmas.split(",") if x.strip()]
+    return {
+        "wnid": wnid,
+        "name": lemma_list[0],
+        "gloss": wordnet_glosses().get(wnid, ""),
+        "lemmas": lemma_list,
+        "index_1k": one_k.index(wnid) if wnid in one_k else None,
+    }
+
+
+def upsert_class(
+    session: Session,
+    wnid: str,
+    name: str | None = None,
+    gloss: str | None = None,
+    queries: list[str] | None = None,
+    index_1k: int | None = None,
+    origin: str = "user",
+) -> None:
+    """Add or update a class; missing name, gloss, queries and index come from WordNet via timm."""
+    from curation.catalog import ImageClass, SearchQuery
+
+    info = describe_synset(wnid)
+    queries = [q.strip() for q in (queries or info["lemmas"]) if q.strip()]
+    if name and name not in queries:
+        queries.insert(0, name)
+    row = session.get(ImageClass, wnid)
+    if row is None:
+        row = ImageClass(wnid=wnid, origin=origin)
+        session.add(row)
+    row.name = name or info["name"]
+    row.gloss = gloss if gloss is not None else info["gloss"]
+    row.index_1k = index_1k if index_1k is not None else info["index_1k"]
+    session.flush()
+    session.execute(delete(SearchQuery).where(SearchQuery.wnid == wnid))
+    seen: set[str] = set()
+    for position, query in enumerate(queries):
+        if query.lower() in seen:
+            continue
+        seen.add(query.lower())
+        session.add(SearchQuery(wnid=wnid, query=query, position=position))
+
+
+def read_recipe(path: Path) -> list[dict[str, Any]]:
+    """Rows of a class recipe CSV (columns wnid[,index_1k,name,gloss,queries])."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "wnid" not in reader.fieldnames:
+                raise CurationError(f"{path}: a class recipe needs a 'wnid' column")
+            rows = list(reader)
+    except OSError as exc:
+        raise CurationError(f"cannot read class recipe {path}: {exc.strerror}") from None
+    recipe = []
+    for line, row in enumerate(rows, start=2):
+        wnid = (row.get("wnid") or "").strip()
+        if not wnid:
+            raise CurationError(f"{path}:{line}: empty wnid")
+        index = (row.get("index_1k") or "").strip()
+        queries = [q.strip() for q in (row.get("queries") or "").split("|") if q.strip()]
+        recipe.append(
+            {
+                "wnid": wnid,
+                "index_1k": int(index) if index else None,
+                "name": (row.get("name") or "").strip() or None,
+                "gloss": (row.get("gloss") or "").strip() or None,
+                "queries": queries or None,
+            }
+        )
+    return recipe
+
+
+def import_recipe(session: Session, path: Path, origin: str = "imagenet_a", only_missing: bool = False) -> int:
+    """Add or update every class of a recipe CSV (only add, with ``only_missing``); returns
+    how many classes it held."""
+    from curation.catalog import ImageClass
+
+    recipe = read_recipe(path)
+    existing = set(session.scalars(select(ImageClass.wnid))) if only_missing else set()
+    for row in recipe:
+        if row["wnid"] not in existing:
+            upsert_class(session, origin=origin, **row)
+    return len(recipe)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("classes", help="list, add or import classes")
+    sub = parser.add_subparsers(dest="classes_command", metavar="{list,add,import}", required=True)
+    listing = sub.add_parser("list", help="print the catalog's classes")
+    listing.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    add = sub.add_parser("add", help="add an ImageNet-1k/21k synset as a class")
+    add.add_argument("wnid")
+    add.add_argument("--name", help="display name (default: first WordNet lemma)")
+    add.add_argument("--gloss", help="description (default: WordNet gloss)")
+    add.add_argument("--query", action="append", help="search query (repeatable; default: WordNet lemmas)")
+    imp = sub.add_parser("import", help="add or update the classes of a recipe CSV")
+    imp.add_argument("file", type=Path)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Any) -> int:
+    from curation.catalog import ImageClass, SearchQuery, open_catalog
+
+    catalog = open_catalog(settings.db_url)
+    if args.classes_command == "add":
+        with catalog.session() as session:
+            upsert_class(session, args.wnid, name=args.name, gloss=args.gloss, queries=args.query)
+        print(f"added {args.wnid}")
+        return 0
+    if args.classes_command == "import":
+        with catalog.session() as session:
+            n = import_recipe(session, args.file, origin="user")
+        print(f"imported {n} classes from {args.file}")
+        return 0
+    with catalog.session() as session:
+        classes = session.scalars(select(ImageClass).order_by(ImageClass.wnid)).all()
+        queries: dict[str, list[str]] = {}
+        for q in session.scalars(select(SearchQuery).order_by(SearchQuery.wnid, SearchQuery.position)):
+            queries.setdefault(q.wnid, []).append(q.query)
+    records = [
+        {
+            "wnid": c.wnid,
+            "index_1k": c.index_1k,
+            "name": c.name,
+            "gloss": c.gloss,
+            "queries": QUERY_SEPARATOR.join(queries.get(c.wnid, [])),
+        }
+        for c in classes
+    ]
+    if args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=RECIPE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    elif args.format == "json":
+        print(json.dumps(records, indent=1, ensure_ascii=False))
+    else:
+        for r in records:
+            index = "" if r["index_1k"] is None else r["index_1k"]
+            print(f"{r['wnid']}  {index!s:>4}  {r['name']}")
+        print(f"{len(records)} classes")
+    return 0

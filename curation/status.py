@@ -1,0 +1,86 @@
+"""Catalog-wide commands: `status` (the per-class funnel), `export` and `db`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from curation.catalog import (
+    current_revision,
+    export_table,
+    funnel,
+    head_revision,
+    make_engine,
+    open_catalog,
+    table_names,
+    upgrade,
+)
+from curation.config import Settings
+from curation.errors import CurationError
+
+FUNNEL_COLUMNS = ("candidates", "downloaded", "failed", "kept", "unique", "accepted", "released")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    status = subparsers.add_parser("status", help="per-class funnel: candidates to released")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=run_status)
+
+    export = subparsers.add_parser("export", help="export a catalog table as CSV or JSON lines")
+    export.add_argument("table", choices=table_names(), metavar="TABLE", help=", ".join(table_names()))
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.set_defaults(func=run_export)
+
+    db = subparsers.add_parser("db", help="catalog schema: show or upgrade the migration revision")
+    db.add_argument("db_command", choices=["upgrade", "current"])
+    db.set_defaults(func=run_db)
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    catalog = open_catalog(settings.db_url)
+    votes_needed = int(settings.get("annotate", "votes_needed", 1))
+    with catalog.session() as session:
+        rows = funnel(session, votes_needed)
+    totals = {c: sum(r[c] for r in rows) for c in FUNNEL_COLUMNS}
+    if args.json:
+        print(json.dumps({"classes": rows, "totals": totals}, ensure_ascii=False))
+        return 0
+    print_funnel(rows, totals)
+    return 0
+
+
+def print_funnel(rows: list[dict[str, Any]], totals: dict[str, int]) -> None:
+    name_width = min(28, max([len(r["name"]) for r in rows] + [5]))
+    header = f"{'wnid':<10} {'class':<{name_width}} " + " ".join(f"{c:>10}" for c in FUNNEL_COLUMNS)
+    print(header)
+    for r in rows:
+        print(
+            f"{r['wnid']:<10} {r['name'][:name_width]:<{name_width}} " + " ".join(f"{r[c]:>10}" for c in FUNNEL_COLUMNS)
+        )
+    print(f"{'total':<10} {len(rows):<{name_width}} " + " ".join(f"{totals[c]:>10}" for c in FUNNEL_COLUMNS))
+
+
+def run_export(args: argparse.Namespace, settings: Settings) -> int:
+    catalog = open_catalog(settings.db_url)
+    if args.output is None:
+        n = export_table(catalog, args.table, args.format, sys.stdout)
+    else:
+        try:
+            with open(args.output, "w", newline="", encoding="utf-8") as out:
+                n = export_table(catalog, args.table, args.format, out)
+        except OSError as exc:
+            raise CurationError(f"cannot write {args.output}: {exc.strerror}") from None
+        print(f"exported {n} rows of {args.table} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_db(args: argparse.Namespace, settings: Settings) -> int:
+    engine = make_engine(settings.db_url)
+    if args.db_command == "upgrade":
+        upgrade(engine)
+    print(f"catalog schema {current_revision(engine)} (code expects {head_revision()})")
+    return 0

