@@ -1,17 +1,636 @@
-"""`curation release` (not implemented yet)."""
+"""`curation release OUT_DIR`: write the dataset in the original ImageNet-A layout.
+
+Selected are the (image, class) pairs the filter kept, that dedup left as representatives (not
+duplicates, not leaked against a reference set, no label conflict) and that annotation accepted;
+an image accepted for more than one class is left out (ImageNet-A images show a single class).
+
+``OUT_DIR/<name>/<wnid>/<sha256>.jpg`` holds the images. JPEG originals are copied byte for byte;
+other formats (PNG, GIF, WebP) and JPEGs whose EXIF orientation is not upright (loaders such as
+``ImageFolder`` ignore EXIF) are re-encoded once as JPEG (quality 95) from the catalog's agreed
+RGB view, so every file is a ``.jpg`` that shows what the filter model saw. Beside the images:
+``README.txt`` ("wnid name" lines), ``manifest.csv``, ``ATTRIBUTION.md``, ``DATASHEET.md`` and
+``SHA256SUMS``; beside the folder, a deterministic ``<name>.tar.gz`` (sorted entries, fixed
+mtime/owners, gzip mtime 0) and its ``.sha256``. Everything is written to a hidden temporary
+folder beside OUT_DIR and renamed at the end, so a killed release leaves nothing half-made.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from curation import catalog as cat
+from curation.config import Settings
 from curation.errors import CurationError
+
+MANIFEST_COLUMNS = [
+    "file",
+    "wnid",
+    "class_name",
+    "sha256",
+    "image_sha256",
+    "width",
+    "height",
+    "converted_from",
+    "source",
+    "image_url",
+    "page_url",
+    "title",
+    "author",
+    "license",
+    "filter_model",
+    "filter_prediction",
+    "filter_prediction_name",
+    "filter_confidence",
+    "votes_accept",
+    "votes_total",
+]
+JPEG_QUALITY = 95
+ARCHIVE_MTIME = 0
+SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
+ATTRIBUTION_LICENCE = re.compile(r"\bby\b", re.IGNORECASE)
+
+
+@dataclass
+class Item:
+    """One (image, class) pair of the release with everything the manifest says about it."""
+
+    sha256: str
+    wnid: str
+    class_name: str
+    path: str  # of the original, relative to the data directory
+    format: str
+    width: int
+    height: int
+    source: str = ""
+    image_url: str = ""
+    page_url: str = ""
+    title: str = ""
+    author: str = ""
+    license: str = ""
+    crawled_at: datetime | None = None
+    filter_model: str = ""
+    filter_rule: str = ""
+    filter_prediction: str = ""
+    filter_prediction_name: str = ""
+    filter_confidence: float | None = None
+    keep_rule: str = ""
+    votes: Counter = field(default_factory=Counter)
+
+    @property
+    def file(self) -> str:
+        return f"{self.wnid}/{self.sha256}.jpg"
+
+
+@dataclass
+class Selection:
+    """The chosen items plus how many pairs were left out, by reason."""
+
+    items: list[Item]
+    dropped: Counter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("release", help="release stage (not implemented yet)")
+    parser = subparsers.add_parser(
+        "release", help="write the ImageFolder release, its manifest, datasheet, checksums and tarball"
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to create (must be empty or absent)")
+    parser.add_argument("--name", default="imagenet-a-rebuilt", help="dataset folder and archive name")
+    parser.add_argument("--version", dest="release_version", default="1.0", help="release version (default 1.0)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--min-per-class", type=int, default=0, metavar="N", help="leave out classes with fewer")
+    parser.add_argument("--max-per-class", type=int, default=None, metavar="N", help="keep at most N per class")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
-    raise CurationError("`curation release` is not implemented yet")
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        raise CurationError(f"bad --name {args.name!r}: use letters, digits, '.', '_' and '-'")
+    if args.min_per_class < 0 or (args.max_per_class is not None and args.max_per_class < 1):
+        raise CurationError("--min-per-class must be >= 0 and --max-per-class >= 1")
+    if args.max_per_class is not None and args.max_per_class < args.min_per_class:
+        raise CurationError("--max-per-class is smaller than --min-per-class")
+    out_dir: Path = args.out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CurationError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.force:
+        raise CurationError(f"{out_dir} is not empty; pass --force to replace it")
+    votes_needed = int(settings.get("annotate", "votes_needed", 1))
+    catalog = cat.open_catalog(settings.db_url)
+    with catalog.session() as session:
+        selection = select_items(session, votes_needed, args.min_per_class, args.max_per_class)
+        if not selection.items:
+            raise CurationError(
+                f"nothing to release: no image is kept by the filter, unique and accepted (votes_needed={votes_needed})"
+            )
+        context = datasheet_context(session, settings, selection, votes_needed, args)
+    written, failures = write_release(selection.items, out_dir, args.name, settings.data_dir, context)
+    options = {
+        "name": args.name,
+        "version": args.release_version,
+        "votes_needed": votes_needed,
+        "min_per_class": args.min_per_class,
+        "max_per_class": args.max_per_class,
+        "left_out": dict(sorted(selection.dropped.items())),
+        "failed": dict(sorted(Counter(failures.values()).items())),
+    }
+    with catalog.session() as session:
+        record = cat.Release(
+            name=args.name,
+            version=args.release_version,
+            out_dir=str(out_dir.resolve()),
+            n_images=len(written),
+            archive_sha256=context["archive_sha256"],
+            settings=json.dumps(options, sort_keys=True),
+        )
+        session.add(record)
+        session.flush()
+        session.add_all(
+            [cat.ReleaseItem(release_id=record.id, sha256=i.sha256, wnid=i.wnid, file=i.file) for i in written]
+        )
+    n_classes = len({i.wnid for i in written})
+    left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(selection.dropped.items())) or "none"
+    print(
+        f"release {args.name} {args.release_version}: {len(written)} images in {n_classes} classes "
+        f"written to {out_dir} ({len(failures)} failed; left out: {left_out}); "
+        f"archive sha256 {context['archive_sha256']}",
+        file=sys.stderr,
+    )
+    for sha, reason in sorted(failures.items()):
+        print(f"  failed {sha[:16]}: {reason}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_items(session: Session, votes_needed: int, min_per_class: int, max_per_class: int | None) -> Selection:
+    """The release's (image, class) pairs with their provenance; deterministic for a given catalog.
+
+    Above ``max_per_class`` a class keeps its images with the smallest sha256 (a fixed pseudo-random
+    choice); classes below ``min_per_class`` are left out whole.
+    """
+    dropped: Counter = Counter()
+    rows = session.execute(
+        select(cat.FilterVerdict, cat.DedupStatus, cat.Image)
+        .join(cat.DedupStatus, cat.DedupStatus.sha256 == cat.FilterVerdict.sha256)
+        .join(cat.Image, cat.Image.sha256 == cat.FilterVerdict.sha256)
+        .where(cat.FilterVerdict.kept.is_(True), cat.DedupStatus.status == cat.REPRESENTATIVE)
+        .order_by(cat.FilterVerdict.wnid, cat.FilterVerdict.sha256)
+    ).all()
+    accepted = cat.accepted_pairs(session, votes_needed)
+    names = dict(session.execute(select(cat.ImageClass.wnid, cat.ImageClass.name)).all())
+    chosen: list[tuple[cat.FilterVerdict, cat.Image]] = []
+    for verdict, dedup, image in rows:
+        if (verdict.sha256, verdict.wnid) not in accepted:
+            dropped["not accepted"] += 1
+        elif dedup.label_conflict:
+            dropped["label conflict"] += 1
+        else:
+            chosen.append((verdict, image))
+    classes_of = Counter(verdict.sha256 for verdict, _ in chosen)
+    single = [(v, im) for v, im in chosen if classes_of[v.sha256] == 1]
+    dropped["accepted for several classes"] += len(chosen) - len(single)
+    by_class: dict[str, list[tuple[cat.FilterVerdict, cat.Image]]] = defaultdict(list)
+    for verdict, image in single:
+        by_class[verdict.wnid].append((verdict, image))
+    items: list[Item] = []
+    for wnid in sorted(by_class):
+        pairs = by_class[wnid]  # already in sha256 order
+        if len(pairs) < min_per_class:
+            dropped[f"class below --min-per-class {min_per_class}"] += len(pairs)
+            continue
+        if max_per_class is not None and len(pairs) > max_per_class:
+            dropped[f"above --max-per-class {max_per_class}"] += len(pairs) - max_per_class
+            pairs = pairs[:max_per_class]
+        for verdict, image in pairs:
+            items.append(
+                Item(
+                    sha256=image.sha256,
+                    wnid=wnid,
+                    class_name=names.get(wnid, wnid),
+                    path=image.path,
+                    format=image.format,
+                    width=image.width,
+                    height=image.height,
+                    keep_rule=verdict.keep_rule,
+                    filter_model=_first_model(verdict.models),
+                )
+            )
+    _attach_provenance(session, items, names)
+    return Selection(items=items, dropped=Counter({k: v for k, v in dropped.items() if v}))
+
+
+def _first_model(models_json: str) -> str:
+    try:
+        models = json.loads(models_json)
+    except (TypeError, ValueError):
+        return ""
+    return str(models[0]) if isinstance(models, list) and models else ""
+
+
+def _attach_provenance(session: Session, items: list[Item], names: dict[str, str]) -> None:
+    """Fill each item's source, licence, filter prediction and votes from the catalog."""
+    shas = {i.sha256 for i in items}
+    candidates: dict[tuple[str, str], cat.Candidate] = {}
+    any_class: dict[str, cat.Candidate] = {}
+    for cand in session.scalars(
+        select(cat.Candidate).where(cat.Candidate.status == cat.DOWNLOADED).order_by(cat.Candidate.id)
+    ):
+        if cand.image_sha256 in shas:
+            candidates.setdefault((cand.image_sha256, cand.wnid), cand)
+            any_class.setdefault(cand.image_sha256, cand)
+    predictions: dict[tuple[str, str], dict[str, cat.Prediction]] = defaultdict(dict)
+    for pred in session.scalars(
+        select(cat.Prediction)
+        .where(cat.Prediction.status == "ok")
+        .order_by(cat.Prediction.rule.desc(), cat.Prediction.id)
+    ):  # "top1" before "restricted", so the restricted rule wins when a model ran both
+        if pred.sha256 in shas:
+            predictions[(pred.sha256, pred.wnid)][f"{pred.model}@{pred.weights_hash}"] = pred
+    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for ann in session.scalars(select(cat.Annotation).where(cat.Annotation.verdict != "skip")):
+        if ann.sha256 in shas:
+            votes[(ann.sha256, ann.wnid)][ann.verdict] += 1
+    from curation.classes import wordnet_lemmas
+
+    lemmas = wordnet_lemmas()
+    for item in items:
+        cand = candidates.get((item.sha256, item.wnid)) or any_class.get(item.sha256)
+        if cand is not None:
+            item.source = cand.source
+            item.image_url = cand.url or ""
+            item.page_url = cand.page_url or ""
+            item.title = cand.title or ""
+            item.author = cand.author or ""
+            item.license = cand.license or ""
+            item.crawled_at = cand.created_at
+        by_model = predictions.get((item.sha256, item.wnid), {})
+        if item.filter_model not in by_model and by_model:
+            item.filter_model = min(by_model)
+        pred = by_model.get(item.filter_model)
+        if pred is not None:
+            item.filter_rule = pred.rule
+            item.filter_prediction = pred.pred_wnid or ""
+            item.filter_prediction_name = (
+                names.get(pred.pred_wnid or "") or lemmas.get(pred.pred_wnid or "", "").split(",")[0]
+            )
+            item.filter_confidence = pred.confidence
+        item.votes = votes.get((item.sha256, item.wnid), Counter())
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def released_bytes(original: Path, fmt: str) -> tuple[bytes, str]:
+    """The bytes to release for an original image and the format it was converted from ('' if copied)."""
+    from PIL import Image
+
+    data = original.read_bytes()
+    if fmt.upper() == "JPEG":
+        with Image.open(io.BytesIO(data)) as im:
+            orientation = im.getexif().get(0x0112, 1)
+        if orientation == 1:
+            return data, ""
+    from curation.storage import open_rgb
+
+    buffer = io.BytesIO()
+    open_rgb(original).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue(), fmt.upper() if fmt.upper() != "JPEG" else "JPEG (EXIF-rotated)"
+
+
+def write_release(
+    items: list[Item], out_dir: Path, name: str, data_dir: Path, context: dict[str, Any]
+) -> tuple[list[Item], dict[str, str]]:
+    """Write the release under a temporary folder and rename it to ``out_dir``.
+
+    Returns the written items and, per failed sha256, a one-line reason (missing or changed file).
+    Sets ``context["archive_sha256"]``.
+    """
+    from tqdm import tqdm
+
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CurationError(f"cannot create {parent}: {exc.strerror}") from None
+    for stale in parent.glob(f".{out_dir.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    temp = parent / f".{out_dir.name}.partial-{os.getpid()}"
+    root = temp / name
+    root.mkdir(parents=True)
+    written: list[Item] = []
+    failures: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for item in tqdm(items, desc="release", unit="img", file=sys.stderr, disable=None):
+            original = data_dir / item.path
+            try:
+                if hashlib.sha256(original.read_bytes()).hexdigest() != item.sha256:
+                    failures[item.sha256] = f"{original} no longer matches its sha256"
+                    continue
+                data, converted_from = released_bytes(original, item.format)
+            except OSError as exc:
+                failures[item.sha256] = f"cannot read {original}: {exc.strerror or exc}"
+                continue
+            target = root / item.file
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(data)
+            written.append(item)
+            rows.append(_manifest_row(item, hashlib.sha256(data).hexdigest(), converted_from))
+        if not written:
+            raise CurationError("nothing released: every selected image failed to copy")
+        write_metadata(root, written, rows, context)
+        archive = temp / f"{name}.tar.gz"
+        write_archive(root, archive)
+        context["archive_sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+        (temp / f"{name}.tar.gz.sha256").write_text(f"{context['archive_sha256']}  {name}.tar.gz\n")
+        _swap_into_place(temp, out_dir)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return written, failures
+
+
+def _swap_into_place(temp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = out_dir.resolve().parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+        temp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        temp.rename(out_dir)
+
+
+def _manifest_row(item: Item, file_sha256: str, converted_from: str) -> dict[str, Any]:
+    return {
+        "file": item.file,
+        "wnid": item.wnid,
+        "class_name": item.class_name,
+        "sha256": file_sha256,
+        "image_sha256": item.sha256,
+        "width": item.width,
+        "height": item.height,
+        "converted_from": converted_from,
+        "source": item.source,
+        "image_url": item.image_url,
+        "page_url": item.page_url,
+        "title": item.title,
+        "author": item.author,
+        "license": item.license,
+        "filter_model": item.filter_model,
+        "filter_prediction": item.filter_prediction,
+        "filter_prediction_name": item.filter_prediction_name,
+        "filter_confidence": "" if item.filter_confidence is None else repr(float(item.filter_confidence)),
+        "votes_accept": item.votes.get("accept", 0),
+        "votes_total": sum(item.votes.values()),
+    }
+
+
+def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], context: dict[str, Any]) -> None:
+    """README.txt, manifest.csv, ATTRIBUTION.md, DATASHEET.md, then SHA256SUMS over every file."""
+    classes = sorted({(i.wnid, i.class_name) for i in items})
+    readme = [
+        f"{context['name']} {context['version']}: {len(items)} natural adversarial examples in {len(classes)} classes,",
+        "one folder per WordNet ID (torchvision ImageFolder layout). Provenance and licences: manifest.csv,",
+        "ATTRIBUTION.md and DATASHEET.md. The WordNet ID and name of each class is as follows.",
+        "",
+        *[f"{wnid} {name}" for wnid, name in classes],
+    ]
+    (root / "README.txt").write_text("\n".join(readme) + "\n", encoding="utf-8")
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["file"]))
+    (root / "ATTRIBUTION.md").write_text(attribution(context["name"], items), encoding="utf-8")
+    (root / "DATASHEET.md").write_text(datasheet(items, context), encoding="utf-8")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    sums = [f"{hashlib.sha256((root / f).read_bytes()).hexdigest()}  {f}" for f in files if f != "SHA256SUMS"]
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
+
+
+def write_archive(root: Path, archive: Path) -> None:
+    """A byte-reproducible ``.tar.gz`` of ``root``: sorted entries, fixed mtime, owner and modes."""
+    entries = sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix())
+    with open(archive, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for path in [root, *entries]:
+                info = tarfile.TarInfo(path.relative_to(root.parent).as_posix())
+                info.mtime = ARCHIVE_MTIME
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if path.is_dir():
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                else:
+                    info.mode, info.size = 0o644, path.stat().st_size
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+
+
+# --------------------------------------------------------------------------- attribution and datasheet
+
+
+def needs_attribution(licence: str) -> bool:
+    """Whether a licence string is a Creative Commons licence with the BY (attribution) clause."""
+    lowered = licence.lower()
+    words = re.sub(r"[-_/]", " ", lowered)
+    return ("cc" in lowered or "creativecommons" in lowered) and bool(ATTRIBUTION_LICENCE.search(words))
+
+
+def attribution(name: str, items: list[Item]) -> str:
+    """ATTRIBUTION.md: one credit line per image, attribution-licensed ones first."""
+    lines = [
+        f"# Attribution for {name}",
+        "",
+        "Images under Creative Commons licences with the BY clause (CC BY, CC BY-SA, ...) may be shared",
+        "only with credit to their authors. Each line gives the file, its title, author, licence and source page.",
+        "",
+        "## Images that require attribution",
+        "",
+    ]
+    required = [i for i in items if needs_attribution(i.license)]
+    others = [i for i in items if not needs_attribution(i.license)]
+    lines += [_credit(i) for i in sorted(required, key=lambda i: i.file)] or ["(none)"]
+    lines += ["", "## Other images", ""]
+    lines += [_credit(i) for i in sorted(others, key=lambda i: i.file)] or ["(none)"]
+    return "\n".join(lines) + "\n"
+
+
+def _credit(item: Item) -> str:
+    title = f'"{item.title}"' if item.title else "untitled"
+    author = item.author or "unknown author"
+    licence = item.license or "licence unknown"
+    page = item.page_url or item.image_url or "no source page recorded"
+    return f"- `{item.file}`: {title} by {author}, {licence}, {item.source or 'unknown source'}: <{page}>"
+
+
+def datasheet_context(
+    session: Session, settings: Settings, selection: Selection, votes_needed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Facts for the datasheet that come from the catalog and settings (never from the clock)."""
+    references = session.execute(
+        select(cat.ReferenceSet.name, cat.ReferenceSet.count, cat.ReferenceSet.complete).order_by(cat.ReferenceSet.name)
+    ).all()
+    annotations = session.execute(
+        select(cat.Annotation.sha256, cat.Annotation.wnid, cat.Annotation.annotator, cat.Annotation.verdict)
+    ).all()
+    annotation_dates = (
+        session.execute(select(cat.Annotation.created_at).order_by(cat.Annotation.created_at)).scalars().all()
+    )
+
+    def public(section: str) -> dict[str, Any]:
+        return {k: v for k, v in sorted(settings.section(section).items()) if not SECRET_KEY.search(k)}
+
+    return {
+        "name": args.name,
+        "version": args.release_version,
+        "votes_needed": votes_needed,
+        "min_per_class": args.min_per_class,
+        "max_per_class": args.max_per_class,
+        "dropped": selection.dropped,
+        "references": references,
+        "agreement": annotator_agreement(annotations),
+        "annotation_dates": (annotation_dates[0], annotation_dates[-1]) if annotation_dates else None,
+        "thresholds": {"filter": public("filter"), "dedup": public("dedup"), "annotate": public("annotate")},
+    }
+
+
+def annotator_agreement(annotations: list[tuple[str, str, str, str]]) -> dict[str, Any]:
+    """Agreement over (image, class) pairs with two or more non-skip votes: the share of agreeing
+    rater pairs and Fleiss' kappa (variable raters per item)."""
+    per_pair: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    annotators = set()
+    for sha, wnid, annotator, verdict in annotations:
+        annotators.add(annotator)
+        if verdict != "skip":
+            per_pair[(sha, wnid)][verdict] += 1
+    multi = [c for c in per_pair.values() if sum(c.values()) >= 2]
+    result: dict[str, Any] = {"annotators": len(annotators), "pairs": len(per_pair), "pairs_multi": len(multi)}
+    if not multi:
+        return result
+    agreeing = total = 0
+    category_totals: Counter = Counter()
+    per_item = []
+    for counts in multi:
+        n = sum(counts.values())
+        same = sum(k * (k - 1) for k in counts.values())
+        agreeing += same
+        total += n * (n - 1)
+        per_item.append(same / (n * (n - 1)))
+        category_totals.update(counts)
+    all_votes = sum(category_totals.values())
+    expected = sum((v / all_votes) ** 2 for v in category_totals.values())
+    observed = sum(per_item) / len(per_item)
+    result["pairwise_agreement"] = agreeing / total
+    result["fleiss_kappa"] = None if expected >= 1 else (observed - expected) / (1 - expected)
+    return result
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def datasheet(items: list[Item], context: dict[str, Any]) -> str:
+    """DATASHEET.md: what is in the release, where it came from and how it was chosen."""
+    sources = Counter(i.source or "unknown" for i in items)
+    licences = Counter(i.license or "unknown" for i in items)
+    classes = sorted({(i.wnid, i.class_name) for i in items})
+    per_class = Counter((i.wnid, i.source or "unknown") for i in items)
+    dates = sorted(i.crawled_at for i in items if i.crawled_at is not None)
+    models = Counter(f"{i.filter_model} (rule {i.filter_rule or 'unknown'})" for i in items)
+    keep_rules = Counter(i.keep_rule for i in items)
+    agreement = context["agreement"]
+    lines = [
+        f"# Datasheet: {context['name']} {context['version']}",
+        "",
+        "## Composition",
+        "",
+        f"- {len(items)} images in {len(classes)} classes (one folder per WordNet ID), a test set only: no train split.",
+        f"- Per class: min {min(Counter(i.wnid for i in items).values())}, "
+        f"max {max(Counter(i.wnid for i in items).values())}.",
+        "- Each image is a natural photo that the filter model(s) misclassified and that human annotators accepted "
+        "as a clear example of its class.",
+        "",
+        "## Collection",
+        "",
+        f"- Sources: {', '.join(f'{s} ({n})' for s, n in sorted(sources.items()))}.",
+        f"- Crawled between {dates[0]:%Y-%m-%d} and {dates[-1]:%Y-%m-%d} (UTC)." if dates else "- Crawl dates unknown.",
+    ]
+    if context["annotation_dates"]:
+        first, last = context["annotation_dates"]
+        lines.append(f"- Annotated between {first:%Y-%m-%d} and {last:%Y-%m-%d} (UTC).")
+    lines += [
+        "",
+        "## Selection",
+        "",
+        "- Filter: an image is kept for its class when the filter model(s) get it wrong.",
+        f"  Models (by the images they judged): {', '.join(f'{m}: {n}' for m, n in sorted(models.items()))}.",
+        f"  Keep rule: {', '.join(f'{r}: {n}' for r, n in sorted(keep_rules.items()))}.",
+        "- Dedup: only cluster representatives; near-duplicates and images leaked from a reference set are left out.",
+        "  Reference sets: "
+        + (", ".join(f"{n} ({c} items{'' if ok else ', incomplete'})" for n, c, ok in context["references"]) or "none")
+        + ".",
+        f"- Annotation: accepted by a majority of {context['votes_needed']} vote(s), with more accepts than other "
+        "verdicts (skips do not count); images accepted for several classes are left out.",
+        f"- Per-class limits: min {context['min_per_class']}, max {context['max_per_class'] or 'none'} "
+        "(above the maximum a class keeps the images with the smallest sha256).",
+        "- Left out at release: "
+        + (", ".join(f"{n} {r}" for r, n in sorted(context["dropped"].items())) or "nothing")
+        + ".",
+        "",
+        "### Thresholds and settings",
+        "",
+        "```json",
+        json.dumps(context["thresholds"], indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Annotator agreement",
+        "",
+        f"- {agreement['annotators']} annotator(s); {agreement['pairs']} (image, class) pairs voted on, "
+        f"{agreement['pairs_multi']} with two or more votes.",
+    ]
+    if "pairwise_agreement" in agreement:
+        kappa = agreement["fleiss_kappa"]
+        lines.append(
+            f"- Pairwise agreement {agreement['pairwise_agreement']:.3f}; Fleiss' kappa "
+            + ("undefined (a single verdict was ever given)" if kappa is None else f"{kappa:.3f}")
+            + "."
+        )
+    lines += ["", "## Licences", "", *_table(["licence", "images"], [[k, v] for k, v in sorted(licences.items())])]
+    source_names = sorted(sources)
+    lines += [
+        "",
+        "## Images per class and source",
+        "",
+        *_table(
+            ["wnid", "class", "images", *source_names],
+            [
+                [
+                    wnid,
+                    name,
+                    sum(per_class[(wnid, s)] for s in source_names),
+                    *[per_class[(wnid, s)] for s in source_names],
+                ]
+                for wnid, name in classes
+            ],
+        ),
+    ]
+    return "\n".join(lines) + "\n"
