@@ -1,17 +1,519 @@
-"""`curation crawl` (not implemented yet)."""
+"""`curation crawl`: discover candidate images for each class, then download, validate and store them.
+
+Two phases, each with a progress bar:
+
+1. discover: ask each source for up to ``--per-class`` candidates per class (``--urls`` and
+   ``--folder`` add every row/file of a list or directory); new candidates are ``pending``.
+2. download: fetch every pending candidate (many connections overall, few per host), validate
+   the bytes, store them by SHA-256 and mark the candidate ``downloaded``, ``failed`` or
+   ``skipped`` with a short reason.
+
+Everything is committed in small batches, so a killed crawl loses at most a few seconds of work:
+a rerun removes files the catalog does not know and continues with the pending candidates.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from curation import storage
+from curation.catalog import (
+    DOWNLOADED,
+    FAILED,
+    PENDING,
+    SKIPPED,
+    Candidate,
+    Catalog,
+    Image,
+    ImageClass,
+    SearchQuery,
+    open_catalog,
+    utcnow,
+)
+from curation.config import Settings
 from curation.errors import CurationError
+from curation.netguard import AddressGuard, Resolver
+from curation.sources import DEFAULT_SOURCES, LIST_SOURCES, WEB_SOURCES, Found, Skip, SourceError
+
+# Reasons that mean "we chose not to take it" rather than "it did not work".
+SKIP_REASONS = {"robots", "noai", "private_address", "bad_scheme", "too_small", "unknown_class"}
+FLUSH_EVERY = 200
+FLUSH_SECONDS = 1.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("crawl", help="crawl stage (not implemented yet)")
+    parser = subparsers.add_parser("crawl", help="find, download, validate and store candidate images")
+    parser.add_argument("--classes", help="comma-separated wnids (default: every class)")
+    parser.add_argument(
+        "--sources",
+        help=f"comma-separated web sources: {', '.join(WEB_SOURCES)} "
+        f"(default: [crawl] sources or {','.join(DEFAULT_SOURCES)}; none when --urls/--folder is given)",
+    )
+    parser.add_argument("--per-class", type=int, help="target candidates per class and source (default: 100)")
+    parser.add_argument("--urls", type=Path, help="CSV/TSV/Parquet list with url,wnid[,license,author] columns")
+    parser.add_argument("--folder", type=Path, help="local images: DIR/<wnid>/*, <wnid>_*.jpg files or manifest.csv")
+    parser.add_argument("--retry-failed", action="store_true", help="also retry candidates that failed before")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
-    raise CurationError("`curation crawl` is not implemented yet")
+@dataclass
+class Summary:
+    """What one crawl did, for the closing line."""
+
+    found: Counter = field(default_factory=Counter)  # new candidates per source
+    listed_skips: Counter = field(default_factory=Counter)  # list/folder entries not taken, by reason
+    source_problems: list[str] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)  # downloaded / failed / skipped
+    reasons: Counter = field(default_factory=Counter)  # failed and skipped by reason
+    new_images: int = 0
+    interrupted: bool = False
+
+    def line(self, seconds: float) -> str:
+        found = sum(self.found.values())
+        by_source = ", ".join(f"{s} {n}" for s, n in sorted(self.found.items()))
+        parts = [f"found {found} new candidates" + (f" ({by_source})" if by_source else "")]
+        if self.listed_skips:
+            parts.append(f"{sum(self.listed_skips.values())} list entries skipped ({_counts(self.listed_skips)})")
+        parts.append(f"downloaded {self.outcomes[DOWNLOADED]} ({self.new_images} new images)")
+        for status in (FAILED, SKIPPED):
+            reasons = Counter({r: n for (s, r), n in self.reasons.items() if s == status})
+            parts.append(f"{status} {self.outcomes[status]}" + (f" ({_counts(reasons)})" if reasons else ""))
+        state = "interrupted" if self.interrupted else "done"
+        return f"crawl {state} in {seconds:.1f}s: " + "; ".join(parts)
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{k} {n}" for k, n in counter.most_common())
+
+
+def _csv_arg(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the crawl stage from the command line."""
+    summary = crawl(
+        settings,
+        classes=_csv_arg(args.classes),
+        sources=_csv_arg(args.sources) if args.sources is not None else None,
+        per_class=args.per_class,
+        urls=args.urls,
+        folder=args.folder,
+        retry_failed=args.retry_failed,
+    )
+    return 130 if summary.interrupted else 0
+
+
+def crawl(
+    settings: Settings,
+    *,
+    classes: list[str] | None = None,
+    sources: list[str] | None = None,
+    per_class: int | None = None,
+    urls: Path | None = None,
+    folder: Path | None = None,
+    retry_failed: bool = False,
+    resolver: Resolver | None = None,
+) -> Summary:
+    """Discover and download; returns the summary (also printed). ``resolver`` replaces DNS (tests)."""
+    started = time.monotonic()
+    config = settings.section("crawl")
+    per_class = int(per_class if per_class is not None else config.get("per_class", 100))
+    if per_class < 0:
+        raise CurationError("--per-class must be 0 or more")
+    if sources is None:
+        sources = [] if (urls or folder) else list(config.get("sources", DEFAULT_SOURCES))
+    unknown = [s for s in sources if s not in WEB_SOURCES]
+    if unknown:
+        raise CurationError(f"unknown source(s) {', '.join(unknown)}; sources: {', '.join(WEB_SOURCES)}")
+    catalog = open_catalog(settings.db_url)
+    summary = Summary()
+    with _crawl_lock(settings.data_dir):
+        wnids = _select_classes(catalog, classes or [])
+        if urls is not None:
+            from curation.sources import urls as url_list
+
+            _add_listed(catalog, url_list.discover(urls, set(wnids)), summary)
+        if folder is not None:
+            from curation.sources import folder as folder_source
+
+            _add_listed(catalog, folder_source.discover(folder, set(wnids)), summary)
+        downloader = None
+        if sources or urls is not None:
+            downloader = _make_downloader(settings, resolver)
+        if sources:
+            _discover_web(catalog, settings, downloader, sources, wnids, per_class, summary)
+        used = [*sources, *(["urls"] if urls is not None else []), *(["folder"] if folder is not None else [])]
+        try:
+            _download(catalog, settings, downloader, wnids, used, retry_failed, summary)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    for problem in summary.source_problems:
+        print(f"curation crawl: {problem}", file=sys.stderr)
+    print(summary.line(time.monotonic() - started))
+    return summary
+
+
+@contextmanager
+def _crawl_lock(data_dir: Path) -> Iterator[None]:
+    """One crawl at a time per data directory (the lock dies with the process, even on kill -9)."""
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        handle = open(Path(data_dir) / ".crawl.lock", "w")  # noqa: SIM115 - held for the whole crawl
+    except OSError as exc:
+        raise CurationError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CurationError(f"another crawl is running on {data_dir}; wait for it or stop it") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def _select_classes(catalog: Catalog, wanted: list[str]) -> list[str]:
+    with catalog.session() as session:
+        known = list(session.scalars(select(ImageClass.wnid).order_by(ImageClass.wnid)))
+    if not wanted:
+        return known
+    missing = sorted(set(wanted) - set(known))
+    if missing:
+        raise CurationError(f"unknown class(es) {', '.join(missing[:5])}: see `curation classes list`")
+    return [w for w in known if w in set(wanted)]
+
+
+def _make_downloader(settings: Settings, resolver: Resolver | None) -> Any:
+    from curation.downloader import Downloader, FetchConfig
+
+    config = FetchConfig.from_settings(settings.section("crawl"))
+    try:
+        guard = AddressGuard(config.allow_private_hosts, resolver)
+    except ValueError as exc:
+        raise CurationError(str(exc)) from None
+    return Downloader(config, guard)
+
+
+# --------------------------------------------------------------------------- discover
+
+
+def _insert_ignore(session: Session, model: type, rows: list[dict[str, Any]]) -> None:
+    """Insert rows, skipping those that break a unique constraint (already known)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise CurationError(f"the crawl stage supports SQLite and PostgreSQL catalogs, not {dialect}")
+    session.execute(insert(model).on_conflict_do_nothing(), rows)
+
+
+def _save_found(catalog: Catalog, found: list[Found]) -> int:
+    """Add candidates; returns how many were new."""
+    if not found:
+        return 0
+    rows = [
+        {**vars(f), "status": PENDING, "attempts": 0, "created_at": utcnow(), "updated_at": utcnow()} for f in found
+    ]
+    with catalog.session() as session:
+        before = session.scalar(select(func.count()).select_from(Candidate))
+        _insert_ignore(session, Candidate, rows)
+        after = session.scalar(select(func.count()).select_from(Candidate))
+    return int(after - before)
+
+
+def _add_listed(catalog: Catalog, entries: Iterable[Found | Skip], summary: Summary) -> None:
+    batch: list[Found] = []
+    for entry in tqdm(entries, desc="discover", unit=" entries", disable=None):
+        if isinstance(entry, Skip):
+            summary.listed_skips[entry.reason] += 1
+            continue
+        batch.append(entry)
+        if len(batch) >= 1000:
+            summary.found[entry.source] += _save_found(catalog, batch)
+            batch = []
+    if batch:
+        summary.found[batch[0].source] += _save_found(catalog, batch)
+
+
+def _discover_web(
+    catalog: Catalog,
+    settings: Settings,
+    downloader: Any,
+    names: list[str],
+    wnids: list[str],
+    per_class: int,
+    summary: Summary,
+) -> None:
+    from curation.sources import make_source
+    from curation.sources.api import ApiClient
+
+    with catalog.session() as session:
+        queries: dict[str, list[str]] = {}
+        for wnid, query in session.execute(
+            select(SearchQuery.wnid, SearchQuery.query).order_by(SearchQuery.wnid, SearchQuery.position)
+        ):
+            queries.setdefault(wnid, []).append(query)
+        have = Counter(
+            {
+                (w, s): n
+                for w, s, n in session.execute(
+                    select(Candidate.wnid, Candidate.source, func.count()).group_by(Candidate.wnid, Candidate.source)
+                )
+            }
+        )
+    for name in names:
+        config = settings.source(name)
+        try:
+            source = make_source(name, config, ApiClient(downloader, name, config))
+        except SourceError as exc:
+            summary.source_problems.append(f"source {name} skipped: {exc}")
+            continue
+        todo = [w for w in wnids if queries.get(w) and have[(w, name)] < per_class]
+        for wnid in tqdm(todo, desc=f"discover {name}", unit=" classes", disable=None):
+            try:
+                found = list(source.search(wnid, queries[wnid], per_class - have[(wnid, name)]))
+            except SourceError as exc:
+                summary.source_problems.append(f"source {name} stopped at {wnid}: {exc}")
+                break
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                summary.source_problems.append(f"source {name} stopped at {wnid}: unexpected response ({exc!r})")
+                break
+            summary.found[name] += _save_found(catalog, found)
+
+
+# --------------------------------------------------------------------------- download
+
+
+@dataclass
+class _Job:
+    id: int
+    wnid: str
+    url: str
+    source: str
+    attempts: int
+
+
+@dataclass
+class _Outcome:
+    job: _Job
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    image: storage.ValidImage | None = None
+
+
+def _pending_jobs(session: Session, wnids: list[str], used: list[str], retry_failed: bool) -> list[_Job]:
+    statuses = [PENDING, FAILED] if retry_failed else [PENDING]
+    rows = session.execute(
+        select(Candidate.id, Candidate.wnid, Candidate.url, Candidate.source, Candidate.attempts)
+        .where(Candidate.status.in_(statuses), Candidate.source.in_(used))
+        .order_by(Candidate.id)
+    ).all()
+    wanted = set(wnids)
+    return [_Job(*row) for row in rows if row[1] in wanted]
+
+
+def _known_urls(session: Session, urls: list[str]) -> dict[str, str]:
+    """Image hashes of URLs already downloaded for some class (so they are not fetched again)."""
+    known: dict[str, str] = {}
+    for start in range(0, len(urls), 500):
+        chunk = urls[start : start + 500]
+        for url, sha in session.execute(
+            select(Candidate.url, Candidate.image_sha256).where(
+                Candidate.status == DOWNLOADED, Candidate.url.in_(chunk)
+            )
+        ):
+            known[url] = sha
+    return known
+
+
+def _download(
+    catalog: Catalog,
+    settings: Settings,
+    downloader: Any,
+    wnids: list[str],
+    used: list[str],
+    retry_failed: bool,
+    summary: Summary,
+) -> None:
+    config = settings.section("crawl")
+    min_side = int(config.get("min_side", 64))
+    max_pixels = int(config.get("max_pixels", 40_000_000))
+    max_bytes = int(config.get("max_bytes", 20 * 1024 * 1024))
+    concurrency = max(1, int(config.get("concurrency", 32)))
+    with catalog.session() as session:
+        known_paths = set(session.scalars(select(Image.path)))
+        jobs = _pending_jobs(session, wnids, [s for s in used if s in (*WEB_SOURCES, *LIST_SOURCES)], retry_failed)
+        reused = _known_urls(session, sorted({j.url for j in jobs if j.source != "folder"}))
+    temps, orphans = storage.sweep(settings.data_dir, known_paths)
+    if temps or orphans:
+        print(
+            f"curation crawl: removed {temps} partial and {orphans} unrecorded files of an earlier run", file=sys.stderr
+        )
+    if not jobs:
+        return
+
+    def work(job: _Job) -> _Outcome:
+        try:
+            if job.source == "folder":
+                data = _read_local(job.url, max_bytes)
+            else:
+                from curation.downloader import FetchError
+
+                try:
+                    data = downloader.fetch(job.url).data
+                except FetchError as exc:
+                    return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
+            image = storage.validate(data, min_side=min_side, max_pixels=max_pixels)
+            storage.store(settings.data_dir, image, data)
+            return _Outcome(job, DOWNLOADED, image=image)
+        except storage.Rejected as exc:
+            return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
+        except _LocalFileError as exc:
+            return _Outcome(job, FAILED, exc.reason, str(exc))
+
+    writer = _OutcomeWriter(catalog, summary)
+    progress = tqdm(total=len(jobs), desc="download", unit=" img", disable=None)
+    for job in [j for j in jobs if j.url in reused]:
+        writer.add(_Outcome(job, DOWNLOADED, image=None, detail=reused[job.url]))
+        progress.update()
+    queue = iter([j for j in jobs if j.url not in reused])
+    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl")
+    running: set[Future] = set()
+    try:
+        for job in queue:
+            running.add(executor.submit(work, job))
+            if len(running) >= concurrency * 4:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    writer.add(future.result())
+                    progress.update()
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                writer.add(future.result())
+                progress.update()
+    except KeyboardInterrupt:
+        executor.shutdown(wait=True, cancel_futures=True)
+        for future in running:
+            if future.done() and not future.cancelled():
+                writer.add(future.result())
+        raise
+    finally:
+        executor.shutdown(wait=True)
+        writer.flush()
+        progress.close()
+
+
+class _LocalFileError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _read_local(url: str, max_bytes: int) -> bytes:
+    path = Path(url2pathname(urlsplit(url).path))
+    try:
+        if path.stat().st_size > max_bytes:
+            raise storage.Rejected("too_large", f"{path.stat().st_size} bytes")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _LocalFileError("missing_file", str(path)) from None
+    except OSError as exc:
+        raise _LocalFileError("unreadable_file", f"{path}: {exc.strerror}") from None
+
+
+def _status_of(reason: str) -> str:
+    return SKIPPED if reason in SKIP_REASONS else FAILED
+
+
+class _OutcomeWriter:
+    """Writes outcomes to the catalog in batches (images first, then their candidates)."""
+
+    def __init__(self, catalog: Catalog, summary: Summary) -> None:
+        self.catalog = catalog
+        self.summary = summary
+        self.batch: list[_Outcome] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, outcome: _Outcome) -> None:
+        self.batch.append(outcome)
+        if len(self.batch) >= FLUSH_EVERY or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        now = utcnow()
+        images = {o.image.sha256: o.image for o in batch if o.image is not None}
+        updates = []
+        for o in batch:
+            sha = o.image.sha256 if o.image is not None else (o.detail if o.status == DOWNLOADED else None)
+            updates.append(
+                {
+                    "id": o.job.id,
+                    "status": o.status,
+                    "reason": o.reason,
+                    "last_error": None if o.status == DOWNLOADED else o.detail,
+                    "image_sha256": sha,
+                    "attempts": o.job.attempts + 1,
+                    "updated_at": now,
+                }
+            )
+        with self.catalog.session() as session:
+            stored = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(list(images)))))
+            _insert_ignore(
+                session,
+                Image,
+                [
+                    {
+                        "sha256": i.sha256,
+                        "path": i.relative_path,
+                        "width": i.width,
+                        "height": i.height,
+                        "format": i.format,
+                        "bytes": i.size,
+                        "mode": i.mode,
+                        "multi_class": False,
+                        "created_at": now,
+                    }
+                    for i in images.values()
+                ],
+            )
+            session.execute(update(Candidate), updates)
+            shas = [u["image_sha256"] for u in updates if u["image_sha256"]]
+            shared = (
+                select(Candidate.image_sha256)
+                .where(Candidate.image_sha256.in_(shas))
+                .group_by(Candidate.image_sha256)
+                .having(func.count(func.distinct(Candidate.wnid)) > 1)
+            )
+            session.execute(update(Image).where(Image.sha256.in_(shared)).values(multi_class=True))
+        self.summary.new_images += len(set(images) - stored)
+        for o in batch:
+            self.summary.outcomes[o.status] += 1
+            if o.reason:
+                self.summary.reasons[(o.status, o.reason)] += 1

@@ -1,0 +1,126 @@
+"""Validation and content-addressed storage, and `curation crawl --folder` on the shared photos."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from curation import storage
+from tests.conftest import SAMPLES, VAL
+from tests.crawl_images import broken, sample_bytes, sample_paths, variants, with_comment
+
+
+@pytest.mark.parametrize("name", sorted(broken()))
+def test_broken_bytes_are_rejected_with_a_named_reason(name):
+    data, reason = broken()[name]
+    with pytest.raises(storage.Rejected) as info:
+        storage.validate(data, min_side=64)
+    assert info.value.reason == reason
+
+
+def test_awkward_but_valid_images_are_accepted_and_measured_after_orientation(tmp_path):
+    found = {name: storage.validate(data) for name, data in variants().items()}
+    assert {n: v.format for n, v in found.items()} == {
+        "cmyk.jpg": "JPEG", "exif_rotated.jpg": "JPEG", "alpha.png": "PNG", "palette.png": "PNG",
+        "sixteen_bit.png": "PNG", "animated.gif": "GIF", "photo.webp": "WEBP",
+    }  # fmt: skip
+    assert found["cmyk.jpg"].mode == "CMYK" and found["alpha.png"].mode == "RGBA"
+    assert found["palette.png"].mode == "P" and found["sixteen_bit.png"].mode.startswith("I")
+    assert found["animated.gif"].frames == 2
+    plain = found["photo.webp"]
+    rotated = found["exif_rotated.jpg"]
+    assert (rotated.width, rotated.height) == (plain.height, plain.width)  # EXIF orientation 6 swaps sides
+    for name, data in variants().items():
+        image = found[name]
+        path = storage.store(tmp_path, image, data)
+        rgb = storage.open_rgb(path)
+        assert rgb.mode == "RGB" and rgb.size == (image.width, image.height), name
+
+
+def test_store_is_content_addressed_atomic_and_once(tmp_path):
+    data = sample_bytes(0)
+    image = storage.validate(data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert image.relative_path == f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+    first = storage.store(tmp_path, image, data)
+    mtime = first.stat().st_mtime_ns
+    assert storage.store(tmp_path, image, data) == first and first.stat().st_mtime_ns == mtime
+    assert first.read_bytes() == data
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp file left behind
+
+
+def test_sweep_removes_partial_and_unrecorded_files(tmp_path):
+    keep, orphan = sample_bytes(0), with_comment(sample_bytes(0), "orphan")
+    kept = storage.store(tmp_path, storage.validate(keep), keep)
+    lost = storage.store(tmp_path, storage.validate(orphan), orphan)
+    partial = kept.with_name(".x.jpg.123.abc" + storage.TEMP_SUFFIX)
+    partial.write_bytes(keep[:100])
+    assert storage.sweep(tmp_path, {kept.relative_to(tmp_path).as_posix()}) == (1, 1)
+    assert kept.exists() and not lost.exists() and not partial.exists()
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_folder_flat_names_and_rerun_is_idempotent(run_cli, tmp_path):
+    db = tmp_path / "c.sqlite"
+    args = ("--db", str(db), "--data-dir", str(tmp_path / "data"), "crawl", "--folder", str(SAMPLES))
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "downloaded 200 (200 new images)" in first.stdout
+    images = _rows(db, "SELECT sha256, path FROM images")
+    assert len(images) == 200
+    for sha, path in images:
+        assert path == f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+        assert hashlib.sha256((tmp_path / "data" / path).read_bytes()).hexdigest() == sha
+    row = _rows(db, "SELECT source, url, license, author, status FROM candidates WHERE wnid='n01498041'")
+    assert row == [("folder", (SAMPLES / "n01498041.JPEG").as_uri(), None, None, "downloaded")]
+    second = run_cli(*args)
+    assert second.returncode == 0 and "found 0 new candidates" in second.stdout
+    assert _rows(db, "SELECT count(*) FROM candidates") == [(200,)]
+
+
+def test_folder_wnid_dirs_prefixed_names_and_multi_class(run_cli, tmp_path):
+    root = tmp_path / "mine"
+    stingray, goldfinch = sample_paths(2)
+    (root / "n01498041").mkdir(parents=True)
+    shutil.copy(stingray, root / "n01498041" / "a.jpg")
+    shutil.copy(stingray, root / "n01531178_same_photo.jpg")  # same bytes, another class
+    shutil.copy(goldfinch, root / "n01531178_x.jpg")
+    (root / "notes.txt").write_text("not an image")
+    (root / "n01498041" / "broken.jpg").write_bytes(b"<html>oops</html>")
+    db = tmp_path / "c.sqlite"
+    result = run_cli("--db", str(db), "--data-dir", str(tmp_path / "data"), "crawl", "--folder", str(root))
+    assert result.returncode == 0, result.stderr
+    assert _rows(db, "SELECT count(*), sum(multi_class) FROM images") == [(2, 1)]
+    assert _rows(db, "SELECT status, reason FROM candidates WHERE url LIKE '%broken.jpg'") == [
+        ("failed", "html_not_image")
+    ]
+    assert "no_class_in_name 1" in result.stdout
+
+
+def test_folder_manifest_skips_classes_outside_the_catalog(run_cli, tmp_path):
+    with open(VAL / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ours = sum(r["in_imagenet_a_200"] == "1" for r in rows)
+    db = tmp_path / "c.sqlite"
+    result = run_cli("--db", str(db), "--data-dir", str(tmp_path / "data"), "crawl", "--folder", str(VAL))
+    assert result.returncode == 0, result.stderr
+    assert f"unknown_class {len(rows) - ours}" in result.stdout
+    assert _rows(db, "SELECT count(*) FROM candidates WHERE status='downloaded'") == [(ours,)]
+
+
+def test_folder_that_does_not_exist_is_one_clear_line(run_cli, tmp_path):
+    result = run_cli("--db", str(tmp_path / "c.sqlite"), "crawl", "--folder", str(tmp_path / "nope"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"curation: error: --folder {tmp_path / 'nope'}: not a directory"]
