@@ -1,17 +1,172 @@
-"""`curation eval` (not implemented yet)."""
+"""`curation eval DATASET_DIR --model NAME`: score a timm model like the ImageNet-A paper.
+
+DATASET_DIR is an ImageFolder tree (``<wnid>/<image>``): our release or the original ImageNet-A
+folder. Labels are the sorted wnids, the files those ``torchvision.datasets.ImageFolder`` would
+list. Images go through the shared inference pipeline (:mod:`curation.inference`, the model's own
+preprocessing); the logits are restricted to the model outputs of the dataset's wnids.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from curation import metrics
+from curation.config import Settings
 from curation.errors import CurationError
+
+if TYPE_CHECKING:
+    from curation.inference import LoadedModel
+
+WNID = re.compile(r"n\d{8}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="eval stage (not implemented yet)")
+    parser = subparsers.add_parser(
+        "eval", help="score a model on an ImageNet-A style folder: restricted top-1, RMS calibration error, AURRA"
+    )
+    parser.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="folder of <wnid>/ image folders")
+    parser.add_argument("--model", required=True, help="timm model name, e.g. resnet50.tv_in1k")
+    parser.add_argument("--checkpoint", type=Path, help="state dict file (default: timm pretrained weights)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: the inference pipeline's)")
+    parser.add_argument("--workers", type=int, help="image decoding workers (default: the inference pipeline's)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument(
+        "--label-space",
+        choices=["folder", "imagenet-a"],
+        default="folder",
+        help="restrict to the folder's wnids (default, like the authors' eval.py) or to all 200 ImageNet-A classes",
+    )
+    parser.add_argument("--predictions", type=Path, metavar="CSV", help="also write one row per image")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
-    raise CurationError("`curation eval` is not implemented yet")
+def list_dataset(dataset_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """The folder's wnids (sorted) and its (image, wnid) pairs, exactly the files ImageFolder lists."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if not dataset_dir.is_dir():
+        raise CurationError(f"dataset folder not found: {dataset_dir}")
+    try:
+        wnids, class_to_idx = find_classes(str(dataset_dir))
+        samples = make_dataset(str(dataset_dir), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as exc:
+        raise CurationError(f"{dataset_dir} is not an ImageFolder tree: {str(exc).splitlines()[0]}") from None
+    strays = [w for w in wnids if not WNID.fullmatch(w)]
+    if strays:
+        raise CurationError(f"{dataset_dir}: folder {strays[0]!r} is not a WordNet ID (expected <wnid>/ folders)")
+    return wnids, [(Path(path), wnids[label]) for path, label in samples]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CurationError("--batch-size must be at least 1")
+    folder_wnids, samples = list_dataset(args.dataset_dir)
+    if args.label_space == "imagenet-a":
+        from curation.classes import imagenet_a_reference
+
+        label_wnids = imagenet_a_reference()[0]
+        outside = sorted(set(folder_wnids) - set(label_wnids))
+        if outside:
+            raise CurationError(f"folder {outside[0]} is not an ImageNet-A class; use --label-space folder")
+    else:
+        label_wnids = folder_wnids
+    position = {wnid: i for i, wnid in enumerate(label_wnids)}
+    paths = [path for path, _ in samples]
+    labels = np.array([position[wnid] for _, wnid in samples], dtype=np.int64)
+
+    from curation.inference import class_indices, load_model, predict_logits
+
+    loaded = load_model(args.model, args.checkpoint, device=args.device)
+    indices = class_indices(loaded, label_wnids)
+    result = predict_logits(loaded, paths, batch_size=args.batch_size, workers=args.workers, progress="eval")
+    readable = np.array([i for i in range(len(paths)) if i not in result.errors], dtype=np.int64)
+    if len(readable) == 0:
+        raise CurationError(f"no image under {args.dataset_dir} could be read")
+    logits, labels = result.logits[readable], labels[readable]
+    scores = metrics.score(logits, labels, indices)
+    if args.predictions is not None:
+        write_predictions(args.predictions, [paths[i] for i in readable], labels, logits, indices, label_wnids, loaded)
+    report = {
+        "model": loaded.name,
+        "weights_hash": loaded.weights_hash,
+        "dataset": str(args.dataset_dir),
+        "n_classes": len(label_wnids),
+        "n_unreadable": len(result.errors),
+        **scores.as_dict(),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+    for i, reason in sorted(result.errors.items()):
+        print(f"  unreadable {paths[i]}: {reason}", file=sys.stderr)
+    print(
+        f"eval: {scores.n_images} images ({len(result.errors)} unreadable), "
+        f"{len(label_wnids)}-way top-1 {100 * scores.top1_restricted:.2f} %",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def write_predictions(
+    out: Path,
+    paths: list[Path],
+    labels: np.ndarray,
+    logits: np.ndarray,
+    indices: list[int],
+    label_wnids: list[str],
+    loaded: LoadedModel,
+) -> None:
+    """One CSV row per scored image: its label, restricted prediction, confidence and full-space argmax."""
+    outputs = metrics.per_image(logits, labels, indices)
+    full_wnids = loaded.label_wnids
+    try:
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["file", "label", "prediction", "confidence", "correct", "full_prediction"])
+            for k, path in enumerate(paths):
+                full = int(outputs.full_prediction[k])
+                writer.writerow(
+                    [
+                        path,
+                        label_wnids[labels[k]],
+                        label_wnids[outputs.prediction[k]],
+                        repr(float(outputs.confidence[k])),
+                        int(outputs.correct[k]),
+                        full_wnids[full],
+                    ]
+                )
+    except OSError as exc:
+        raise CurationError(f"cannot write {out}: {exc.strerror}") from None
+
+
+def print_report(report: dict) -> None:
+    def percent(value: float | None) -> str:
+        return "n/a (fewer than 100 images)" if value is None else f"{100 * value:6.2f} %"
+
+    k = report["n_classes"]
+    lines = [
+        ("model", f"{report['model']} (weights {report['weights_hash']})"),
+        (
+            "dataset",
+            f"{report['dataset']}: {report['n_images']} images, {k} classes, {report['n_unreadable']} unreadable",
+        ),
+        (f"top-1, {k}-way restricted (canonical)", percent(report["top1_restricted"])),
+        ("top-1, all model classes", percent(report["top1_full"])),
+        ("RMS calibration error (authors')", percent(report["rms_calib_error"])),
+        ("RMS calibration error (all bins)", percent(report["rms_calib_error_all_bins"])),
+        ("AURRA", percent(report["aurra"])),
+        ("images", str(report["n_images"])),
+    ]
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        print(f"{name:<{width}}  {value}")
