@@ -1,0 +1,294 @@
+"""The review web app (Flask): pages, a small JSON API, images by catalog id, and its safety rails.
+
+Safety: the server answers only to loopback Host names when bound to loopback (no DNS
+rebinding); with a token every request must carry it (query once, then an HttpOnly cookie,
+or the ``X-Curation-Token`` header); every POST needs the session's CSRF token; templates
+autoescape and data reaches the page only as escaped text or as ``tojson``; a strict
+Content-Security-Policy forbids inline scripts; images are looked up by SHA-256 only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, session, url_for
+from werkzeug.exceptions import HTTPException
+
+from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflicts
+from curation.annotate.queue import (
+    CENTRE_CROP_FRACTION,
+    ORDERS,
+    describe,
+    is_sha256,
+    is_wnid,
+    next_pairs,
+    pair_exists,
+    remaining,
+)
+from curation.annotate.votes import MAX_NOTE, check_annotator, check_verdict, record_vote, undo_vote
+from curation.catalog import VERDICTS, Catalog, Image
+from curation.errors import CurationError
+
+BATCH = 20
+TOKEN_COOKIE = "curation_token"
+TOKEN_HEADER = "X-Curation-Token"
+CSRF_HEADER = "X-CSRF-Token"
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+MIME_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "AVIF": "image/avif",
+}
+# Verdict -> (key, label) on the page; the keyboard handler in static/annotate.js uses the same keys.
+VERDICT_UI = {
+    "accept": ("a", "accept"),
+    "wrong_class": ("w", "wrong class"),
+    "ambiguous": ("m", "ambiguous / several objects"),
+    "low_quality": ("q", "low quality / not a photo"),
+    "inappropriate": ("x", "inappropriate"),
+    "skip": ("s", "skip"),
+}
+CSP = (
+    "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ReviewConfig:
+    """What one review server needs."""
+
+    catalog: Catalog
+    data_dir: Path
+    bind_host: str = "127.0.0.1"
+    votes_needed: int = 1
+    token: str | None = None
+    default_annotator: str | None = None
+    crop_fraction: float = CENTRE_CROP_FRACTION
+
+
+def create_app(cfg: ReviewConfig) -> Flask:
+    """The Flask app for one catalog."""
+    if not is_loopback(cfg.bind_host) and not cfg.token:
+        raise CurationError(f"refusing to serve on {cfg.bind_host} without --token (any non-loopback host needs one)")
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secrets.token_bytes(32),
+        SESSION_COOKIE_NAME="curation_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    data_root = cfg.data_dir.resolve()
+    allowed_hosts = LOOPBACK_HOSTS | {cfg.bind_host.strip("[]")} if is_loopback(cfg.bind_host) else None
+
+    def annotator() -> str | None:
+        return session.get("annotator") or cfg.default_annotator
+
+    def csrf_token() -> str:
+        if "csrf" not in session:
+            session["csrf"] = secrets.token_urlsafe(32)
+        return session["csrf"]
+
+    def same(a: str | None, b: str | None) -> bool:
+        return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
+
+    @app.before_request
+    def guard() -> Response | None:
+        hostname = urlsplit("//" + request.host).hostname or ""
+        if allowed_hosts is not None and hostname not in allowed_hosts:
+            abort(400, f"unexpected Host {request.host!r}: open the page through 127.0.0.1")
+        if cfg.token:
+            supplied = (
+                request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or request.args.get("token")
+            )
+            if not same(supplied, cfg.token):
+                abort(403, "this server needs its token: open the URL it printed")
+            if "token" in request.args and request.method == "GET":
+                # Keep the token out of the address bar and history: move it into a cookie.
+                rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+                response = redirect(request.path + ("?" + urlencode(rest) if rest else ""))
+                response.set_cookie(TOKEN_COOKIE, cfg.token, httponly=True, samesite="Strict")
+                return response
+        if request.method == "POST" and not same(
+            request.headers.get(CSRF_HEADER) or request.form.get("csrf_token"), session.get("csrf")
+        ):
+            abort(400, "missing or stale CSRF token: reload the page")
+        return None
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        if request.endpoint not in ("image", "static"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        message = exc.description or exc.name
+        if request.path.startswith("/api/"):
+            response = jsonify(ok=False, error=message)
+        else:
+            response = Response(f"{exc.code} {exc.name}: {message}\n", mimetype="text/plain")
+        response.status_code = exc.code or 500
+        return response
+
+    @app.context_processor
+    def common() -> dict[str, Any]:
+        return {"csrf": csrf_token(), "annotator": annotator(), "votes_needed": cfg.votes_needed}
+
+    def queue_args() -> tuple[str, str | None]:
+        order = request.args.get("order", "mixed")
+        wnid = request.args.get("wnid") or None
+        if order not in ORDERS:
+            abort(400, f"order must be one of {', '.join(ORDERS)}")
+        if wnid is not None and not is_wnid(wnid):
+            abort(400, "wnid must look like n01498041")
+        return order, wnid
+
+    def load(name: str, order: str, wnid: str | None, after: tuple[str, str] | None) -> dict[str, Any]:
+        with cfg.catalog.session() as s:
+            pairs = next_pairs(s, name, cfg.votes_needed, limit=BATCH, after=after, order=order, wnid=wnid)
+            return {
+                "items": describe(s, pairs, name, cfg.crop_fraction),
+                "remaining": remaining(s, name, cfg.votes_needed, wnid),
+                "batch": BATCH,
+            }
+
+    @app.get("/")
+    def review() -> Any:
+        if "annotator" in request.args:
+            try:
+                session["annotator"] = check_annotator(request.args["annotator"])
+            except CurationError as exc:
+                abort(400, str(exc))
+            rest = [(k, v) for k, v in request.args.items(multi=True) if k != "annotator"]
+            return redirect(request.path + ("?" + urlencode(rest) if rest else ""))
+        name = annotator()
+        if not name:
+            return render_template("name.html")
+        order, wnid = queue_args()
+        boot = {**load(name, order, wnid, None), "order": order, "wnid": wnid, "verdicts": list(VERDICTS)}
+        items = boot["items"]
+        return render_template(
+            "review.html", boot=boot, first=items[0] if items else None, verdict_ui=VERDICT_UI, max_note=MAX_NOTE
+        )
+
+    @app.post("/name")
+    def set_name() -> Any:
+        try:
+            session["annotator"] = check_annotator(request.form.get("annotator", ""))
+        except CurationError as exc:
+            abort(400, str(exc))
+        return redirect(url_for("review"))
+
+    @app.get("/api/queue")
+    def api_queue() -> Any:
+        name = annotator() or abort(409, "choose an annotator name first")
+        order, wnid = queue_args()
+        after = None
+        if request.args.get("after"):
+            sha, _, after_wnid = request.args["after"].partition(":")
+            if not (is_sha256(sha) and is_wnid(after_wnid)):
+                abort(400, "after must be SHA256:WNID")
+            after = (sha, after_wnid)
+        return jsonify(ok=True, **load(name, order, wnid, after))
+
+    def pair_from_json() -> tuple[dict[str, Any], str, str]:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            abort(400, "expected a JSON object")
+        sha, wnid = body.get("sha256"), body.get("wnid")
+        if not (isinstance(sha, str) and is_sha256(sha) and isinstance(wnid, str) and is_wnid(wnid)):
+            abort(400, "sha256 and wnid are required")
+        return body, sha, wnid
+
+    @app.post("/api/vote")
+    def api_vote() -> Any:
+        name = annotator() or abort(409, "choose an annotator name first")
+        body, sha, wnid = pair_from_json()
+        verdict, note = body.get("verdict"), body.get("note") or ""
+        if not isinstance(verdict, str) or not isinstance(note, str):
+            abort(400, "verdict and note must be strings")
+        try:
+            check_verdict(verdict)
+        except CurationError as exc:
+            abort(400, str(exc))
+        with cfg.catalog.session() as s:
+            if not pair_exists(s, sha, wnid):
+                abort(404, "no such image and class in the review queue")
+        with cfg.catalog.session() as s:  # the write alone in its transaction: one upsert
+            record_vote(s, sha, wnid, name, verdict, note)
+        return jsonify(ok=True, sha256=sha, wnid=wnid, verdict=verdict)
+
+    @app.post("/api/undo")
+    def api_undo() -> Any:
+        name = annotator() or abort(409, "choose an annotator name first")
+        _body, sha, wnid = pair_from_json()
+        with cfg.catalog.session() as s:
+            removed = undo_vote(s, sha, wnid, name)
+        return jsonify(ok=True, removed=removed)
+
+    @app.get("/image/<sha256>")
+    def image(sha256: str) -> Any:
+        if not is_sha256(sha256):
+            abort(404, "images are named by their SHA-256")
+        with cfg.catalog.session() as s:
+            row = s.get(Image, sha256)
+            if row is None:
+                abort(404, "no such image in the catalog")
+            rel_path, fmt = row.path, row.format
+        path = (data_root / rel_path).resolve()
+        if not path.is_relative_to(data_root) or not path.is_file():
+            abort(404, "the image file is missing from the data folder")
+        return send_file(
+            path, mimetype=MIME_TYPES.get((fmt or "").upper(), "application/octet-stream"), max_age=31536000
+        )
+
+    @app.get("/stats")
+    def stats() -> Any:
+        with cfg.catalog.session() as s:
+            numbers = agreement_stats(s)
+            left = remaining(s, annotator(), cfg.votes_needed) if annotator() else None
+        return render_template("stats.html", stats=numbers, remaining=left, verdicts=VOTE_VERDICTS)
+
+    @app.get("/conflicts")
+    def conflict_list() -> Any:
+        with cfg.catalog.session() as s:
+            rows = conflicts(s)
+        return render_template("conflicts.html", rows=rows)
+
+    return app
+
+
+def make_server(app: Flask, host: str, port: int) -> Any:
+    """A threaded WSGI server bound to (host, port); port 0 picks a free one."""
+    from werkzeug.serving import make_server as werkzeug_server
+
+    return werkzeug_server(host, port, app, threaded=True)
