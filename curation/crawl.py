@@ -291,8 +291,13 @@ def _discover_web(
             continue
         todo = [w for w in wnids if queries.get(w) and have[(w, name)] < per_class]
         for wnid in tqdm(todo, desc=f"discover {name}", unit=" classes", disable=None):
+            with catalog.session() as session:
+                known = set(
+                    session.scalars(select(Candidate.url).where(Candidate.wnid == wnid, Candidate.source == name))
+                )
             try:
-                found = list(source.search(wnid, queries[wnid], per_class - have[(wnid, name)]))
+                # The source pages from its start, so ask for the whole target and keep what is new.
+                found = [f for f in source.search(wnid, queries[wnid], per_class) if f.url not in known]
             except SourceError as exc:
                 summary.source_problems.append(f"source {name} stopped at {wnid}: {exc}")
                 break
