@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -400,30 +400,38 @@ def _download(
 
     writer = _OutcomeWriter(catalog, summary)
     progress = tqdm(total=len(jobs), desc="download", unit=" img", disable=None)
-    for job in [j for j in jobs if j.url in reused]:
-        writer.add(_Outcome(job, DOWNLOADED, image=None, detail=reused[job.url]))
-        progress.update()
-    queue = iter([j for j in jobs if j.url not in reused])
+    same_url: dict[str, list[_Job]] = {}
+    for job in jobs:
+        if job.url in reused:
+            writer.add(_Outcome(job, DOWNLOADED, image=None, detail=reused[job.url]))
+            progress.update()
+        else:
+            same_url.setdefault(job.url, []).append(job)
+
+    def finish(future: Future) -> None:
+        outcome = future.result()
+        for job in same_url[outcome.job.url]:  # one fetch serves every class that found the URL
+            writer.add(replace(outcome, job=job))
+            progress.update()
+
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl")
     running: set[Future] = set()
     try:
-        for job in queue:
-            running.add(executor.submit(work, job))
+        for group in same_url.values():
+            running.add(executor.submit(work, group[0]))
             if len(running) >= concurrency * 4:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    writer.add(future.result())
-                    progress.update()
+                    finish(future)
         while running:
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                writer.add(future.result())
-                progress.update()
+                finish(future)
     except KeyboardInterrupt:
         executor.shutdown(wait=True, cancel_futures=True)
         for future in running:
             if future.done() and not future.cancelled():
-                writer.add(future.result())
+                finish(future)
         raise
     finally:
         executor.shutdown(wait=True)

@@ -74,6 +74,7 @@ class ReplayServer:
         self.prefixes: list[tuple[str, Handler]] = []
         self.requests: list[tuple[float, str, dict[str, str]]] = []
         self.latency = latency
+        self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -120,6 +121,8 @@ class ReplayServer:
                 parts = urlsplit(self.path)
                 with server._lock:
                     server.requests.append((time.monotonic(), parts.path, dict(self.headers)))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 handler = server.routes.get(parts.path) or next(
                     (h for p, h in server.prefixes if parts.path.startswith(p)), None
                 )
@@ -129,6 +132,9 @@ class ReplayServer:
                     self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
 
             def _send(self, reply: Reply) -> None:
                 self.send_response(reply.status)
