@@ -281,12 +281,12 @@ class Downloader:
             raise FetchError("private_address", str(exc)) from None
         except ResolutionFailed as exc:
             raise FetchError("dns_error", str(exc)) from None
+        except NewConnectionError as exc:  # (a subclass of ConnectTimeoutError in urllib3 2)
+            raise FetchError("connection_error", str(exc)) from None
         except (ConnectTimeoutError, ReadTimeoutError, TimeoutError) as exc:
             raise FetchError("timeout", str(exc)) from None
         except SSLError as exc:
             raise FetchError("tls_error", str(exc)) from None
-        except NewConnectionError as exc:
-            raise FetchError("connection_error", str(exc)) from None
         except (HTTPError, OSError) as exc:
             raise FetchError("connection_error", str(exc)) from None
 
