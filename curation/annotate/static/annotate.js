@@ -73,6 +73,17 @@
     }
   }
 
+  // Show the photo as large as the stage allows (up to 4x), so the crop box stays on the image.
+  function fit() {
+    const it = items[pos];
+    const photo = $("photo");
+    if (!it || !it.width || !it.height) { photo.style.width = photo.style.height = ""; return; }
+    const stage = $("stage");
+    const scale = Math.min((stage.clientWidth - 24) / it.width, (stage.clientHeight - 24) / it.height, 4);
+    photo.style.width = Math.max(1, Math.floor(it.width * scale)) + "px";
+    photo.style.height = Math.max(1, Math.floor(it.height * scale)) + "px";
+  }
+
   function text(id, value) { $(id).textContent = value == null || value === "" ? "—" : String(value); }
 
   function render() {
@@ -93,6 +104,7 @@
     const url = imageUrl(it);
     if (photo.getAttribute("src") !== url) photo.src = url;
     photo.alt = "image under review for class " + it.class_name;
+    fit();
     $("class-name").textContent = it.class_name;
     $("wnid").textContent = it.wnid;
     $("gloss").textContent = it.gloss || "";
@@ -248,6 +260,7 @@
     button.addEventListener("click", () => { button.blur(); vote(button.dataset.verdict); });
   });
 
+  window.addEventListener("resize", fit);
   add(boot.items);
   status();
   render();
