@@ -12,7 +12,7 @@ MODEL    ?= resnet50.tv_in1k
 REPORT_DIR ?= data/report
 SHARED   ?= ../shared
 
-.PHONY: install crawl filter dedup annotate release eval report status test lint demo chromium
+.PHONY: install crawl filter dedup annotate release eval report status test lint demo chromium bench-crawl
 
 install: $(STAMP)
 
@@ -53,3 +53,8 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/curation crawl --folder $(SHARED)/images/imagenet_samples
 	$(BIN)/curation status
+
+# Crawl speed against img2dataset (its own venv: it pins pandas<3). E.g. make bench-crawl ARGS="--n 300".
+bench-crawl: $(STAMP)
+	test -x build/venv-bench/bin/img2dataset || { $(PYTHON) -m venv build/venv-bench && build/venv-bench/bin/pip install -q img2dataset; }
+	$(BIN)/python benchmarks/crawl.py $(ARGS)
