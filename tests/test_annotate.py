@@ -566,3 +566,40 @@ def test_twenty_parallel_votes_all_land(review):
         for i in range(n)
     }
     assert votes_in(catalog) == expected
+
+
+def test_stats_and_conflicts_pages_and_adjudication(review):
+    catalog = review.open()
+    (p1, w1), (p2, w2) = review.queue[:2]
+    with catalog.session() as s:
+        record_vote(s, p1, w1, "alice", "accept")
+        record_vote(s, p1, w1, "bob", "wrong_class", note="<i>looks like a ray</i>")
+        record_vote(s, p2, w2, "alice", "accept")
+        record_vote(s, p2, w2, "bob", "accept")
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)
+    with running_server(cfg) as base:
+        http = client()
+        stats = http.get(base + "/stats", timeout=30).text
+        assert '<b id="pairwise">0.500</b>' in stats
+        assert '<b id="kappa">-0.333</b>' in stats  # P = 1/2, Pe = (3/4)^2 + (1/4)^2: (0.5-0.625)/0.375
+        conflicts_page = http.get(base + "/conflicts", timeout=30).text
+        assert "&lt;i&gt;looks like a ray&lt;/i&gt;" in conflicts_page and "<i>looks" not in conflicts_page
+        link = f"/?pair={p1}:{w1}"
+        assert f'href="{link}"' in conflicts_page
+        assert p2 not in conflicts_page  # agreeing votes are no conflict
+        # carol adjudicates the conflicting pair, although it has all its votes and left the queue
+        page = http.get(base + "/?annotator=carol", timeout=30).text
+        assert json.loads(page[page.index('type="application/json">') + 24 : page.index("</script>")])["remaining"] == 6
+        single = http.get(base + link, timeout=30).text
+        boot = json.loads(single[single.index('type="application/json">') + 24 : single.index("</script>")])
+        assert [(i["sha256"], i["wnid"]) for i in boot["items"]] == [(p1, w1)]
+        response = http.post(
+            base + "/api/vote",
+            json={"sha256": p1, "wnid": w1, "verdict": "accept"},
+            headers={"X-CSRF-Token": csrf_of(single)},
+            timeout=30,
+        )
+        assert response.status_code == 200
+        assert http.get(base + "/?pair=nonsense", timeout=30).status_code == 400
+    with catalog.session() as s:
+        assert cat.accepted_pairs(s, 2) == {(p1, w1), (p2, w2)}

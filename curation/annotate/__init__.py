@@ -78,9 +78,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         server = make_server(create_app(cfg), args.host, args.port)
     except OSError as exc:
         raise CurationError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{server.server_port}/" + (f"?token={token}" if token else "")
     print(f"annotate: review page at {url} (Ctrl-C to stop)", flush=True)

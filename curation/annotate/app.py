@@ -172,14 +172,16 @@ def create_app(cfg: ReviewConfig) -> Flask:
             abort(400, "wnid must look like n01498041")
         return order, wnid
 
+    def parse_pair(text: str) -> tuple[str, str]:
+        sha, _, wnid = text.partition(":")
+        if not (is_sha256(sha) and is_wnid(wnid)):
+            abort(400, "a pair is written SHA256:WNID")
+        return sha, wnid
+
     def load(name: str, order: str, wnid: str | None, after: tuple[str, str] | None) -> dict[str, Any]:
         with cfg.catalog.session() as s:
             pairs = next_pairs(s, name, cfg.votes_needed, limit=BATCH, after=after, order=order, wnid=wnid)
-            return {
-                "items": describe(s, pairs, name, cfg.crop_fraction),
-                "remaining": remaining(s, name, cfg.votes_needed, wnid),
-                "batch": BATCH,
-            }
+            return {"items": describe(s, pairs, name, cfg.crop_fraction), "batch": BATCH}
 
     @app.get("/")
     def review() -> Any:
@@ -194,7 +196,16 @@ def create_app(cfg: ReviewConfig) -> Flask:
         if not name:
             return render_template("name.html")
         order, wnid = queue_args()
-        boot = {**load(name, order, wnid, None), "order": order, "wnid": wnid, "verdicts": list(VERDICTS)}
+        if request.args.get("pair"):  # one pair, e.g. from the conflicts list, whatever its votes
+            with cfg.catalog.session() as s:
+                pair = parse_pair(request.args["pair"])
+                found = [pair] if pair_exists(s, *pair) else []
+                boot = {"items": describe(s, found, name, cfg.crop_fraction), "remaining": len(found), "batch": BATCH}
+        else:
+            boot = load(name, order, wnid, None)
+            with cfg.catalog.session() as s:  # a full count: once per page load, not per batch
+                boot["remaining"] = remaining(s, name, cfg.votes_needed, wnid)
+        boot.update(order=order, wnid=wnid, verdicts=list(VERDICTS))
         items = boot["items"]
         return render_template(
             "review.html", boot=boot, first=items[0] if items else None, verdict_ui=VERDICT_UI, max_note=MAX_NOTE
@@ -212,12 +223,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
     def api_queue() -> Any:
         name = annotator() or abort(409, "choose an annotator name first")
         order, wnid = queue_args()
-        after = None
-        if request.args.get("after"):
-            sha, _, after_wnid = request.args["after"].partition(":")
-            if not (is_sha256(sha) and is_wnid(after_wnid)):
-                abort(400, "after must be SHA256:WNID")
-            after = (sha, after_wnid)
+        after = parse_pair(request.args["after"]) if request.args.get("after") else None
         return jsonify(ok=True, **load(name, order, wnid, after))
 
     def pair_from_json() -> tuple[dict[str, Any], str, str]:
@@ -288,7 +294,10 @@ def create_app(cfg: ReviewConfig) -> Flask:
 
 
 def make_server(app: Flask, host: str, port: int) -> Any:
-    """A threaded WSGI server bound to (host, port); port 0 picks a free one."""
+    """A threaded WSGI server bound to (host, port); port 0 picks a free one. No line per request."""
+    import logging
+
     from werkzeug.serving import make_server as werkzeug_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return werkzeug_server(host, port, app, threaded=True)

@@ -87,18 +87,45 @@ def next_pairs(
 ) -> list[tuple[str, str]]:
     """The next ``limit`` (sha256, wnid) pairs for ``annotator``, after the cursor ``after``.
 
-    ``mixed`` orders by image hash (a stable shuffle across classes), ``class`` by class first.
+    ``mixed`` orders by image hash (a stable shuffle across classes), ``class`` by class, then
+    hash. Both walk the (sha256, wnid) primary key and stop at ``limit``: a page costs the same
+    at 1k or 100k pairs (class order does one such walk per class it visits).
     """
-    keys = (
-        (FilterVerdict.sha256, FilterVerdict.wnid) if order == "mixed" else (FilterVerdict.wnid, FilterVerdict.sha256)
-    )
+    if order == "mixed":
+        return _page(session, annotator, votes_needed, limit, after, wnid)
+    if wnid:
+        classes = [wnid]
+    else:
+        kept = select(FilterVerdict.wnid).where(FilterVerdict.kept.is_(True)).distinct().order_by(FilterVerdict.wnid)
+        classes = list(session.scalars(kept))
+    pairs: list[tuple[str, str]] = []
+    for class_wnid in classes:
+        if after is not None and class_wnid < after[1]:
+            continue
+        cursor = after if after is not None and class_wnid == after[1] else None
+        pairs += _page(session, annotator, votes_needed, limit - len(pairs), cursor, class_wnid)
+        if len(pairs) >= limit:
+            break
+    return pairs
+
+
+def _page(
+    session: Session,
+    annotator: str,
+    votes_needed: int,
+    limit: int,
+    after: tuple[str, str] | None,
+    wnid: str | None,
+) -> list[tuple[str, str]]:
     stmt = _open_for(select(FilterVerdict.sha256, FilterVerdict.wnid), annotator, votes_needed)
     if wnid:
         stmt = stmt.where(FilterVerdict.wnid == wnid)
     if after is not None:
-        first, second = after if order == "mixed" else (after[1], after[0])
-        stmt = stmt.where(or_(keys[0] > first, and_(keys[0] == first, keys[1] > second)))
-    rows = session.execute(stmt.order_by(*keys).limit(limit)).all()
+        sha, after_wnid = after
+        stmt = stmt.where(
+            or_(FilterVerdict.sha256 > sha, and_(FilterVerdict.sha256 == sha, FilterVerdict.wnid > after_wnid))
+        )
+    rows = session.execute(stmt.order_by(FilterVerdict.sha256, FilterVerdict.wnid).limit(limit)).all()
     return [(sha, w) for sha, w in rows]
 
 
