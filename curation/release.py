@@ -234,7 +234,7 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
                     filter_model=_first_model(verdict.models),
                 )
             )
-    _attach_provenance(session, items, names)
+    attach_provenance(session, items, names)
     return Selection(items=items, dropped=Counter({k: v for k, v in dropped.items() if v}))
 
 
@@ -246,7 +246,7 @@ def _first_model(models_json: str) -> str:
     return str(models[0]) if isinstance(models, list) and models else ""
 
 
-def _attach_provenance(session: Session, items: list[Item], names: dict[str, str]) -> None:
+def attach_provenance(session: Session, items: list[Item], names: dict[str, str]) -> None:
     """Fill each item's source, licence, filter prediction and votes from the catalog."""
     shas = {i.sha256 for i in items}
     candidates: dict[tuple[str, str], cat.Candidate] = {}

@@ -1,0 +1,65 @@
+"""`curation report`: the page renders, its PNGs are real images of sensible size, text is escaped."""
+
+from __future__ import annotations
+
+import re
+
+from PIL import Image
+from test_release_catalog import CLASSES, build_catalog
+
+from curation import catalog as cat
+
+PLOTS = ["funnel.png", "per_class.png", "sources_licences.png", "filter_confidence.png"]
+
+
+def _check_png(path, min_side=300):
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()
+        assert min(im.size) >= min_side and max(im.size) < 6000, (path, im.size)
+        # Not a blank canvas: a real plot has many distinct colours.
+        assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, path
+
+
+def test_report_after_a_release(run_cli, catalog_url, tmp_path):
+    built = build_catalog(catalog_url, tmp_path / "data")
+    catalog = cat.open_catalog(catalog_url)
+    with catalog.session() as s:
+        s.get(cat.ImageClass, CLASSES[0]).name = "monarch <script>alert(1)</script> & co"
+    base = ("--db", catalog_url, "--data-dir", str(built.data_dir))
+    assert run_cli(*base, "release", str(tmp_path / "rel")).returncode == 0
+    out = tmp_path / "report"
+    result = run_cli(*base, "report", str(out), "--per-class", "4")
+    assert result.returncode == 0, result.stderr
+    assert "3 contact sheets" in result.stderr
+    for name in PLOTS:
+        _check_png(out / name)
+    for wnid in CLASSES:
+        _check_png(out / "sheets" / f"{wnid}.png", min_side=250)
+    page = (out / "index.html").read_text()
+    assert "<script>" not in page and "monarch &lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert "imagenet-a-rebuilt" in page
+    for src in re.findall(r'src="([^"]+)"', page):
+        assert (out / src).is_file(), src
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from elsewhere
+    # Funnel numbers on the page are the catalog's.
+    released = len(built.released)
+    assert f'<td class="n">{released:,}</td>' in page
+
+
+def test_report_before_any_release_shows_accepted_images(run_cli, catalog_url, tmp_path):
+    built = build_catalog(catalog_url, tmp_path / "data")
+    out = tmp_path / "report"
+    result = run_cli("--db", catalog_url, "--data-dir", str(built.data_dir), "report", str(out))
+    assert result.returncode == 0, result.stderr
+    page = (out / "index.html").read_text()
+    assert "No release yet" in page and "accepted by annotation" in page
+    assert sorted(p.stem for p in (out / "sheets").glob("*.png")) == sorted(CLASSES)
+
+
+def test_report_on_an_empty_catalog(run_cli, catalog_url, tmp_path):
+    result = run_cli("--db", catalog_url, "report", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    for name in PLOTS:
+        with Image.open(tmp_path / "report" / name) as im:
+            assert im.format == "PNG" and min(im.size) > 200
