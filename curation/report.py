@@ -232,7 +232,9 @@ def plot_per_class(data: ReportData, path: Path) -> None:
     positions = range(len(rows))[::-1]
     ax.barh(positions, [r["kept"] for r in rows], color="#c6d4e8", label="kept by filter")
     ax.barh(positions, [r[stage] for r in rows], color="#4c72b0", label=stage)
-    ax.set_yticks(list(positions), [f"{r['name'][:28]} ({r['wnid']})" for r in rows], fontsize=9 if len(rows) <= 40 else 7)
+    ax.set_yticks(
+        list(positions), [f"{r['name'][:28]} ({r['wnid']})" for r in rows], fontsize=9 if len(rows) <= 40 else 7
+    )
     ax.set_ylim(-1, len(rows))
     ax.set_xlabel("images")
     ax.set_title(f"Images per class ({len(rows)} classes)")
