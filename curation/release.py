@@ -485,11 +485,10 @@ def datasheet_context(
     session: Session, settings: Settings, selection: Selection, votes_needed: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Facts for the datasheet that come from the catalog and settings (never from the clock)."""
+    from curation.annotate.agreement import agreement_stats
+
     references = session.execute(
         select(cat.ReferenceSet.name, cat.ReferenceSet.count, cat.ReferenceSet.complete).order_by(cat.ReferenceSet.name)
-    ).all()
-    annotations = session.execute(
-        select(cat.Annotation.sha256, cat.Annotation.wnid, cat.Annotation.annotator, cat.Annotation.verdict)
     ).all()
     annotation_dates = (
         session.execute(select(cat.Annotation.created_at).order_by(cat.Annotation.created_at)).scalars().all()
@@ -506,41 +505,14 @@ def datasheet_context(
         "max_per_class": args.max_per_class,
         "dropped": selection.dropped,
         "references": references,
-        "agreement": annotator_agreement(annotations),
+        "agreement": agreement_stats(session),
         "annotation_dates": (annotation_dates[0], annotation_dates[-1]) if annotation_dates else None,
         "thresholds": {"filter": public("filter"), "dedup": public("dedup"), "annotate": public("annotate")},
     }
 
 
-def annotator_agreement(annotations: list[tuple[str, str, str, str]]) -> dict[str, Any]:
-    """Agreement over (image, class) pairs with two or more non-skip votes: the share of agreeing
-    rater pairs and Fleiss' kappa (variable raters per item)."""
-    per_pair: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    annotators = set()
-    for sha, wnid, annotator, verdict in annotations:
-        annotators.add(annotator)
-        if verdict != "skip":
-            per_pair[(sha, wnid)][verdict] += 1
-    multi = [c for c in per_pair.values() if sum(c.values()) >= 2]
-    result: dict[str, Any] = {"annotators": len(annotators), "pairs": len(per_pair), "pairs_multi": len(multi)}
-    if not multi:
-        return result
-    agreeing = total = 0
-    category_totals: Counter = Counter()
-    per_item = []
-    for counts in multi:
-        n = sum(counts.values())
-        same = sum(k * (k - 1) for k in counts.values())
-        agreeing += same
-        total += n * (n - 1)
-        per_item.append(same / (n * (n - 1)))
-        category_totals.update(counts)
-    all_votes = sum(category_totals.values())
-    expected = sum((v / all_votes) ** 2 for v in category_totals.values())
-    observed = sum(per_item) / len(per_item)
-    result["pairwise_agreement"] = agreeing / total
-    result["fleiss_kappa"] = None if expected >= 1 else (observed - expected) / (1 - expected)
-    return result
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -604,16 +576,13 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
         "",
         "## Annotator agreement",
         "",
-        f"- {agreement['annotators']} annotator(s); {agreement['pairs']} (image, class) pairs voted on, "
-        f"{agreement['pairs_multi']} with two or more votes.",
+        f"- {len(agreement['annotators'])} annotator(s), {agreement['votes']} votes (skips not counted) on "
+        f"{agreement['images']} (image, class) pairs; {agreement['images_multi']} pairs with two or more votes, "
+        f"{agreement['conflicts']} of them conflicting.",
+        f"- Pairwise agreement {_number(agreement['pairwise_agreement'])}; Fleiss' kappa over all verdicts "
+        f"{_number(agreement['fleiss_kappa'])}, accept versus not {_number(agreement['fleiss_kappa_accept'])} "
+        "(n/a: fewer than two votes per pair, or a single verdict).",
     ]
-    if "pairwise_agreement" in agreement:
-        kappa = agreement["fleiss_kappa"]
-        lines.append(
-            f"- Pairwise agreement {agreement['pairwise_agreement']:.3f}; Fleiss' kappa "
-            + ("undefined (a single verdict was ever given)" if kappa is None else f"{kappa:.3f}")
-            + "."
-        )
     lines += ["", "## Licences", "", *_table(["licence", "images"], [[k, v] for k, v in sorted(licences.items())])]
     source_names = sorted(sources)
     lines += [
