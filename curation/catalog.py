@@ -185,6 +185,8 @@ class PerceptualHash(Base):
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
     phash: Mapped[int] = mapped_column(BigInteger)
     dhash: Mapped[int] = mapped_column(BigInteger)
+    phash_mirror: Mapped[int] = mapped_column(BigInteger)  # of the horizontally mirrored image
+    dhash_mirror: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -197,6 +199,7 @@ class DedupStatus(Base):
     status: Mapped[str] = mapped_column(String(16))
     cluster_id: Mapped[str | None] = mapped_column(String(64))  # sha256 of the representative
     label_conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)  # why an image could not be hashed (status "failed")
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 

@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("cluster_id", sa.String(length=64), nullable=True),
         sa.Column("label_conflict", sa.Boolean(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["sha256"],
@@ -117,6 +118,8 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("phash", sa.BigInteger(), nullable=False),
         sa.Column("dhash", sa.BigInteger(), nullable=False),
+        sa.Column("phash_mirror", sa.BigInteger(), nullable=False),
+        sa.Column("dhash_mirror", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["sha256"],

@@ -1,0 +1,159 @@
+"""Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al., 2012).
+
+The 64 bits are cut into ``m`` blocks. If two codes differ in at most ``r`` bits, one of the blocks
+differs in at most ``r // m`` bits (pigeonhole), so a query only has to look up, in each block's
+table, the bucket of its own block value and of every value within ``r // m`` flips of it, then
+check the full distance of the few codes found there. Each table is a counting sort of the codes
+by block value (an ``argsort`` plus bucket offsets), so building is a few numpy passes and a query
+batch is a handful of vectorised gathers: no Python loop per code or per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+CODE_BITS = 64
+# Keys (query × flip) expanded at once; bounds the memory of one query batch to ~100 MB.
+KEYS_PER_BATCH = 4_000_000
+
+
+def _split(blocks: int) -> list[tuple[int, int]]:
+    """(shift, bits) of ``blocks`` nearly equal blocks covering the 64 bits."""
+    sizes = [CODE_BITS // blocks + (1 if i < CODE_BITS % blocks else 0) for i in range(blocks)]
+    shifts = np.cumsum([0, *sizes[:-1]])
+    return [(int(shift), size) for shift, size in zip(shifts, sizes, strict=True)]
+
+
+def _keys_within(bits: int, flips: int) -> int:
+    return sum(comb(bits, i) for i in range(flips + 1))
+
+
+def flip_budgets(blocks: int, radius: int) -> list[int]:
+    """Bits each block may differ by: with ``radius = s * blocks + a``, a pair within the radius
+    differs by at most ``s`` bits in one of the first ``a + 1`` blocks or by at most ``s - 1`` in one
+    of the others (otherwise it differs by at least ``(a + 1)(s + 1) + (blocks - a - 1) s > radius``).
+    A budget of -1 means the block needs no look-up at all."""
+    s, a = divmod(radius, blocks)
+    return [s if k <= a else s - 1 for k in range(blocks)]
+
+
+def choose_blocks(n_codes: int, radius: int) -> int:
+    """The block count with the least expected work per query on uniformly spread codes:
+    table look-ups plus candidates to check (weighted as 1.5 look-ups), summed over blocks."""
+
+    def cost(blocks: int) -> float:
+        total = 0.0
+        for (_shift, bits), flips in zip(_split(blocks), flip_budgets(blocks, radius), strict=True):
+            keys = _keys_within(bits, flips)
+            total += keys * (1 + 1.5 * n_codes / 2**bits)
+        return total
+
+    # Blocks wider than 22 bits would need tables of more than 4M buckets.
+    return min(range(3, 9), key=cost)
+
+
+def _flip_masks(bits: int, flips: int) -> np.ndarray:
+    """Every ``bits``-bit value with at most ``flips`` bits set, as int64."""
+    masks = [0] if flips >= 0 else []
+    for k in range(1, flips + 1):
+        masks.extend(sum(1 << i for i in chosen) for chosen in combinations(range(bits), k))
+    return np.array(masks, dtype=np.int64)
+
+
+def popcount_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise Hamming distance of two ``uint64`` arrays."""
+    return np.bitwise_count(np.bitwise_xor(a, b))
+
+
+class HammingIndex:
+    """An exact range-search index over ``uint64`` codes for one maximum radius."""
+
+    def __init__(self, codes: np.ndarray, radius: int) -> None:
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint64)
+        self.radius = radius
+        self.blocks = _split(choose_blocks(max(len(self.codes), 1), radius))
+        self.flips = flip_budgets(len(self.blocks), radius)
+        self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for (shift, bits), flips in zip(self.blocks, self.flips, strict=True):
+            values = self._block(self.codes, shift, bits)
+            order = np.argsort(values, kind="stable").astype(np.int32)
+            starts = np.zeros(2**bits + 1, dtype=np.int32 if len(self.codes) < 2**31 else np.int64)
+            np.cumsum(np.bincount(values, minlength=2**bits), out=starts[1:])
+            self._tables.append((order, starts, _flip_masks(bits, flips)))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @staticmethod
+    def _block(codes: np.ndarray, shift: int, bits: int) -> np.ndarray:
+        return ((codes >> np.uint64(shift)) & np.uint64(2**bits - 1)).astype(np.int64)
+
+    def search(self, queries: np.ndarray, radius: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All (query position, code position, distance) with distance <= ``radius`` (default: the
+        index's radius, which is also the largest allowed), each pair once, sorted by query."""
+        radius = self.radius if radius is None else radius
+        if radius > self.radius:
+            raise ValueError(f"radius {radius} exceeds the index radius {self.radius}")
+        queries = np.ascontiguousarray(queries, dtype=np.uint64)
+        parts = list(self._search_batches(queries, radius))
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.copy(), empty.copy()
+        q, c, d = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+        order = np.lexsort((c, q))
+        return q[order], c[order], d[order]
+
+    def _search_batches(self, queries: np.ndarray, radius: int) -> Iterator[tuple[np.ndarray, ...]]:
+        if len(self.codes) == 0 or len(queries) == 0:
+            return
+        widest = max(len(masks) for _order, _starts, masks in self._tables)
+        batch = max(1, KEYS_PER_BATCH // widest)
+        for begin in range(0, len(queries), batch):
+            chunk = queries[begin : begin + batch]
+            for k, ((shift, bits), (order, starts, masks)) in enumerate(zip(self.blocks, self._tables, strict=True)):
+                if len(masks) == 0:
+                    continue
+                # Queries sorted by block value, keys laid out mask by mask: nearby table reads.
+                values = self._block(chunk, shift, bits)
+                by_value = np.argsort(values)
+                keys = (masks[:, None] ^ values[by_value][None, :]).ravel()
+                low = starts[keys]
+                counts = starts[keys + 1] - low
+                total = int(counts.sum())
+                if total == 0:
+                    continue
+                owner = by_value[np.repeat(np.arange(len(keys), dtype=np.int64) % len(chunk), counts)]
+                offsets = np.repeat(low - (np.cumsum(counts, dtype=np.int64) - counts), counts)
+                ids = order[offsets + np.arange(total, dtype=np.int64)]
+                xor = self.codes[ids] ^ chunk[owner]
+                dist = np.bitwise_count(xor)
+                keep = dist <= radius
+                owner, ids, xor, dist = owner[keep], ids[keep], xor[keep], dist[keep]
+                # A pair is reported by the first block in which it lies within the flip budget.
+                for (earlier_shift, earlier_bits), earlier_flips in zip(self.blocks[:k], self.flips[:k], strict=True):
+                    later = np.bitwise_count(self._block(xor, earlier_shift, earlier_bits)) > earlier_flips
+                    owner, ids, dist, xor = owner[later], ids[later], dist[later], xor[later]
+                yield owner + begin, ids.astype(np.int64), dist.astype(np.int64)
+
+
+def brute_force_search(
+    codes: np.ndarray, queries: np.ndarray, radius: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same answer as ``HammingIndex.search`` by comparing every query with every code
+    (numpy popcount): the baseline the index is measured and tested against."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint64)
+    q_parts, c_parts, d_parts = [], [], []
+    for position, query in enumerate(np.asarray(queries, dtype=np.uint64)):
+        dist = np.bitwise_count(codes ^ query)
+        hits = np.flatnonzero(dist <= radius)
+        q_parts.append(np.full(len(hits), position, dtype=np.int64))
+        c_parts.append(hits.astype(np.int64))
+        d_parts.append(dist[hits].astype(np.int64))
+    if not q_parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), empty.copy()
+    return np.concatenate(q_parts), np.concatenate(c_parts), np.concatenate(d_parts)
