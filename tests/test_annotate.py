@@ -268,7 +268,7 @@ def test_agreement_stats_by_hand(review):
     with catalog.session() as s:
         stats = agreement_stats(s)
         rows = conflicts(s)
-    assert stats["votes"] == 6 and stats["items"] == 3 and stats["items_multi"] == 2 and stats["conflicts"] == 1
+    assert stats["votes"] == 6 and stats["images"] == 3 and stats["images_multi"] == 2 and stats["conflicts"] == 1
     assert stats["annotators"] == {"alice": 3, "bob": 2, "carol": 1}
     # pairs: item1 (a,b) (a,c) (b,c) agree, item2 (a,b) disagrees -> 3 of 4
     assert stats["pairwise_agreement"] == pytest.approx(0.75)
@@ -358,7 +358,10 @@ def test_stats_command(review, run_cli):
     text = run_cli("--db", review.url, "annotate", "stats")
     assert text.returncode == 0
     assert text.stdout.startswith("annotation: 2 votes by 2 annotator(s) on 1 images; 1 with 2+ votes, 1 conflicting")
-    assert "alice / bob" in text.stdout and w1 in text.stdout
+    assert any(line.split() == ["alice", "/", "bob", "1", "0.000"] for line in text.stdout.splitlines())
+    assert any(
+        line.split()[:1] == [w1] and line.split()[-3:] == ["1", "2", "0.500"] for line in text.stdout.splitlines()
+    )
 
 
 # --------------------------------------------------------------------------- the server
@@ -580,7 +583,8 @@ def test_stats_and_conflicts_pages_and_adjudication(review):
     with running_server(cfg) as base:
         http = client()
         stats = http.get(base + "/stats", timeout=30).text
-        assert '<b id="pairwise">0.500</b>' in stats
+        assert '<b id="pairwise">0.500</b>' in stats and "built-in method" not in stats
+        assert '<td>alice / bob</td><td class="n">2</td>' in stats
         assert '<b id="kappa">-0.333</b>' in stats  # P = 1/2, Pe = (3/4)^2 + (1/4)^2: (0.5-0.625)/0.375
         conflicts_page = http.get(base + "/conflicts", timeout=30).text
         assert "&lt;i&gt;looks like a ray&lt;/i&gt;" in conflicts_page and "<i>looks" not in conflicts_page

@@ -137,12 +137,12 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(summary_line(stats))
     if stats["pairs"]:
-        print(f"{'annotator pair':<40} {'items':>7} {'agreement':>10}")
+        print(f"{'annotator pair':<40} {'images':>7} {'agreement':>10}")
         for p in stats["pairs"]:
-            print(f"{p['a'] + ' / ' + p['b']:<40} {p['items']:>7} {p['agreement']:>10.3f}")
+            print(f"{p['a'] + ' / ' + p['b']:<40} {p['images']:>7} {p['agreement']:>10.3f}")
     if stats["per_class"]:
         print(f"{'wnid':<10} {'class':<28} {'images':>7} {'votes':>7} {'accept rate':>12}")
         for c in stats["per_class"]:
             rate = "n/a" if c["accept_rate"] is None else f"{c['accept_rate']:.3f}"
-            print(f"{c['wnid']:<10} {c['name'][:28]:<28} {c['items']:>7} {c['votes']:>7} {rate:>12}")
+            print(f"{c['wnid']:<10} {c['name'][:28]:<28} {c['images']:>7} {c['votes']:>7} {rate:>12}")
     return 0

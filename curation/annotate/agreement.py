@@ -77,7 +77,7 @@ def agreement_stats(session: Session) -> dict[str, Any]:
             {
                 "wnid": wnid,
                 "name": names.get(wnid, wnid),
-                "items": counts["__items__"],
+                "images": counts["__items__"],
                 "votes": n_votes,
                 "accepts": counts["accept"],
                 "accept_rate": counts["accept"] / n_votes if n_votes else None,
@@ -87,14 +87,14 @@ def agreement_stats(session: Session) -> dict[str, Any]:
     total_pairs = sum(pair_total.values())
     return {
         "votes": sum(per_annotator.values()),
-        "items": len(items),
-        "items_multi": len(table),
+        "images": len(items),
+        "images_multi": len(table),
         "conflicts": conflicts,
         "annotators": dict(sorted(per_annotator.items())),
         "accept_rate": (sum(c["accepts"] for c in classes) / sum(c["votes"] for c in classes)) if classes else None,
         "pairwise_agreement": sum(pair_agree.values()) / total_pairs if total_pairs else None,
         "pairs": [
-            {"a": a, "b": b, "items": pair_total[(a, b)], "agreement": pair_agree[(a, b)] / pair_total[(a, b)]}
+            {"a": a, "b": b, "images": pair_total[(a, b)], "agreement": pair_agree[(a, b)] / pair_total[(a, b)]}
             for a, b in sorted(pair_total)
         ],
         "fleiss_kappa": fleiss_kappa(table),
@@ -110,8 +110,8 @@ def summary_line(stats: dict[str, Any]) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     return (
-        f"annotation: {stats['votes']} votes by {len(stats['annotators'])} annotator(s) on {stats['items']} images; "
-        f"{stats['items_multi']} with 2+ votes, {stats['conflicts']} conflicting; "
+        f"annotation: {stats['votes']} votes by {len(stats['annotators'])} annotator(s) on {stats['images']} images; "
+        f"{stats['images_multi']} with 2+ votes, {stats['conflicts']} conflicting; "
         f"pairwise agreement {fmt(stats['pairwise_agreement'])}, Fleiss' kappa {fmt(stats['fleiss_kappa'])} "
         f"(accept vs not {fmt(stats['fleiss_kappa_accept'])})"
     )
