@@ -377,9 +377,17 @@ def test_non_loopback_bind_without_token_refuses_to_start(run_cli, catalog_url):
         create_app(ReviewConfig(catalog=cat.open_catalog(catalog_url), data_dir=Path("."), bind_host="0.0.0.0"))
 
 
-def test_serve_prints_the_url_and_serves_the_page(review, tmp_path):
+def test_serve_prints_the_url_and_serves_the_page(review, tmp_path, run_cli):
     import subprocess
     import sys
+
+    (tmp_path / "curation.toml").write_text("[annotate]\nvotes_needed = 0\n")
+    bad = run_cli("--db", review.url, "annotate", "serve", "--port", "0", timeout=60)
+    assert (
+        bad.returncode == 1
+        and bad.stderr == "curation: error: [annotate] votes_needed must be a positive integer, not 0\n"
+    )
+    (tmp_path / "curation.toml").write_text("[annotate]\nvotes_needed = 3\n")
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "curation", "--db", review.url, "--data-dir", str(review.data_dir), "annotate", "serve"]
@@ -395,7 +403,7 @@ def test_serve_prints_the_url_and_serves_the_page(review, tmp_path):
         url = line.split()[4]
         page = client().get(url, timeout=30)
         assert page.status_code == 200
-        assert "annotator <b>alice</b>" in page.text
+        assert "annotator <b>alice</b> · 3 votes per image" in page.text
         assert f"{len(review.queue)}</b> left" in page.text
     finally:
         proc.terminate()

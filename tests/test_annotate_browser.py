@@ -52,6 +52,12 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
         expect(page.locator(".who")).to_contain_text("alice")
         expect(page.locator("#wnid")).to_have_text(q[0][1])
         expect(page.locator("#title")).to_have_text(SCRIPT_TITLE)  # the <script> title is text
+        preload = {f"{base}/image/{sha}" for sha, _ in q[1:4]}  # the next three are fetched ahead
+        for _ in range(100):
+            if preload <= set(requests_seen):
+                break
+            page.wait_for_timeout(50)
+        assert preload <= set(requests_seen)
 
         def settle() -> None:
             # every vote and undo answered (wait_for_function would need eval, which the CSP forbids)

@@ -261,6 +261,7 @@
   });
 
   window.addEventListener("resize", fit);
+  $("photo").addEventListener("error", () => flash("this image cannot be loaded (file missing?): press s to skip it"));
   add(boot.items);
   status();
   render();
