@@ -515,7 +515,11 @@ def test_api_refuses_bad_votes(review):
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir)
     with running_server(cfg) as base:
         http = client()
-        assert "Who is reviewing?" in http.get(base + "/", timeout=30).text  # no name yet
+        name_page = http.get(base + "/", timeout=30).text
+        assert "Who is reviewing?" in name_page  # no name yet
+        assert http.post(base + "/name", data={"annotator": "eve"}, timeout=30).status_code == 400  # no CSRF
+        named = http.post(base + "/name", data={"annotator": "eve", "csrf_token": csrf_of(name_page)}, timeout=30)
+        assert named.status_code == 200 and "annotator <b>eve</b>" in named.text
         assert http.get(base + "/?annotator=%3Cscript%3E", timeout=30).status_code == 400
         page = http.get(base + "/?annotator=bob", timeout=30)
         assert "annotator <b>bob</b>" in page.text
