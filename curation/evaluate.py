@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from curation.inference import LoadedModel
 
 WNID = re.compile(r"n\d{8}")
+README_LINE = re.compile(r"^(n\d{8}) +\S", re.MULTILINE)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument(
         "--label-space",
-        choices=["folder", "imagenet-a"],
-        default="folder",
-        help="restrict to the folder's wnids (default, like the authors' eval.py) or to all 200 ImageNet-A classes",
+        choices=["auto", "folder", "imagenet-a"],
+        default="auto",
+        help="classes the logits are restricted to: auto (default) = the wnids listed in DATASET_DIR/README.txt "
+        "when they cover every folder (our releases and the original ImageNet-A), else the folders' wnids; "
+        "folder; or the 200 ImageNet-A classes",
     )
     parser.add_argument("--predictions", type=Path, metavar="CSV", help="also write one row per image")
     parser.set_defaults(func=run)
@@ -66,19 +69,37 @@ def list_dataset(dataset_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     return wnids, [(Path(path), wnids[label]) for path, label in samples]
 
 
+def readme_wnids(dataset_dir: Path) -> list[str]:
+    """The wnids of the "wnid name" lines of DATASET_DIR/README.txt (empty when there is none)."""
+    try:
+        text = (dataset_dir / "README.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return sorted({m.group(1) for m in README_LINE.finditer(text)})
+
+
+def label_space(dataset_dir: Path, folder_wnids: list[str], choice: str) -> tuple[list[str], str]:
+    """The sorted wnids whose logits are kept (see ``--label-space``) and where they came from;
+    every folder must be one of them."""
+    if choice == "imagenet-a":
+        from curation.classes import imagenet_a_reference
+
+        wnids, origin = sorted(imagenet_a_reference()[0]), "imagenet-a"
+    elif choice == "auto" and set(folder_wnids) <= set(listed := readme_wnids(dataset_dir)):
+        wnids, origin = listed, "README.txt"
+    else:
+        wnids, origin = folder_wnids, "folders"
+    outside = sorted(set(folder_wnids) - set(wnids))
+    if outside:
+        raise CurationError(f"folder {outside[0]} is not in the {choice} label space; use --label-space folder")
+    return wnids, origin
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise CurationError("--batch-size must be at least 1")
     folder_wnids, samples = list_dataset(args.dataset_dir)
-    if args.label_space == "imagenet-a":
-        from curation.classes import imagenet_a_reference
-
-        label_wnids = imagenet_a_reference()[0]
-        outside = sorted(set(folder_wnids) - set(label_wnids))
-        if outside:
-            raise CurationError(f"folder {outside[0]} is not an ImageNet-A class; use --label-space folder")
-    else:
-        label_wnids = folder_wnids
+    label_wnids, label_origin = label_space(args.dataset_dir, folder_wnids, args.label_space)
     position = {wnid: i for i, wnid in enumerate(label_wnids)}
     paths = [path for path, _ in samples]
     labels = np.array([position[wnid] for _, wnid in samples], dtype=np.int64)
@@ -100,6 +121,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "weights_hash": loaded.weights_hash,
         "dataset": str(args.dataset_dir),
         "n_classes": len(label_wnids),
+        "label_space": label_origin,
         "n_unreadable": len(result.errors),
         **scores.as_dict(),
     }
@@ -158,7 +180,7 @@ def print_report(report: dict) -> None:
         ("model", f"{report['model']} (weights {report['weights_hash']})"),
         (
             "dataset",
-            f"{report['dataset']}: {report['n_images']} images, {k} classes, {report['n_unreadable']} unreadable",
+            f"{report['dataset']}: {report['n_images']} images, {k} classes ({report['label_space']}), {report['n_unreadable']} unreadable",
         ),
         (f"top-1, {k}-way restricted (canonical)", percent(report["top1_restricted"])),
         ("top-1, all model classes", percent(report["top1_full"])),

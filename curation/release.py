@@ -405,13 +405,16 @@ def _manifest_row(item: Item, file_sha256: str, converted_from: str) -> dict[str
 
 def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], context: dict[str, Any]) -> None:
     """README.txt, manifest.csv, ATTRIBUTION.md, DATASHEET.md, then SHA256SUMS over every file."""
-    classes = sorted({(i.wnid, i.class_name) for i in items})
+    present = {i.wnid for i in items}
+    label_space = context["label_space"]
     readme = [
-        f"{context['name']} {context['version']}: {len(items)} natural adversarial examples in {len(classes)} classes,",
-        "one folder per WordNet ID (torchvision ImageFolder layout). Provenance and licences: manifest.csv,",
-        "ATTRIBUTION.md and DATASHEET.md. The WordNet ID and name of each class is as follows.",
+        f"{context['name']} {context['version']}: {len(items)} natural adversarial examples in {len(present)} of the",
+        f"{len(label_space)} classes below, one folder per WordNet ID (torchvision ImageFolder layout; a class",
+        "without images has no folder). Score models with their logits restricted to all the classes below",
+        "(`curation eval` does so). Provenance and licences: manifest.csv, ATTRIBUTION.md and DATASHEET.md.",
+        "The WordNet ID and name of each class is as follows.",
         "",
-        *[f"{wnid} {name}" for wnid, name in classes],
+        *[f"{wnid} {name}" for wnid, name in label_space],
     ]
     (root / "README.txt").write_text("\n".join(readme) + "\n", encoding="utf-8")
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
@@ -500,6 +503,9 @@ def datasheet_context(
     return {
         "name": args.name,
         "version": args.release_version,
+        "label_space": session.execute(
+            select(cat.ImageClass.wnid, cat.ImageClass.name).order_by(cat.ImageClass.wnid)
+        ).all(),
         "votes_needed": votes_needed,
         "min_per_class": args.min_per_class,
         "max_per_class": args.max_per_class,
@@ -535,7 +541,8 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
         "",
         "## Composition",
         "",
-        f"- {len(items)} images in {len(classes)} classes (one folder per WordNet ID), a test set only: no train split.",
+        f"- {len(items)} images in {len(classes)} of the catalog's {len(context['label_space'])} classes "
+        "(one folder per WordNet ID; README.txt lists all of them), a test set only: no train split.",
         f"- Per class: min {min(Counter(i.wnid for i in items).values())}, "
         f"max {max(Counter(i.wnid for i in items).values())}.",
         "- Each image is a natural photo that the filter model(s) misclassified and that human annotators accepted "

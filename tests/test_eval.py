@@ -13,6 +13,8 @@ from conftest import SAMPLES
 from test_eval_metrics import reference_aurra, reference_calib_err
 
 from curation.classes import imagenet_a_reference
+from curation.errors import CurationError
+from curation.evaluate import label_space
 
 TOL = 1e-9
 
@@ -137,3 +139,16 @@ def test_eval_unknown_class_for_the_model(run_cli, tmp_path, lite0_checkpoint):
     result = run_cli("eval", str(root), "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint))
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1 and "n02084071" in result.stderr, result.stderr
+
+
+def test_label_space_follows_the_readme_of_a_release(tmp_path):
+    wnids = imagenet_a_reference()[0]
+    root = tmp_path / "release"
+    root.mkdir()
+    assert label_space(root, wnids[:3], "auto") == (wnids[:3], "folders")  # no README: the folders
+    (root / "README.txt").write_text("A dataset.\n\n" + "".join(f"{w} name {i}\n" for i, w in enumerate(wnids)))
+    assert label_space(root, wnids[:3], "auto") == (wnids, "README.txt")
+    assert label_space(root, wnids[:3], "folder") == (wnids[:3], "folders")
+    assert label_space(root, ["n02084071"], "auto") == (["n02084071"], "folders")  # README does not cover it
+    with pytest.raises(CurationError, match="n02084071"):
+        label_space(root, ["n02084071"], "imagenet-a")
