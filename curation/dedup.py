@@ -1,17 +1,522 @@
-"""`curation dedup` (not implemented yet)."""
+"""`curation dedup`: near-duplicates inside the crawl and leaks from reference sets.
+
+Every downloaded image is hashed once (pHash and dHash of the image and of its mirror image,
+:mod:`curation.hashing`). Two images are near-duplicates when their pHashes differ in at most
+``max_distance`` bits and their dHashes in at most ``max_distance + dhash_margin`` bits, in the same
+orientation (so a mirrored copy matches too); the defaults (10 and 4) come from
+``benchmarks/dedup_thresholds.py``. Pairs are found with a multi-index-hashing range search
+(:mod:`curation.hamming_index`), never all pairs. Near-duplicates form clusters (union-find); in
+each, one representative survives: the largest resolution, then the most open licence, then the
+earliest found. The others are marked ``duplicate`` of it. A cluster whose images were found for
+different classes is flagged ``label_conflict``. With ``--against NAME`` every image is also
+checked against a reference set; a match marks its whole cluster ``leaked``.
+
+Subcommands manage reference sets: ``reference add NAME PATH`` (a folder, hashed in parallel and
+resumably, or a hash file), ``reference import NAME FILE``, ``reference export NAME FILE``,
+``reference list``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from curation.errors import CurationError
 
+DEFAULT_MAX_DISTANCE = 10
+DEFAULT_DHASH_MARGIN = 4
+MAX_ALLOWED_DISTANCE = 16
+HASH_BATCH = 500
+
+# Licence openness, most open first: public domain, attribution, share-alike, then restrictions.
+_LICENCE_RANKS = (
+    (re.compile(r"\b(cc0|pdm|public[- ]?domain|publicdomain|no known copyright)\b"), 0),
+    (re.compile(r"\bby[- ]nc[- ]nd\b|\bnc[- ]nd\b"), 6),
+    (re.compile(r"\bby[- ]nc[- ]sa\b|\bnc[- ]sa\b"), 5),
+    (re.compile(r"\bby[- ]nc\b|\bnc\b"), 4),
+    (re.compile(r"\bby[- ]nd\b|\bnd\b"), 3),
+    (re.compile(r"\bby[- ]sa\b|\bsa\b"), 2),
+    (re.compile(r"\bby\b|attribution"), 1),
+)
+UNKNOWN_LICENCE_RANK = 7
+
+
+def licence_rank(licence: str | None) -> int:
+    """0 for public domain / CC0 up to 6 for CC BY-NC-ND; 7 for unknown or all rights reserved."""
+    if not licence:
+        return UNKNOWN_LICENCE_RANK
+    text = licence.lower().replace("_", "-")
+    for pattern, rank in _LICENCE_RANKS:
+        if pattern.search(text):
+            return rank
+    return UNKNOWN_LICENCE_RANK
+
+
+# --------------------------------------------------------------------------- CLI
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("dedup", help="dedup stage (not implemented yet)")
+    parser = subparsers.add_parser(
+        "dedup",
+        help="find near-duplicate images in the crawl and leaks from reference sets",
+        description=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=int,
+        help=f"largest pHash Hamming distance of a near-duplicate (default {DEFAULT_MAX_DISTANCE}; "
+        f"dHash may differ by {DEFAULT_DHASH_MARGIN} more)",
+    )
+    parser.add_argument(
+        "--against", action="append", default=[], metavar="NAME", help="also check against reference set NAME"
+    )
+    parser.add_argument("--workers", type=int, help="hashing processes (default: CPU count)")
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="dedup_command", metavar="reference", parser_class=type(parser))
+    reference = commands.add_parser("reference", help="manage reference sets (ImageNet train/val, any folder)")
+    actions = reference.add_subparsers(dest="reference_command", metavar="ACTION", parser_class=type(parser))
+    actions.required = True
+    add = actions.add_parser("add", help="hash a folder of images (resumable) or import a hash file")
+    add.add_argument("name")
+    add.add_argument("path", help="a folder of images (any depth) or an exported .npz hash file")
+    add.add_argument("--workers", type=int, help="hashing processes (default: CPU count)")
+    add.add_argument("--chunk-size", type=int, default=2000, help="images per resumable chunk file")
+    imp = actions.add_parser("import", help="register an exported .npz hash file")
+    imp.add_argument("name")
+    imp.add_argument("path")
+    exp = actions.add_parser("export", help="write a reference set's hash file")
+    exp.add_argument("name")
+    exp.add_argument("path", help="target .npz file")
+    actions.add_parser("list", help="list reference sets")
+    for sub in (add, imp, exp):
+        sub.set_defaults(func=run_reference)
+    actions.choices["list"].set_defaults(func=run_reference)
+
+
+def _workers(args: argparse.Namespace, settings: Any) -> int:
+    workers = args.workers or settings.get("dedup", "workers", None) or os.cpu_count() or 1
+    if int(workers) < 1:
+        raise CurationError("--workers must be at least 1")
+    return int(workers)
+
+
+def run_reference(args: argparse.Namespace, settings: Any) -> int:
+    """`curation dedup reference add|import|export|list`."""
+    from curation import reference_sets
+    from curation.catalog import open_catalog
+
+    catalog = open_catalog(settings.db_url)
+    action = args.reference_command
+    if action == "list":
+        rows = reference_sets.list_sets(catalog)
+        if not rows:
+            print("no reference sets; add one with `curation dedup reference add NAME FOLDER`")
+        for row in rows:
+            state = "complete" if row.complete else "incomplete"
+            print(f"{row.name}\t{row.count}\t{state}\t{row.root or '(imported)'}\t{row.hash_file}")
+        return 0
+    path = Path(args.path)
+    if action == "export":
+        n = reference_sets.export_file(catalog, settings.data_dir, args.name, path)
+        print(f"reference export: {args.name}: {n} hashes written to {path}")
+        return 0
+    if action == "import" or (action == "add" and path.is_file()):
+        n = reference_sets.import_file(catalog, settings.data_dir, args.name, path)
+        print(f"reference import: {args.name}: {n} hashes from {path}")
+        return 0
+    if args.chunk_size < 1:
+        raise CurationError("--chunk-size must be at least 1")
+    summary = reference_sets.add_folder(
+        catalog, settings.data_dir, args.name, path, workers=_workers(args, settings), chunk_size=args.chunk_size
+    )
+    print(
+        f"reference add: {summary.name}: {summary.total} hashes ({summary.hashed_now} hashed now, "
+        f"{summary.resumed_from} already done, {summary.failed} unreadable, listed in "
+        f"{reference_sets.set_dir(settings.data_dir, summary.name) / 'failed.tsv'})"
+    )
+    return 0
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    raise CurationError("`curation dedup` is not implemented yet")
+    """`curation dedup [--max-distance N] [--against NAME ...]`."""
+    from curation.catalog import open_catalog
+
+    max_distance = args.max_distance
+    if max_distance is None:
+        max_distance = int(settings.get("dedup", "max_distance", DEFAULT_MAX_DISTANCE))
+    if not 0 <= max_distance <= MAX_ALLOWED_DISTANCE:
+        raise CurationError(f"--max-distance must be between 0 and {MAX_ALLOWED_DISTANCE}, got {max_distance}")
+    margin = int(settings.get("dedup", "dhash_margin", DEFAULT_DHASH_MARGIN))
+    against = list(dict.fromkeys(args.against or settings.get("dedup", "against", [])))
+    catalog = open_catalog(settings.db_url)
+    summary = run_stage(catalog, settings.data_dir, max_distance, margin, against, _workers(args, settings))
+    print(summary.line())
+    print(summary.funnel())
+    return 0
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    hashed_now: int = 0
+    failed: int = 0
+    clusters: int = 0
+    representatives: int = 0
+    duplicates: int = 0
+    leaked: int = 0
+    label_conflicts: int = 0
+    leaked_representatives: int = 0
+    against: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        refs = f" (against {', '.join(self.against)})" if self.against else ""
+        return (
+            f"dedup: {self.images} images, {self.hashed_now} hashed now, {self.failed} unreadable; "
+            f"{self.clusters} near-duplicate clusters, {self.representatives} representatives, "
+            f"{self.duplicates} duplicates, {self.leaked} leaked{refs}, {self.label_conflicts} in label conflicts"
+        )
+
+    def funnel(self) -> str:
+        hashed = self.images - self.failed
+        unique = self.representatives + self.leaked_representatives
+        return (
+            f"funnel: {self.images} downloaded -> {hashed} hashed -> {unique} unique -> "
+            f"{self.representatives} unique and not leaked"
+        )
+
+
+def _hash_task(task: tuple[str, str]) -> tuple[str, Any, str | None]:
+    from curation.hashing import hash_file
+
+    sha, path = task
+    try:
+        return sha, hash_file(path), None
+    except FileNotFoundError:
+        return sha, None, f"file missing: {path}"
+    except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-image failure
+        return sha, None, f"{type(exc).__name__}: {exc}"
+
+
+def _hash_new_images(catalog: Any, data_dir: Path, workers: int) -> tuple[int, dict[str, str]]:
+    """Hash every image without hashes; returns (hashed now, {sha: reason} of failures)."""
+    from multiprocessing import Pool
+
+    from sqlalchemy import insert, select
+    from tqdm import tqdm
+
+    from curation.catalog import Image, PerceptualHash
+    from curation.hashing import to_signed
+
+    with catalog.session() as session:
+        todo = session.execute(
+            select(Image.sha256, Image.path)
+            .outerjoin(PerceptualHash, PerceptualHash.sha256 == Image.sha256)
+            .where(PerceptualHash.sha256.is_(None))
+            .order_by(Image.sha256)
+        ).all()
+    failures: dict[str, str] = {}
+    if not todo:
+        return 0, failures
+    hashed = 0
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if rows:
+            with catalog.session() as session:
+                session.execute(insert(PerceptualHash), rows)
+            rows.clear()
+
+    tasks = [(sha, str(data_dir / path)) for sha, path in todo]
+    with Pool(max(1, min(workers, len(tasks)))) as pool:
+        for sha, hashes, error in tqdm(
+            pool.imap(_hash_task, tasks, chunksize=16), total=len(tasks), desc="hashing", unit="img", file=sys.stderr
+        ):
+            if error is not None:
+                failures[sha] = error
+                continue
+            rows.append(
+                {
+                    "sha256": sha,
+                    "phash": to_signed(hashes.phash),
+                    "dhash": to_signed(hashes.dhash),
+                    "phash_mirror": to_signed(hashes.phash_mirror),
+                    "dhash_mirror": to_signed(hashes.dhash_mirror),
+                }
+            )
+            hashed += 1
+            if len(rows) >= HASH_BATCH:
+                flush()
+    flush()
+    return hashed, failures
+
+
+@dataclass
+class _Match:
+    """The best match of a query image (by position) with an indexed item (by position)."""
+
+    query: int
+    item: int
+    distance: int
+    kind: str  # "phash" or "phash_mirror"
+
+
+def find_matches(
+    query_hashes: Any, index_phash: Any, index_dhash: Any, max_distance: int, margin: int, index: Any = None
+) -> list[_Match]:
+    """Every (query, item) pair within the thresholds in either orientation of the query, with the
+    smaller pHash distance. ``query_hashes`` is an (n, 4) uint64 array: phash, dhash, mirrors."""
+    import numpy as np
+
+    from curation.hamming_index import HammingIndex
+
+    index = index if index is not None else HammingIndex(index_phash, max_distance)
+    best: dict[tuple[int, int], _Match] = {}
+    for kind, p_col, d_col in (("phash", 0, 1), ("phash_mirror", 2, 3)):
+        q, c, dist = index.search(query_hashes[:, p_col])
+        if len(q) == 0:
+            continue
+        ddist = np.bitwise_count(query_hashes[q, d_col] ^ index_dhash[c])
+        keep = ddist <= max_distance + margin
+        for qi, ci, di in zip(q[keep].tolist(), c[keep].tolist(), dist[keep].tolist(), strict=True):
+            current = best.get((qi, ci))
+            if current is None or di < current.distance:
+                best[(qi, ci)] = _Match(qi, ci, di, kind)
+    return list(best.values())
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def run_stage(
+    catalog: Any, data_dir: Path, max_distance: int, margin: int, against: list[str], workers: int
+) -> Summary:
+    """Hash new images, cluster near-duplicates, check reference sets, and write statuses and links."""
+    import numpy as np
+    from sqlalchemy import delete, func, insert, select
+
+    from curation import reference_sets
+    from curation.catalog import DUPLICATE, LEAKED, REPRESENTATIVE, Candidate, DuplicateLink, Image, PerceptualHash
+    from curation.hashing import to_unsigned
+
+    references = {name: reference_sets.load(catalog, data_dir, name) for name in against}  # fail before work
+    hashed_now, failures = _hash_new_images(catalog, data_dir, workers)
+
+    with catalog.session() as session:
+        images = session.execute(
+            select(
+                Image.sha256,
+                Image.width,
+                Image.height,
+                Image.created_at,
+                PerceptualHash.phash,
+                PerceptualHash.dhash,
+                PerceptualHash.phash_mirror,
+                PerceptualHash.dhash_mirror,
+            )
+            .join(PerceptualHash, PerceptualHash.sha256 == Image.sha256)
+            .order_by(Image.sha256)
+        ).all()
+        candidates = session.execute(
+            select(Candidate.image_sha256, Candidate.wnid, Candidate.license, Candidate.created_at).where(
+                Candidate.image_sha256.is_not(None)
+            )
+        ).all()
+        n_images = session.scalar(select(func.count()).select_from(Image))
+    shas = [row.sha256 for row in images]
+    position = {sha: i for i, sha in enumerate(shas)}
+    hashes = np.array(
+        [[to_unsigned(v) for v in (r.phash, r.dhash, r.phash_mirror, r.dhash_mirror)] for r in images],
+        dtype=np.uint64,
+    ).reshape(-1, 4)
+
+    wnids: dict[str, set[str]] = defaultdict(set)
+    best_licence: dict[str, int] = {}
+    found_at: dict[str, datetime] = {row.sha256: row.created_at for row in images}
+    for sha, wnid, licence, created in candidates:
+        if sha not in position:
+            continue
+        wnids[sha].add(wnid)
+        best_licence[sha] = min(best_licence.get(sha, UNKNOWN_LICENCE_RANK), licence_rank(licence))
+        if created is not None and created < found_at[sha]:
+            found_at[sha] = created
+
+    # Near-duplicates inside the crawl.
+    uf = _UnionFind(len(shas))
+    pair_distance: dict[tuple[int, int], _Match] = {}
+    if len(shas) > 1:
+        for match in find_matches(hashes, hashes[:, 0], hashes[:, 1], max_distance, margin):
+            if match.query == match.item:
+                continue
+            key = (min(match.query, match.item), max(match.query, match.item))
+            if key not in pair_distance or match.distance < pair_distance[key].distance:
+                pair_distance[key] = match
+            uf.union(match.query, match.item)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(shas)):
+        members[uf.find(i)].append(i)
+
+    def survival_order(i: int) -> tuple[Any, ...]:
+        row = images[i]
+        return (-(row.width * row.height), best_licence.get(shas[i], UNKNOWN_LICENCE_RANK), found_at[shas[i]], shas[i])
+
+    # Leaks: new matches for the sets checked now; earlier links of other sets are kept.
+    leak_links: dict[str, list[dict[str, Any]]] = {}
+    for name, ref in references.items():
+        links = []
+        for match in find_matches(hashes, ref.phash, ref.dhash, max_distance, margin):
+            links.append(
+                {
+                    "sha256": shas[match.query],
+                    "other": ref.keys[match.item].decode("utf-8", "replace"),
+                    "reference": name,
+                    "hash_kind": match.kind,
+                    "distance": match.distance,
+                }
+            )
+        leak_links[name] = links
+    with catalog.session() as session:
+        for name, links in leak_links.items():
+            session.execute(delete(DuplicateLink).where(DuplicateLink.reference == name))
+            if links:
+                session.execute(insert(DuplicateLink), links)
+        leaked_shas = set(
+            session.scalars(select(DuplicateLink.sha256).where(DuplicateLink.reference.is_not(None))).all()
+        )
+
+    # Statuses and crawl links.
+    status_rows: dict[str, dict[str, Any]] = {}
+    crawl_links: dict[str, dict[str, Any]] = {}
+    summary = Summary(images=n_images or 0, hashed_now=hashed_now, failed=len(failures), against=list(against))
+    for group in members.values():
+        ordered = sorted(group, key=survival_order)
+        representative = ordered[0]
+        rep_sha = shas[representative]
+        classes = set().union(*(wnids.get(shas[i], set()) for i in group))
+        conflict = len(group) > 1 and len(classes) > 1
+        leaked = any(shas[i] in leaked_shas for i in group)
+        if len(group) > 1:
+            summary.clusters += 1
+        for i in ordered:
+            sha = shas[i]
+            status = LEAKED if leaked else (REPRESENTATIVE if i == representative else DUPLICATE)
+            status_rows[sha] = {
+                "sha256": sha,
+                "status": status,
+                "cluster_id": rep_sha if len(group) > 1 else None,
+                "label_conflict": conflict,
+                "reason": None,
+            }
+            summary.label_conflicts += conflict
+            if i != representative:
+                a, b = shas[i], rep_sha
+                d_same = int(np.bitwise_count(hashes[i, 0] ^ hashes[representative, 0]))
+                d_mirror = int(np.bitwise_count(hashes[i, 2] ^ hashes[representative, 0]))
+                crawl_links[sha] = {
+                    "sha256": a,
+                    "other": b,
+                    "reference": None,
+                    "hash_kind": "phash" if d_same <= d_mirror else "phash_mirror",
+                    "distance": min(d_same, d_mirror),
+                }
+        summary.representatives += not leaked
+        summary.leaked_representatives += leaked
+        summary.duplicates += sum(1 for i in group if i != representative) if not leaked else 0
+        summary.leaked += len(group) if leaked else 0
+    for sha, reason in failures.items():
+        status_rows[sha] = {
+            "sha256": sha,
+            "status": "failed",
+            "cluster_id": None,
+            "label_conflict": False,
+            "reason": reason,
+        }
+    _write_statuses(catalog, status_rows, crawl_links)
+    return summary
+
+
+def _write_statuses(
+    catalog: Any, status_rows: dict[str, dict[str, Any]], crawl_links: dict[str, dict[str, Any]]
+) -> None:
+    """Write only what changed: new and changed statuses, new, changed and stale crawl links."""
+    from sqlalchemy import delete, insert, select, update
+
+    from curation.catalog import DedupStatus, DuplicateLink
+
+    with catalog.session() as session:
+        existing = {
+            row.sha256: row
+            for row in session.execute(
+                select(
+                    DedupStatus.sha256,
+                    DedupStatus.status,
+                    DedupStatus.cluster_id,
+                    DedupStatus.label_conflict,
+                    DedupStatus.reason,
+                )
+            ).all()
+        }
+        new_rows, changed = [], []
+        for sha, row in status_rows.items():
+            old = existing.get(sha)
+            if old is None:
+                new_rows.append(row)
+            elif (old.status, old.cluster_id, old.label_conflict, old.reason) != (
+                row["status"],
+                row["cluster_id"],
+                row["label_conflict"],
+                row["reason"],
+            ):
+                changed.append(row)
+        if new_rows:
+            session.execute(insert(DedupStatus), new_rows)
+        if changed:
+            session.execute(update(DedupStatus), changed)
+        old_links = {
+            row.sha256: row
+            for row in session.execute(
+                select(
+                    DuplicateLink.id,
+                    DuplicateLink.sha256,
+                    DuplicateLink.other,
+                    DuplicateLink.hash_kind,
+                    DuplicateLink.distance,
+                ).where(DuplicateLink.reference.is_(None))
+            ).all()
+        }
+        stale = [
+            row.id
+            for sha, row in old_links.items()
+            if sha not in crawl_links
+            or tuple(crawl_links[sha][k] for k in ("other", "hash_kind", "distance"))
+            != (row.other, row.hash_kind, row.distance)
+        ]
+        if stale:
+            session.execute(delete(DuplicateLink).where(DuplicateLink.id.in_(stale)))
+        fresh = [link for sha, link in crawl_links.items() if sha not in old_links or old_links[sha].id in stale]
+        if fresh:
+            session.execute(insert(DuplicateLink), fresh)

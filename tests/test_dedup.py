@@ -1,0 +1,374 @@
+"""Dedup stage on real photos: edited copies found, distinct photos kept apart, survivors chosen
+by the documented rule, leaks against a reference set, kill -9 while hashing a reference folder."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, SAMPLES, VAL
+from PIL import Image
+from sqlalchemy import func, select
+
+from curation import catalog as cat
+from curation.dedup import DEFAULT_DHASH_MARGIN, DEFAULT_MAX_DISTANCE, licence_rank, run_stage
+from curation.hamming_index import HammingIndex, brute_force_search
+from curation.hashing import bits_to_int, hash_file
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from dedup_thresholds import VARIANTS, shared_photos, variant_bytes  # noqa: E402
+
+WNIDS = ("n01498041", "n01531178", "n01534433", "n01558993")
+# Edits the default threshold does not always catch (see README: DCT hashes are not shift- or
+# rotation-invariant), with the detection rate measured on all 1,500 shared photos.
+PARTLY_CAUGHT = {"crop_5pct": 0.5, "rotate_3deg": 0.75}
+
+
+def add_image(
+    session,
+    data_dir: Path,
+    data: bytes,
+    wnid: str = WNIDS[0],
+    licence: str | None = None,
+    found: datetime | None = None,
+) -> str:
+    """Store image bytes as the crawl would: a file named by SHA-256, an Image and a Candidate row."""
+    sha = hashlib.sha256(data).hexdigest()
+    rel = Path("images") / sha[:2] / f"{sha}.jpg"
+    (data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    (data_dir / rel).write_bytes(data)
+    with Image.open(io.BytesIO(data)) as img:
+        width, height, fmt, mode = img.width, img.height, img.format, img.mode
+    if session.get(cat.Image, sha) is None:
+        session.add(
+            cat.Image(
+                sha256=sha, path=rel.as_posix(), width=width, height=height, format=fmt, bytes=len(data), mode=mode
+            )
+        )
+        session.flush()
+    session.add(
+        cat.Candidate(
+            wnid=wnid,
+            source="test",
+            url=f"http://127.0.0.1/{sha}/{wnid}",
+            license=licence,
+            status=cat.DOWNLOADED,
+            image_sha256=sha,
+            created_at=found or cat.utcnow(),
+        )
+    )
+    return sha
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    img.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def statuses(catalog: cat.Catalog) -> dict[str, cat.DedupStatus]:
+    with catalog.session() as session:
+        return {row.sha256: row for row in session.scalars(select(cat.DedupStatus))}
+
+
+def dedup(catalog: cat.Catalog, data_dir: Path, against: list[str] | None = None):
+    return run_stage(catalog, data_dir, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, against or [], workers=2)
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> cat.Catalog:
+    return cat.open_catalog(catalog_url)
+
+
+# --------------------------------------------------------------------------- index and hashes
+
+
+@pytest.mark.parametrize("radius", [0, 3, 8, 10, 14])
+def test_index_finds_exactly_what_brute_force_finds(radius):
+    rng = np.random.default_rng(radius)
+    codes = rng.integers(0, 2**64, size=50_000, dtype=np.uint64)
+    queries = rng.integers(0, 2**64, size=400, dtype=np.uint64)
+    # Plant neighbours at every distance up to radius + 2, and exact copies.
+    for i in range(200):
+        flips = rng.choice(64, size=i % (radius + 3), replace=False)
+        queries[i] = codes[i * 7] ^ np.uint64(sum(1 << int(b) for b in flips))
+    codes[-5:] = codes[:5]
+    got = HammingIndex(codes, radius).search(queries)
+    want = brute_force_search(codes, queries, radius)
+    as_set = lambda r: set(zip(*(a.tolist() for a in r), strict=True))  # noqa: E731
+    assert as_set(got) == as_set(want)
+    assert len(got[0]) == len(as_set(got))  # each pair once
+    assert len(want[0]) >= 200 * (radius + 1) // (radius + 3)  # the planted ones within reach
+
+
+def test_draft_decode_hashes_stay_close_to_imagehash_on_full_decodes():
+    import imagehash
+
+    photos = sorted(SAMPLES.glob("*.JPEG"))[:40]
+    distances = []
+    for path in photos:
+        with Image.open(path) as img:
+            full = bits_to_int(imagehash.phash(img.convert("RGB")).hash)
+        distances.append(bin(hash_file(path).phash ^ full).count("1"))
+    assert np.median(distances) <= 2 and max(distances) <= 8
+
+
+def test_licence_ranking():
+    ranks = [
+        licence_rank(x)
+        for x in (
+            "CC0 1.0",
+            "cc-by 4.0",
+            "CC BY-SA 3.0",
+            "cc-by-nd",
+            "by-nc",
+            "CC BY-NC-SA",
+            "CC BY-NC-ND 2.0",
+            None,
+            "All rights reserved",
+        )
+    ]
+    assert ranks == [0, 1, 2, 3, 4, 5, 6, 7, 7]
+
+
+# --------------------------------------------------------------------------- the stage on real photos
+
+
+def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path):
+    photos = shared_photos()[::60]  # 25 photos spread over both folders
+    originals, copies = {}, {}
+    with catalog.session() as session:
+        for k, path in enumerate(photos):
+            originals[path] = add_image(session, tmp_path, path.read_bytes(), wnid=WNIDS[k % 2])
+            for name, data in variant_bytes(path).items():
+                copies[(path, name)] = add_image(session, tmp_path, data, wnid=WNIDS[k % 2])
+    summary = dedup(catalog, tmp_path)
+    rows = statuses(catalog)
+    cluster_of = {sha: row.cluster_id or sha for sha, row in rows.items()}
+    caught = {name: 0 for name in VARIANTS}
+    for (path, name), sha in copies.items():
+        caught[name] += cluster_of[sha] == cluster_of[originals[path]]
+    rates = {name: n / len(photos) for name, n in caught.items()}
+    for name, rate in rates.items():
+        assert rate >= PARTLY_CAUGHT.get(name, 1.0) - 0.2 if name in PARTLY_CAUGHT else rate == 1.0, rates
+    # No two distinct photos end in one cluster.
+    assert len({cluster_of[sha] for sha in originals.values()}) == len(photos)
+    assert summary.clusters == len(photos)
+    # Each cluster keeps exactly one representative; copies not caught stand alone.
+    reps_per_cluster: dict[str, int] = {}
+    for sha, row in rows.items():
+        reps_per_cluster[cluster_of[sha]] = reps_per_cluster.get(cluster_of[sha], 0) + (
+            row.status == cat.REPRESENTATIVE
+        )
+    assert set(reps_per_cluster.values()) == {1}
+    assert len(reps_per_cluster) == len(photos) + sum(len(photos) - n for n in caught.values())
+    with catalog.session() as session:
+        links = session.scalars(select(cat.DuplicateLink).where(cat.DuplicateLink.reference.is_(None))).all()
+        assert {link.sha256 for link in links} == {sha for sha, row in rows.items() if row.status == cat.DUPLICATE}
+        assert all(rows[link.other].status == cat.REPRESENTATIVE for link in links)
+        assert any(link.hash_kind == "phash_mirror" for link in links)
+
+
+def test_no_two_distinct_shared_photos_are_merged_and_rerun_is_idempotent(catalog_url, tmp_path, run_cli):
+    catalog = cat.open_catalog(catalog_url)
+    photos = shared_photos()
+    assert len(photos) == 1500
+    with catalog.session() as session:
+        for k, path in enumerate(photos):
+            add_image(session, tmp_path, path.read_bytes(), wnid=WNIDS[k % 4])
+    first = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup")
+    assert first.returncode == 0, first.stderr
+    assert "1500 images, 1500 hashed now" in first.stdout and "0 near-duplicate clusters" in first.stdout
+    assert "1500 unique and not leaked" in first.stdout
+    rows = statuses(catalog)
+    assert len(rows) == 1500 and {r.status for r in rows.values()} == {cat.REPRESENTATIVE}
+    with catalog.session() as session:
+        before = session.execute(select(cat.DedupStatus.sha256, cat.DedupStatus.updated_at)).all()
+    second = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup")
+    assert second.returncode == 0, second.stderr
+    assert "0 hashed now" in second.stdout
+    with catalog.session() as session:
+        assert session.execute(select(cat.DedupStatus.sha256, cat.DedupStatus.updated_at)).all() == before
+        assert session.scalar(select(func.count()).select_from(cat.PerceptualHash)) == 1500
+
+
+def _base_photo() -> Image.Image:
+    with Image.open(VAL / "ILSVRC2012_val_00000347.JPEG") as img:
+        return img.convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "copies, survivor",
+    [
+        # (size factor, licence, days after the first find) per copy; which copy survives
+        ([(1, "CC0", 0), (2, "All rights reserved", 1)], 1),  # the largest resolution first
+        ([(1, "CC BY-NC-ND 4.0", 0), (1, "CC BY-SA 4.0", 1), (1, None, 0)], 1),  # then the most open licence
+        ([(1, "CC BY 2.0", 2), (1, "CC BY 2.0", 0), (1, "CC BY 2.0", 1)], 1),  # then the earliest found
+    ],
+)
+def test_representative_rule(catalog, tmp_path, copies, survivor):
+    base = _base_photo()
+    t0 = datetime(2026, 1, 1)
+    with catalog.session() as session:
+        shas = [
+            add_image(
+                session,
+                tmp_path,
+                jpeg(base.resize((base.width * factor, base.height * factor)), 95 - k),
+                WNIDS[0],
+                licence,
+                t0 + timedelta(days=days),
+            )
+            for k, (factor, licence, days) in enumerate(copies)
+        ]
+    summary = dedup(catalog, tmp_path)
+    assert summary.clusters == 1 and summary.duplicates == len(copies) - 1
+    rows = statuses(catalog)
+    assert rows[shas[survivor]].status == cat.REPRESENTATIVE
+    assert all(rows[s].cluster_id == shas[survivor] for s in shas)
+    assert all(rows[s].status == cat.DUPLICATE for k, s in enumerate(shas) if k != survivor)
+
+
+def test_label_conflict_and_incremental_runs(catalog, tmp_path):
+    base = _base_photo()
+    with catalog.session() as session:
+        first = add_image(session, tmp_path, jpeg(base, 95), WNIDS[0])
+        second = add_image(session, tmp_path, jpeg(base, 60), WNIDS[0])
+        other = add_image(session, tmp_path, (SAMPLES / "n01498041.JPEG").read_bytes(), WNIDS[1])
+    assert dedup(catalog, tmp_path).hashed_now == 3
+    rows = statuses(catalog)
+    assert rows[first].status == cat.REPRESENTATIVE and rows[second].cluster_id == first
+    assert not any(r.label_conflict for r in rows.values())
+
+    # A new, larger copy found for another class: hashed alone, becomes the survivor, conflict flagged.
+    with catalog.session() as session:
+        big = add_image(session, tmp_path, jpeg(base.resize((base.width * 2, base.height * 2)), 90), WNIDS[2])
+    summary = dedup(catalog, tmp_path)
+    assert summary.hashed_now == 1 and summary.label_conflicts == 3
+    rows = statuses(catalog)
+    assert rows[big].status == cat.REPRESENTATIVE
+    assert {rows[s].cluster_id for s in (first, second, big)} == {big}
+    assert all(rows[s].label_conflict for s in (first, second, big)) and not rows[other].label_conflict
+    with catalog.session() as session:
+        links = session.scalars(select(cat.DuplicateLink)).all()
+        assert {(link.sha256, link.other) for link in links} == {(first, big), (second, big)}
+        assert all(link.distance <= DEFAULT_MAX_DISTANCE and link.reference is None for link in links)
+
+
+# --------------------------------------------------------------------------- reference sets
+
+
+def _reference_folder(root: Path, photos: list[Path]) -> None:
+    """An ImageNet-style tree: <wnid>/<file>."""
+    for k, path in enumerate(photos):
+        target = root / WNIDS[k % 3] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+
+
+def test_leaks_against_a_reference_set_and_export_import(catalog_url, tmp_path, run_cli):
+    data = tmp_path / "data"
+    ref_root = tmp_path / "imagenet_like"
+    reference_photos = sorted(VAL.glob("*.JPEG"))[:60]
+    _reference_folder(ref_root, reference_photos)
+    (ref_root / WNIDS[0] / "broken.jpg").write_bytes(b"not an image")
+    cli = ["--db", catalog_url, "--data-dir", str(data)]
+    added = run_cli(*cli, "dedup", "reference", "add", "val60", str(ref_root), "--workers", "2")
+    assert added.returncode == 0, added.stderr
+    assert "60 hashes (60 hashed now" in added.stdout and "1 unreadable" in added.stdout
+
+    catalog = cat.open_catalog(catalog_url)
+    with Image.open(reference_photos[5]) as img:
+        leaked_copy = jpeg(img.convert("RGB").resize((454, 454)), 60)  # upscaled and re-encoded
+    with catalog.session() as session:
+        leak = add_image(session, data, leaked_copy, WNIDS[0])
+        clean = [add_image(session, data, p.read_bytes(), WNIDS[1]) for p in sorted(SAMPLES.glob("*.JPEG"))[:10]]
+    result = run_cli(*cli, "dedup", "--against", "val60")
+    assert result.returncode == 0, result.stderr
+    assert "1 leaked (against val60)" in result.stdout
+    rows = statuses(catalog)
+    assert rows[leak].status == cat.LEAKED
+    assert all(rows[s].status == cat.REPRESENTATIVE for s in clean)
+    with catalog.session() as session:
+        link = session.scalars(select(cat.DuplicateLink).where(cat.DuplicateLink.reference == "val60")).one()
+    assert (
+        link.sha256 == leak and link.other.endswith(reference_photos[5].name) and link.distance <= DEFAULT_MAX_DISTANCE
+    )
+
+    # A later run without --against keeps the leak; export + import gives the same hashes.
+    assert "1 leaked" in run_cli(*cli, "dedup").stdout
+    exported = tmp_path / "val60.npz"
+    assert run_cli(*cli, "dedup", "reference", "export", "val60", str(exported)).returncode == 0
+    imported = run_cli(*cli, "dedup", "reference", "import", "copy", str(exported))
+    assert imported.returncode == 0 and "60 hashes" in imported.stdout
+    listing = run_cli(*cli, "dedup", "reference", "list").stdout
+    assert "val60\t60\tcomplete" in listing and "copy\t60\tcomplete\t(imported)" in listing
+    again = run_cli(*cli, "dedup", "--against", "copy")
+    assert "1 leaked (against copy)" in again.stdout
+
+
+def test_kill_9_while_hashing_a_reference_folder_then_resume(catalog_url, tmp_path):
+    data = tmp_path / "data"
+    ref_root = tmp_path / "ref"
+    photos = sorted(VAL.glob("*.JPEG"))[:400]
+    _reference_folder(ref_root, photos)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
+    cmd = [sys.executable, "-m", "curation", "--db", catalog_url, "--data-dir", str(data)]
+    cmd += ["dedup", "reference", "add", "ref", str(ref_root), "--workers", "1", "--chunk-size", "20"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    chunk_dir = data / "references" / "ref" / "chunks"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(chunk_dir.glob("chunk-*.npz"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its hashing worker, as kill -9 on the group
+    proc.wait(timeout=30)
+    done_before = len(list(chunk_dir.glob("chunk-*.npz")))
+    assert done_before >= 3 and not (data / "references" / "ref" / "hashes.npz").exists()
+
+    rerun = subprocess.run(
+        cmd[:-4] + ["--workers", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done_before * 20} already done" in rerun.stdout
+    with np.load(data / "references" / "ref" / "hashes.npz") as stored:
+        keys = stored["keys"]
+    assert len(keys) == len(set(keys.tolist())) == 400
+    con = cat.open_catalog(catalog_url)
+    with con.session() as session:
+        row = session.get(cat.ReferenceSet, "ref")
+        assert row.complete and row.count == 400
+    assert not chunk_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dedup", "--against", "nope"], "unknown reference set 'nope'"),
+        (["dedup", "--max-distance", "40"], "--max-distance must be between 0 and 16"),
+        (["dedup", "reference", "add", "x", "/nonexistent/folder"], "reference folder not found"),
+        (["dedup", "reference", "export", "x", "out.npz"], "unknown reference set 'x'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(run_cli, catalog_url, tmp_path, args, message):
+    result = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), *args)
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_importing_a_file_that_is_not_a_hash_file_fails_cleanly(run_cli, catalog_url, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    result = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup", "reference", "import", "x", str(bad))
+    assert result.returncode == 1 and "not a readable .npz hash file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
