@@ -1,0 +1,165 @@
+"""The shared input pipeline: exact against timm's transform, draft decoding, precision re-checks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLES, VAL
+from PIL import Image
+
+from curation import inference as inf
+from curation.errors import CurationError
+
+
+def _sample_paths() -> list[Path]:
+    """The 24 largest samples (drafted), the 7 greyscale ones and 24 small ones."""
+    paths = sorted(SAMPLES.glob("*.JPEG"))
+    sizes = {p: Image.open(p).size for p in paths}
+    modes = {p: Image.open(p).mode for p in paths}
+    by_area = sorted(paths, key=lambda p: sizes[p][0] * sizes[p][1])
+    chosen = by_area[-24:] + [p for p in paths if modes[p] == "L"] + by_area[:24]
+    return list(dict.fromkeys(chosen))
+
+
+def _val_paths(n: int) -> list[Path]:
+    with open(VAL / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["in_imagenet_a_200"] in ("1", "True", "true")]
+    return [VAL / r["file"] for r in rows[:n]]
+
+
+@pytest.fixture(scope="module")
+def lite0(lite0_checkpoint: Path) -> inf.LoadedModel:
+    return inf.load_model("tf_efficientnet_lite0", lite0_checkpoint, device="cpu")
+
+
+def _timm_uint8(path: Path, data_config: dict) -> np.ndarray:
+    from timm.data import create_transform
+
+    config = {k: v for k, v in data_config.items() if k not in ("mean", "std")}
+    transform = create_transform(**config, use_prefetcher=True)
+    return np.asarray(transform(Image.open(path).convert("RGB"))).transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("model_name", ["resnet50.tv_in1k", "tf_efficientnet_lite0"])
+def test_crops_equal_timm_transform_except_drafted_ones(model_name):
+    import timm
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config(model=timm.create_model(model_name, pretrained=False))
+    exact, fast = inf.Preprocess(config, draft=False), inf.Preprocess(config, draft=True)
+    drafted = 0
+    for path in _sample_paths():
+        reference = _timm_uint8(path, config)
+        crop, approximate = exact(path)
+        assert not approximate and np.array_equal(crop, reference), path.name
+        crop, approximate = fast(path)
+        width, height = Image.open(path).size
+        assert approximate == (min(width, height) >= 2 * inf.DRAFT_FACTOR * exact.scale_size), path.name
+        if approximate:
+            drafted += 1
+            assert np.abs(crop.astype(int) - reference).mean() < 1.0, path.name
+        else:
+            assert np.array_equal(crop, reference), path.name
+    assert drafted >= 1
+
+
+def test_generic_config_uses_timm_transform():
+    config = {
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "crop_pct": 0.9,
+        "crop_mode": "squash",
+    }
+    path = _sample_paths()[0]
+    crop, approximate = inf.Preprocess(config)(path)
+    assert not approximate and np.array_equal(crop, _timm_uint8(path, config))
+
+
+def test_logits_equal_plain_timm_and_reduced_precision_keeps_decisions(lite0):
+    from timm.data import create_transform
+
+    paths = _sample_paths()[:24] + _val_paths(16)
+    transform = create_transform(**lite0.data_config)
+    with torch.inference_mode():
+        reference = torch.cat(
+            [
+                lite0.model(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i : i + 16]]))
+                for i in range(0, len(paths), 16)
+            ]
+        ).numpy()
+    exact = inf.predict_logits(lite0, paths, workers=0, draft=False).logits
+    assert np.abs(exact - reference).max() < 1e-3
+    assert np.array_equal(exact.argmax(1), reference.argmax(1))
+    for precision in ("fp32", "bf16"):
+        checked = inf.predict_logits(lite0, paths, workers=1, precision=precision).logits
+        assert np.array_equal(checked.argmax(1), reference.argmax(1)), precision
+    # The measured error bound behind MARGIN_RECHECK still holds on these photos.
+    saved = inf.MARGIN_RECHECK
+    try:
+        inf.MARGIN_RECHECK = -1.0  # no re-check: raw errors
+        raw = inf.predict_logits(lite0, paths, workers=1, precision="bf16").logits
+    finally:
+        inf.MARGIN_RECHECK = saved
+    assert 2 * np.abs(raw - reference).max() < inf.MARGIN_RECHECK
+
+
+def test_corrupt_and_missing_files_are_nan_rows_with_reasons(lite0, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((SAMPLES / "n01498041.JPEG").read_bytes()[:300])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    good = SAMPLES / "n01531178.JPEG"
+    result = inf.predict_logits(lite0, [good, broken, text, tmp_path / "gone.jpg"], workers=0)
+    assert set(result.errors) == {1, 2, 3}
+    assert all(r.startswith("unreadable image:") and "\n" not in r for r in result.errors.values())
+    assert np.isfinite(result.logits[0]).all() and np.isnan(result.logits[1:]).all()
+
+
+def test_class_indices_and_refusal(lite0):
+    assert lite0.label_wnids[:2] == ["n01440764", "n01443537"] and len(lite0.label_wnids) == 1000
+    assert inf.class_indices(lite0, ["n01498041", "n01531178"]) == [6, 11]
+    with pytest.raises(CurationError, match="cannot predict class n00007846: not in its label space"):
+        inf.class_indices(lite0, ["n01498041", "n00007846"])
+
+
+def test_weights_hash_follows_the_weights(lite0, lite0_checkpoint):
+    again = inf.load_model("tf_efficientnet_lite0", lite0_checkpoint, device="cpu")
+    random = inf.load_model("tf_efficientnet_lite0", pretrained=False, device="cpu")
+    assert again.weights_hash == lite0.weights_hash != random.weights_hash
+    assert len(lite0.weights_hash) == 16
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path, lite0_checkpoint):
+    with pytest.raises(CurationError, match="checkpoint not found"):
+        inf.load_model("tf_efficientnet_lite0", tmp_path / "none.pth", device="cpu")
+    (tmp_path / "junk.pth").write_text("junk")
+    with pytest.raises(CurationError, match="cannot read checkpoint"):
+        inf.load_model("tf_efficientnet_lite0", tmp_path / "junk.pth", device="cpu")
+    with pytest.raises(CurationError, match="does not fit resnet50.tv_in1k"):
+        inf.load_model("resnet50.tv_in1k", lite0_checkpoint, device="cpu")
+    with pytest.raises(CurationError, match="unknown model"):
+        inf.load_model("no_such_net", device="cpu")
+
+
+def test_precision_and_device_resolution():
+    cpu = torch.device("cpu")
+    assert inf.resolve_precision("fp32", cpu) == "fp32"
+    assert inf.resolve_precision("auto", cpu) == "fp32"
+    assert inf.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(CurationError):
+        inf.resolve_precision("int8", cpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(CurationError, match="no CUDA GPU"):
+            inf.resolve_device("cuda")
+
+
+def test_top2_margin():
+    logits = np.array([[1.0, 5.0, 4.5, 0.0], [3.0, -1.0, 2.0, 2.5]], dtype=np.float32)
+    assert np.allclose(inf.top2_margin(logits), [0.5, 0.5])
+    assert np.allclose(inf.top2_margin(logits, [0, 3]), [1.0, 0.5])
