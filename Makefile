@@ -12,7 +12,7 @@ MODEL    ?= resnet50.tv_in1k
 REPORT_DIR ?= data/report
 SHARED   ?= ../shared
 
-.PHONY: install crawl filter dedup annotate release eval report status test lint demo chromium bench-crawl
+.PHONY: install crawl filter dedup annotate release eval report status test lint demo chromium bench-crawl bench-eval
 
 install: $(STAMP)
 
@@ -58,3 +58,7 @@ demo: $(STAMP)
 bench-crawl: $(STAMP)
 	test -x build/venv-bench/bin/img2dataset || { $(PYTHON) -m venv build/venv-bench && build/venv-bench/bin/pip install -q img2dataset; }
 	$(BIN)/python benchmarks/crawl.py $(ARGS)
+
+# Eval pipeline speed against the authors' eval.py loop (ImageFolder + DataLoader), same process.
+bench-eval: $(STAMP)
+	$(BIN)/python benchmarks/eval.py $(ARGS)

@@ -271,6 +271,9 @@ def plot_confidence(data: ReportData, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     for model, values in sorted(data.confidences.items()):
         ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{model} ({len(values)})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("filter model's confidence in its (wrong) prediction")
     ax.set_ylabel("kept images")
     ax.set_title("Filter confidence on kept images")
