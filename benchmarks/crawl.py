@@ -46,6 +46,7 @@ class ImageServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # like real servers; else keep-alive clients wait on delayed ACKs
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -94,7 +95,8 @@ def timed(cmd: list[str], cwd: Path) -> float:
 def run_curation(work: Path, listing: Path, threads: int) -> tuple[float, int]:
     config = work / "curation.toml"
     config.write_text(
-        f"[crawl]\nallow_private_hosts = true\nconcurrency = {threads}\nper_host = {threads}\n"
+        # Same shape as img2dataset's process: `threads` download threads plus one processing thread.
+        f"[crawl]\nallow_private_hosts = true\nconcurrency = {threads}\nper_host = {threads}\ncheck_threads = 1\n"
         'contact = "benchmark@localhost"\n'
     )
     db = work / "catalog.sqlite"

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import queue
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -367,6 +368,7 @@ def _download(
     max_pixels = int(config.get("max_pixels", 40_000_000))
     max_bytes = int(config.get("max_bytes", 20 * 1024 * 1024))
     concurrency = max(1, int(config.get("concurrency", 32)))
+    check_threads = max(1, int(config.get("check_threads", 2)))
     with catalog.session() as session:
         known_paths = set(session.scalars(select(Image.path)))
         jobs = _pending_jobs(session, wnids, [s for s in used if s in (*WEB_SOURCES, *LIST_SOURCES)], retry_failed)
@@ -379,24 +381,29 @@ def _download(
     if not jobs:
         return
 
-    def work(job: _Job) -> _Outcome:
-        try:
-            if job.source == "folder":
-                data = _read_local(job.url, max_bytes)
-            else:
-                from curation.downloader import FetchError
+    from curation.downloader import FetchError
 
-                try:
-                    data = downloader.fetch(job.url).data
-                except FetchError as exc:
-                    return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
+    # Fetching waits on the network, checking uses the CPU: separate pools keep every
+    # connection busy while images are decoded (the decoder releases the GIL).
+    done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+    fetchers = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl-fetch")
+    checkers = ThreadPoolExecutor(max_workers=check_threads, thread_name_prefix="crawl-check")
+
+    def fetch(job: _Job) -> _Outcome | None:
+        try:
+            data = _read_local(job.url, max_bytes) if job.source == "folder" else downloader.fetch(job.url).data
+        except (FetchError, storage.Rejected, _LocalFileError) as exc:
+            return _Outcome(job, _status_of(exc.reason), exc.reason, (getattr(exc, "detail", "") or str(exc))[:500])
+        checkers.submit(check, job, data).add_done_callback(done.put)
+        return None  # the outcome comes from the check
+
+    def check(job: _Job, data: bytes) -> _Outcome:
+        try:
             image = storage.validate(data, min_side=min_side, max_pixels=max_pixels)
-            storage.store(settings.data_dir, image, data)
-            return _Outcome(job, DOWNLOADED, image=image)
         except storage.Rejected as exc:
             return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
-        except _LocalFileError as exc:
-            return _Outcome(job, FAILED, exc.reason, str(exc))
+        storage.store(settings.data_dir, image, data)
+        return _Outcome(job, DOWNLOADED, image=image)
 
     writer = _OutcomeWriter(catalog, summary)
     progress = tqdm(total=len(jobs), desc="download", unit=" img", disable=None)
@@ -408,33 +415,39 @@ def _download(
         else:
             same_url.setdefault(job.url, []).append(job)
 
-    def finish(future: Future) -> None:
-        outcome = future.result()
+    def finish(outcome: _Outcome) -> None:
         for job in same_url[outcome.job.url]:  # one fetch serves every class that found the URL
             writer.add(replace(outcome, job=job))
             progress.update()
 
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl")
-    running: set[Future] = set()
+    unfinished = 0
+
+    def handle_one() -> None:
+        nonlocal unfinished
+        outcome = done.get().result()
+        if outcome is not None:
+            finish(outcome)
+            unfinished -= 1
+
     try:
         for group in same_url.values():
-            running.add(executor.submit(work, group[0]))
-            if len(running) >= concurrency * 4:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finish(future)
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                finish(future)
+            fetchers.submit(fetch, group[0]).add_done_callback(done.put)
+            unfinished += 1
+            while unfinished >= concurrency * 4:
+                handle_one()
+        while unfinished:
+            handle_one()
     except KeyboardInterrupt:
-        executor.shutdown(wait=True, cancel_futures=True)
-        for future in running:
-            if future.done() and not future.cancelled():
-                finish(future)
+        fetchers.shutdown(wait=True, cancel_futures=True)
+        checkers.shutdown(wait=True, cancel_futures=True)
+        while not done.empty():
+            future = done.get()
+            if not future.cancelled() and future.exception() is None and future.result() is not None:
+                finish(future.result())
         raise
     finally:
-        executor.shutdown(wait=True)
+        fetchers.shutdown(wait=True)
+        checkers.shutdown(wait=True)
         writer.flush()
         progress.close()
 

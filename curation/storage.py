@@ -13,9 +13,11 @@ later stages the one agreed RGB view of a stored image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +122,28 @@ def validate(data: bytes, *, min_side: int = 64, max_pixels: int = 40_000_000) -
 
 def store(data_dir: Path, image: ValidImage, data: bytes) -> Path:
     """Write ``data`` under its content address (once; atomically); returns the absolute path."""
-    final = Path(data_dir) / image.relative_path
-    if final.is_file() and final.stat().st_size == len(data):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f".{final.name}.{os.getpid()}.{id(data):x}{TEMP_SUFFIX}")
+    final = os.path.join(data_dir, image.relative_path)
     try:
-        with open(temp, "wb") as out:
+        if os.stat(final).st_size == len(data):
+            return Path(final)
+    except FileNotFoundError:
+        pass
+    folder = os.path.dirname(final)
+    temp = os.path.join(folder, f".{image.sha256}.{os.getpid()}.{threading.get_ident():x}{TEMP_SUFFIX}")
+    try:
+        try:
+            out = open(temp, "wb")  # noqa: SIM115 - closed just below
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            out = open(temp, "wb")  # noqa: SIM115
+        with out:
             out.write(data)
         os.replace(temp, final)
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return final
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return Path(final)
 
 
 def sweep(data_dir: Path, known_relative_paths: set[str]) -> tuple[int, int]:

@@ -66,6 +66,13 @@ def photo_for(key: str, photos: list[Path] | None = None) -> bytes:
     return with_comment(photos[index].read_bytes(), key)
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that hang up early (byte caps, timeouts) are expected here, not errors."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class ReplayServer:
     """A threaded HTTP server on 127.0.0.1 with routes added by tests; records every request."""
 
@@ -76,7 +83,7 @@ class ReplayServer:
         self.latency = latency
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -113,6 +120,7 @@ class ReplayServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
