@@ -132,6 +132,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CurationError(f"{out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.force:
         raise CurationError(f"{out_dir} is not empty; pass --force to replace it")
+    _refuse_precious(out_dir, settings)
     votes_needed = int(settings.get("annotate", "votes_needed", 1))
     catalog = cat.open_catalog(settings.db_url)
     with catalog.session() as session:
@@ -176,6 +177,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for sha, reason in sorted(failures.items()):
         print(f"  failed {sha[:16]}: {reason}", file=sys.stderr)
     return 0
+
+
+def _refuse_precious(out_dir: Path, settings: Settings) -> None:
+    """OUT_DIR is replaced whole: never let it be (or hold) the data dir, the catalog or the current folder."""
+    target = out_dir.resolve()
+    precious = [("the data directory", settings.data_dir), ("the current folder", Path.cwd())]
+    if settings.db_url.startswith("sqlite:///"):
+        precious.append(("the catalog", Path(settings.db_url[len("sqlite:///") :])))
+    for what, path in precious:
+        resolved = path.resolve()
+        if resolved == target or target in resolved.parents:
+            raise CurationError(f"refusing to write a release to {out_dir}: it holds {what}")
 
 
 # --------------------------------------------------------------------------- selection

@@ -98,16 +98,18 @@ def test_eval_lite0_on_an_imagenet_a_folder(run_cli, lite0_checkpoint, imagenet_
     assert report["top1_restricted"] >= report["top1_full"] and report["top1_restricted"] > 0.85
 
 
-def test_eval_text_report_prints_the_json_numbers(run_cli, lite0_checkpoint, tmp_path):
+def test_eval_text_report_and_an_unreadable_image(run_cli, lite0_checkpoint, tmp_path):
     root = tmp_path / "small"
     for wnid in ["n01498041", "n02099601", "n07753592"]:
         (root / wnid).mkdir(parents=True)
         (root / wnid / "x.JPEG").symlink_to(SAMPLES / f"{wnid}.JPEG")
+    (root / "n01498041" / "broken.jpg").write_bytes((SAMPLES / "n01498041.JPEG").read_bytes()[:300])
     args = ["eval", str(root), "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint)]
     as_json, as_text = run_cli(*args, "--json"), run_cli(*args)
     assert as_json.returncode == 0 and as_text.returncode == 0, as_json.stderr + as_text.stderr
     report = json.loads(as_json.stdout)
     assert report["n_images"] == 3 and report["rms_calib_error"] is None  # the authors' code needs 100 images
+    assert report["n_unreadable"] == 1 and "broken.jpg" in as_json.stderr  # counted and named, not fatal
     assert f"{100 * report['top1_restricted']:6.2f} %" in as_text.stdout and "3-way restricted" in as_text.stdout
     assert f"{100 * report['aurra']:6.2f} %" in as_text.stdout and "n/a (fewer than 100 images)" in as_text.stdout
 

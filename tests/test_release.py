@@ -131,3 +131,45 @@ def test_missing_original_is_counted_not_fatal(run_cli, catalog_url, built, tmp_
     assert "1 failed" in result.stderr and victim.sha256[:16] in result.stderr
     rows = list(csv.DictReader(open(tmp_path / "out" / "imagenet-a-rebuilt" / "manifest.csv")))
     assert len(rows) == len(built.released) - 1
+
+
+def test_release_never_replaces_the_data_dir_or_the_catalog(run_cli, catalog_url, built, tmp_path):
+    for target in (built.data_dir, tmp_path):  # tmp_path holds the catalog and is the current folder
+        result = release(run_cli, catalog_url, built, target, "--force")
+        assert result.returncode != 0 and "refusing" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "catalog.sqlite").is_file() and any((built.data_dir / "images").iterdir())
+
+
+def test_a_killed_release_leaves_only_a_partial_folder_that_the_rerun_removes(run_cli, catalog_url, built, tmp_path):
+    stale = tmp_path / ".out.partial-99999"  # what a release killed mid-way leaves behind
+    (stale / "imagenet-a-rebuilt" / "n02279972").mkdir(parents=True)
+    (stale / "imagenet-a-rebuilt" / "n02279972" / "half.jpg").write_bytes(b"\xff\xd8")
+    assert not (tmp_path / "out").exists()
+    result = release(run_cli, catalog_url, built, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and (tmp_path / "out" / "imagenet-a-rebuilt" / "SHA256SUMS").is_file()
+
+
+def test_released_bytes(tmp_path):
+    import io
+
+    from conftest import SAMPLES
+
+    from curation.release import released_bytes
+
+    photo = SAMPLES / "n01498041.JPEG"
+    assert released_bytes(photo, "JPEG") == (photo.read_bytes(), "")
+    with Image.open(photo) as im:
+        width, height = im.size
+        exif = im.getexif()
+        exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees, ImageFolder would not
+        im.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+        im.save(tmp_path / "photo.png")
+    data, converted = released_bytes(tmp_path / "rotated.jpg", "JPEG")
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.format == "JPEG" and out.size == (height, width) and converted == "JPEG (EXIF-rotated)"
+    data, converted = released_bytes(tmp_path / "photo.png", "PNG")
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.format == "JPEG" and out.size == (width, height) and out.mode == "RGB" and converted == "PNG"
+    assert released_bytes(tmp_path / "photo.png", "PNG")[0] == data  # deterministic
