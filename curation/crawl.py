@@ -19,6 +19,7 @@ import fcntl
 import queue
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,7 @@ from curation.catalog import (
     Catalog,
     Image,
     ImageClass,
+    Meta,
     SearchQuery,
     open_catalog,
     utcnow,
@@ -373,7 +375,17 @@ def _download(
         known_paths = set(session.scalars(select(Image.path)))
         jobs = _pending_jobs(session, wnids, [s for s in used if s in (*WEB_SOURCES, *LIST_SOURCES)], retry_failed)
         reused = _known_urls(session, sorted({j.url for j in jobs if j.source != "folder"}))
-    temps, orphans = storage.sweep(settings.data_dir, known_paths)
+        catalog_id = session.get(Meta, "catalog_id")
+        if catalog_id is None:
+            catalog_id = Meta(key="catalog_id", value=uuid.uuid4().hex)
+            session.add(catalog_id)
+    owned = storage.claim(settings.data_dir, catalog_id.value)
+    if not owned:
+        print(
+            f"curation crawl: {settings.images_dir} belongs to another catalog; its unrecorded files are left alone",
+            file=sys.stderr,
+        )
+    temps, orphans = storage.sweep(settings.data_dir, known_paths, remove_unknown=owned)
     if temps or orphans:
         print(
             f"curation crawl: removed {temps} partial and {orphans} unrecorded files of an earlier run", file=sys.stderr

@@ -29,6 +29,7 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
 # EXIF orientations that swap width and height.
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 TEMP_SUFFIX = ".part"
+OWNER_FILE = ".catalog-id"
 
 
 class Rejected(Exception):
@@ -146,21 +147,33 @@ def store(data_dir: Path, image: ValidImage, data: bytes) -> Path:
     return Path(final)
 
 
-def sweep(data_dir: Path, known_relative_paths: set[str]) -> tuple[int, int]:
-    """Remove leftovers of a killed run: temp files, and images the catalog does not know.
+def claim(data_dir: Path, catalog_id: str) -> bool:
+    """Mark ``data_dir/images`` as the image store of catalog ``catalog_id``; False if another
+    catalog already owns it (then files it does not know must not be treated as leftovers)."""
+    marker = Path(data_dir) / "images" / OWNER_FILE
+    if marker.is_file():
+        return marker.read_text().strip() == catalog_id
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(catalog_id + "\n")
+    return True
 
-    Returns (temp files removed, orphan images removed)."""
+
+def sweep(data_dir: Path, known_relative_paths: set[str], remove_unknown: bool = True) -> tuple[int, int]:
+    """Remove leftovers of a killed run: temp files and, with ``remove_unknown``, images the catalog
+    does not know (written but not yet recorded when the process died).
+
+    Returns (temp files removed, unknown images removed)."""
     root = Path(data_dir) / "images"
     temps = orphans = 0
-    if not root.is_dir():
-        return 0, 0
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = Path(dirpath) / name
             if name.endswith(TEMP_SUFFIX):
                 path.unlink(missing_ok=True)
                 temps += 1
-            elif path.relative_to(data_dir).as_posix() not in known_relative_paths:
+            elif name.startswith("."):
+                continue
+            elif remove_unknown and path.relative_to(data_dir).as_posix() not in known_relative_paths:
                 path.unlink(missing_ok=True)
                 orphans += 1
     return temps, orphans

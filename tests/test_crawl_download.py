@@ -172,7 +172,9 @@ def test_every_broken_case_is_rejected_with_its_reason_and_the_rest_stored(tmp_p
     ).fetchall()
     assert flagged[0] == (1, 2) and all(m == 0 for m, n in flagged[1:])
     files = sorted(
-        p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data/images").rglob("*") if p.is_file()
+        p.relative_to(tmp_path / "data").as_posix()
+        for p in (tmp_path / "data/images").rglob("*")
+        if p.is_file() and p.name != ".catalog-id"
     )
     assert files == sorted(r[0] for r in con.execute("SELECT path FROM images"))
     assert con.execute("SELECT license, author FROM candidates LIMIT 1").fetchone() == ("CC BY 4.0", "A. Photographer")

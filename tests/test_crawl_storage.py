@@ -124,3 +124,18 @@ def test_folder_that_does_not_exist_is_one_clear_line(run_cli, tmp_path):
     result = run_cli("--db", str(tmp_path / "c.sqlite"), "crawl", "--folder", str(tmp_path / "nope"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"curation: error: --folder {tmp_path / 'nope'}: not a directory"]
+
+
+def test_a_second_catalog_never_removes_images_of_the_first(run_cli, tmp_path):
+    data = tmp_path / "data"
+    first = run_cli("--db", str(tmp_path / "a.sqlite"), "--data-dir", str(data), "crawl", "--folder", str(SAMPLES))
+    assert first.returncode == 0, first.stderr
+    stored = sorted(p for p in (data / "images").rglob("*.jpg"))
+    assert len(stored) == 200
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(sample_paths(1)[0], other / "n01498041_x.jpg")
+    second = run_cli("--db", str(tmp_path / "b.sqlite"), "--data-dir", str(data), "crawl", "--folder", str(other))
+    assert second.returncode == 0, second.stderr
+    assert "belongs to another catalog" in second.stderr
+    assert sorted(p for p in (data / "images").rglob("*.jpg")) == stored
