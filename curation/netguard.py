@@ -46,6 +46,8 @@ class AddressGuard:
 
     def __init__(self, allow_private: bool | Iterable[str] = False, resolver: Resolver | None = None) -> None:
         self.allow_all = allow_private is True
+        if isinstance(allow_private, str):
+            allow_private = [allow_private]
         networks = [] if isinstance(allow_private, bool) else list(allow_private)
         try:
             self.allowed: list[IPNetwork] = [ipaddress.ip_network(n, strict=False) for n in networks]

@@ -202,3 +202,22 @@ def test_per_host_connection_limit_is_kept(tmp_path):
         most = server.max_in_flight
     assert summary.outcomes["downloaded"] == 12
     assert most == 2  # 16 workers, one host: never more than per_host requests at once
+
+
+@pytest.mark.parametrize("rule", ["per_host_rate", "crawl_delay"])
+def test_requests_to_one_host_are_spaced(tmp_path, rule):
+    """`crawl.per_host_rate = 5` spaces requests by 0.2 s; a robots.txt `Crawl-delay: 1` by 1 s."""
+    with ReplayServer() as server:
+        server.prefix("/img/", lambda path, _q: Reply(body=photo_for(path), headers=JPEG))
+        settings = settings_for(tmp_path)
+        if rule == "per_host_rate":
+            settings.toml["crawl"]["per_host_rate"] = 5
+            n, gap = 5, 0.2
+        else:
+            server.route("/robots.txt", Reply(body=b"User-agent: *\nCrawl-delay: 1\n"))
+            n, gap = 3, 1.0
+        rows = [(f"{server.base}/img/{i}.jpg", STINGRAY) for i in range(n)]
+        summary = crawl(settings, urls=write_list(tmp_path / "l.csv", rows))
+        times = sorted(t for t, p, _h in server.requests if p.startswith("/img/"))
+    assert summary.outcomes["downloaded"] == n
+    assert all(b - a >= gap * 0.9 for a, b in zip(times, times[1:], strict=False))
