@@ -221,3 +221,22 @@ def test_requests_to_one_host_are_spaced(tmp_path, rule):
         times = sorted(t for t, p, _h in server.requests if p.startswith("/img/"))
     assert summary.outcomes["downloaded"] == n
     assert all(b - a >= gap * 0.9 for a, b in zip(times, times[1:], strict=False))
+
+
+def test_parquet_url_list_keeps_licence_and_author(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with ReplayServer() as server:
+        server.route("/p.jpg", Reply(body=photo_for("parquet"), headers=JPEG))
+        table = pa.table(
+            {"url": [f"{server.base}/p.jpg"], "wnid": [GOLDFINCH], "license": ["CC0"], "author": ["Ann"],
+             "page_url": ["https://example.org/p"]}
+        )  # fmt: skip
+        pq.write_table(table, tmp_path / "list.parquet")
+        summary = crawl(settings_for(tmp_path), urls=tmp_path / "list.parquet")
+    con = sqlite3.connect(tmp_path / "c.sqlite")
+    row = con.execute("SELECT wnid, source, license, author, page_url, status FROM candidates").fetchall()
+    con.close()
+    assert row == [(GOLDFINCH, "urls", "CC0", "Ann", "https://example.org/p", "downloaded")]
+    assert summary.new_images == 1
