@@ -141,7 +141,8 @@ def crawl(
     if per_class < 0:
         raise CurationError("--per-class must be 0 or more")
     if sources is None:
-        sources = [] if (urls or folder) else list(config.get("sources", DEFAULT_SOURCES))
+        configured = config.get("sources", DEFAULT_SOURCES)
+        sources = [] if (urls or folder) else _csv_arg(configured) if isinstance(configured, str) else list(configured)
     unknown = [s for s in sources if s not in WEB_SOURCES]
     if unknown:
         raise CurationError(f"unknown source(s) {', '.join(unknown)}; sources: {', '.join(WEB_SOURCES)}")
@@ -149,21 +150,19 @@ def crawl(
     summary = Summary()
     with _crawl_lock(settings.data_dir):
         wnids = _select_classes(catalog, classes or [])
-        if urls is not None:
-            from curation.sources import urls as url_list
-
-            _add_listed(catalog, url_list.discover(urls, set(wnids)), summary)
-        if folder is not None:
-            from curation.sources import folder as folder_source
-
-            _add_listed(catalog, folder_source.discover(folder, set(wnids)), summary)
-        downloader = None
-        if sources or urls is not None:
-            downloader = _make_downloader(settings, resolver)
-        if sources:
-            _discover_web(catalog, settings, downloader, sources, wnids, per_class, summary)
-        used = [*sources, *(["urls"] if urls is not None else []), *(["folder"] if folder is not None else [])]
         try:
+            if urls is not None:
+                from curation.sources import urls as url_list
+
+                _add_listed(catalog, url_list.discover(urls, set(wnids)), summary)
+            if folder is not None:
+                from curation.sources import folder as folder_source
+
+                _add_listed(catalog, folder_source.discover(folder, set(wnids)), summary)
+            downloader = _make_downloader(settings, resolver) if sources or urls is not None else None
+            if sources:
+                _discover_web(catalog, settings, downloader, sources, wnids, per_class, summary)
+            used = [*sources, *(["urls"] if urls is not None else []), *(["folder"] if folder is not None else [])]
             _download(catalog, settings, downloader, wnids, used, retry_failed, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
