@@ -160,6 +160,11 @@ def crawl(
 
                 _add_listed(catalog, folder_source.discover(folder, set(wnids)), summary)
             downloader = _make_downloader(settings, resolver) if sources or urls is not None else None
+            if sources and not (settings.get("crawl", "contact") or settings.get("crawl", "user_agent")):
+                print(
+                    "curation crawl: set [crawl] contact (an e-mail or URL): APIs ask for it in the User-Agent",
+                    file=sys.stderr,
+                )
             if sources:
                 _discover_web(catalog, settings, downloader, sources, wnids, per_class, summary)
             used = [*sources, *(["urls"] if urls is not None else []), *(["folder"] if folder is not None else [])]

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import random
+import re
 import socket
 import threading
 import time
@@ -45,6 +46,8 @@ REDIRECTS = (301, 302, 303, 307, 308)
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 ROBOTS_MAX_BYTES = 512 * 1024
 CHUNK = 64 * 1024
+# Django REST framework's throttle message (Openverse), for 429s that come without Retry-After.
+THROTTLE_HINT = re.compile(r"available in (\d+) seconds")
 
 
 class FetchError(Exception):
@@ -296,7 +299,9 @@ class Downloader:
             body = response.read(4096, decode_content=True) if status in (400, 401, 403, 429) else b""
             retry_after = None
             if status in RETRY_STATUSES:
-                retry_after = parse_retry_after(response.headers.get("Retry-After")) or 0.0
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                hint = THROTTLE_HINT.search(body.decode("utf-8", "replace")) if retry_after is None else None
+                retry_after = float(hint.group(1)) if hint else retry_after or 0.0
             response.close()
             raise FetchError(f"http_{status}", body=body, retry_after=retry_after)
         if polite and self.config.disallowed_directives:

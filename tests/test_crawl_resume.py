@@ -129,7 +129,7 @@ def test_sources_without_network_fail_gracefully(run_cli, tmp_path):
     with ReplayServer() as server:
         closed = server.base  # the port is closed once the server stops
     (tmp_path / "curation.toml").write_text(
-        "[crawl]\nallow_private_hosts = true\nretries = 0\n"
+        '[crawl]\nallow_private_hosts = true\nretries = 0\ncontact = "tests@example.org"\n'
         + "".join(f'[sources.{s}]\nbase_url = "{closed}/{s}"\n' for s in ("inaturalist", "commons", "openverse"))
     )
     result = run_cli("--db", str(tmp_path / "c.sqlite"), "--data-dir", str(tmp_path / "data"), "crawl",

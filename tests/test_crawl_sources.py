@@ -231,6 +231,8 @@ def test_recorded_api_errors_stop_the_source_with_one_line(tmp_path, capsys, sou
     assert len(summary.source_problems) == 1
     assert summary.source_problems[0].startswith(f"source {source} stopped at {W}:")
     assert expected in summary.source_problems[0]
+    if source == "openverse":  # an hour's wait is more than crawl.max_retry_after: no pointless retries
+        assert len(server.hits("/openverse/v1/images/")) == 1
     assert f"curation crawl: source {source} stopped" in capsys.readouterr().err
 
 
