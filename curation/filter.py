@@ -1,17 +1,302 @@
-"""`curation filter` (not implemented yet)."""
+"""`curation filter`: the adversarial filter. A fixed classifier (default torchvision's ResNet-50,
+timm ``resnet50.tv_in1k``) scores every downloaded (image, class) pair; pairs it gets wrong are kept.
+
+The prediction is the argmax over the logits restricted to the run's class set (the authors'
+200-way rule) or, with ``--rule top1``, over the whole label space. One ``Prediction`` row per pair
+and model (+ weights hash + rule); one ``FilterVerdict`` per pair combining the models with
+``--keep all-wrong|any-wrong``. Pairs already scored by the same model, weights and rule are skipped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from curation.errors import CurationError
 
+DEFAULT_MODEL = "resnet50.tv_in1k"
+RULES = ("restricted", "top1")
+KEEP_RULES = ("all-wrong", "any-wrong")
+FAILED = "failed"
+
+
+@dataclass
+class Pair:
+    """One (image, class) pair to judge."""
+
+    sha256: str
+    wnid: str
+    path: Path
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("filter", help="filter stage (not implemented yet)")
+    parser = subparsers.add_parser(
+        "filter",
+        help="score downloaded images with fixed classifiers; keep the ones they get wrong",
+        description="Run fixed pretrained classifiers over every downloaded (image, class) pair and keep "
+        "those they misclassify (argmax restricted to the run's classes, as ImageNet-A was built).",
+    )
+    parser.add_argument(
+        "--model", action="append", help=f"timm model name; repeat for several (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        help="timm state dict file, one per --model (default: [filter] checkpoint in curation.toml, else the hub)",
+    )
+    parser.add_argument("--rule", choices=RULES, help="restricted: argmax over the run's classes (default); top1")
+    parser.add_argument("--keep", choices=KEEP_RULES, help="how several models combine (default all-wrong)")
+    parser.add_argument("--classes", help="comma-separated wnids to filter (default: every catalog class)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default auto")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default 256 on GPU, 32 on CPU)")
+    parser.add_argument("--workers", type=int, help="decode worker processes")
+    parser.add_argument("--limit", type=int, help="score at most this many new (image, class) pairs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on large runs)")
     parser.set_defaults(func=run)
 
 
+def _setting(args: argparse.Namespace, settings: Any, name: str, default: Any) -> Any:
+    value = getattr(args, name)
+    return value if value is not None else settings.get("filter", name, default)
+
+
+def _models_and_checkpoints(args: argparse.Namespace, settings: Any) -> list[tuple[str, str | None]]:
+    models = args.model or settings.get("filter", "model", [DEFAULT_MODEL])
+    models = [models] if isinstance(models, str) else list(models)
+    checkpoints = args.checkpoint or settings.get("filter", "checkpoint", [])
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    if checkpoints and len(checkpoints) != len(models):
+        raise CurationError(f"{len(checkpoints)} checkpoint(s) for {len(models)} model(s): give one per --model")
+    return list(zip(models, checkpoints or [None] * len(models), strict=True))
+
+
+def _class_set(session: Any, classes_arg: str | None) -> list[str]:
+    from sqlalchemy import select
+
+    from curation.catalog import ImageClass
+
+    known = list(session.scalars(select(ImageClass.wnid).order_by(ImageClass.wnid)))
+    if not classes_arg:
+        return known
+    wanted = sorted({w.strip() for w in classes_arg.split(",") if w.strip()})
+    missing = [w for w in wanted if w not in set(known)]
+    if missing:
+        raise CurationError(f"class {missing[0]} is not in the catalog (add it with `curation classes add`)")
+    return wanted
+
+
+def _pairs(session: Any, wnids: list[str], data_dir: Path) -> list[Pair]:
+    from sqlalchemy import select
+
+    from curation.catalog import DOWNLOADED, Candidate, Image
+
+    rows = session.execute(
+        select(Candidate.image_sha256, Candidate.wnid, Image.path)
+        .join(Image, Image.sha256 == Candidate.image_sha256)
+        .where(Candidate.status == DOWNLOADED, Candidate.wnid.in_(wnids))
+        .distinct()
+        .order_by(Candidate.image_sha256, Candidate.wnid)
+    ).all()
+    return [Pair(sha, wnid, data_dir / path) for sha, wnid, path in rows]
+
+
+def _scored(session: Any, model: str, weights_hash: str, rule: str) -> set[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from curation.catalog import Prediction
+
+    rows = session.execute(
+        select(Prediction.sha256, Prediction.wnid).where(
+            Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
+        )
+    )
+    return {(sha, wnid) for sha, wnid in rows}
+
+
+def judge(logits: Any, label_wnids: list[str], wnid: str, columns: list[int] | None) -> dict[str, Any]:
+    """Prediction fields of one image's logits judged against class ``wnid``: top-5 over the full label
+    space, the argmax over ``columns`` (all when None), its softmax confidence over those columns and
+    its probability margin to the runner-up."""
+    import numpy as np
+
+    full = logits.astype(np.float64)
+    full_probs = np.exp(full - full.max())
+    full_probs /= full_probs.sum()
+    top5 = np.argsort(-full_probs, kind="stable")[:5]
+    cols = np.arange(len(full)) if columns is None else np.asarray(columns)
+    sub = full[cols]
+    probs = np.exp(sub - sub.max())
+    probs /= probs.sum()
+    order = np.argsort(-sub, kind="stable")
+    best = int(cols[order[0]])
+    runner_up = float(probs[order[1]]) if len(order) > 1 else 0.0
+    return {
+        "top5": json.dumps([[int(i), round(float(full_probs[i]), 6)] for i in top5]),
+        "pred_index": best,
+        "pred_wnid": label_wnids[best],
+        "confidence": float(probs[order[0]]),
+        "margin": float(probs[order[0]]) - runner_up,
+        "correct": label_wnids[best] == wnid,
+    }
+
+
+def _score_model(
+    catalog: Any,
+    loaded: Any,
+    rule: str,
+    columns: list[int],
+    pairs: list[Pair],
+    options: dict[str, Any],
+    chunk: int,
+    bar: Any,
+) -> int:
+    """Score ``pairs`` with one model, committing one chunk of images at a time; returns failed images."""
+    from curation.catalog import Prediction
+    from curation.inference import predict_logits
+
+    by_image: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        by_image.setdefault(pair.sha256, []).append(pair)
+    images = list(by_image)
+    failed = 0
+    for start in range(0, len(images), chunk):
+        shas = images[start : start + chunk]
+        paths = [by_image[sha][0].path for sha in shas]
+        result = predict_logits(
+            loaded, paths, argmax_over=columns if rule == "restricted" else None, bar=bar, **options
+        )
+        rows = []
+        for position, sha in enumerate(shas):
+            error = result.errors.get(position)
+            failed += error is not None
+            for pair in by_image[sha]:
+                fields = (
+                    {"status": FAILED, "error": error}
+                    if error is not None
+                    else judge(
+                        result.logits[position],
+                        loaded.label_wnids,
+                        pair.wnid,
+                        columns if rule == "restricted" else None,
+                    )
+                )
+                rows.append(
+                    Prediction(
+                        sha256=sha,
+                        wnid=pair.wnid,
+                        model=loaded.name,
+                        weights_hash=loaded.weights_hash,
+                        rule=rule,
+                        **fields,
+                    )
+                )
+        with catalog.session() as session:
+            session.add_all(rows)
+    return failed
+
+
+def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]], rule: str, keep: str) -> dict:
+    """Combine the run's models into one verdict per pair; returns counts kept/discarded/failed."""
+    from sqlalchemy import delete, select, tuple_
+
+    from curation.catalog import FilterVerdict, Prediction
+
+    counts = {"kept": 0, "discarded": 0, "failed": 0}
+    wanted = {(p.sha256, p.wnid) for p in pairs}
+    model_keys = [f"{m}@{h}" for m, h in keys]
+    with catalog.session() as session:
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for model, weights_hash in keys:
+            rows = session.execute(
+                select(Prediction.sha256, Prediction.wnid, Prediction.status, Prediction.correct).where(
+                    Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
+                )
+            )
+            for sha, wnid, status, correct in rows:
+                if (sha, wnid) in wanted:
+                    results.setdefault((sha, wnid), {})[f"{model}@{weights_hash}"] = (status, correct)
+        failed_pairs = []
+        for pair, by_model in results.items():
+            if len(by_model) < len(keys):
+                continue  # not scored by every model yet (e.g. --limit)
+            if any(status == FAILED for status, _ in by_model.values()):
+                counts["failed"] += 1
+                failed_pairs.append(pair)
+                continue
+            wrong = [not correct for _, correct in by_model.values()]
+            kept = all(wrong) if keep == "all-wrong" else any(wrong)
+            counts["kept" if kept else "discarded"] += 1
+            session.merge(
+                FilterVerdict(sha256=pair[0], wnid=pair[1], kept=kept, models=json.dumps(model_keys), keep_rule=keep)
+            )
+        for start in range(0, len(failed_pairs), 500):
+            part = failed_pairs[start : start + 500]
+            session.execute(delete(FilterVerdict).where(tuple_(FilterVerdict.sha256, FilterVerdict.wnid).in_(part)))
+    return counts
+
+
 def run(args: argparse.Namespace, settings: Any) -> int:
-    raise CurationError("`curation filter` is not implemented yet")
+    """Score every downloaded pair not yet scored by each model; write predictions and verdicts."""
+    from tqdm import tqdm
+
+    from curation.catalog import open_catalog
+    from curation.inference import class_indices, default_batch_size, load_model, resolve_device
+
+    rule = _setting(args, settings, "rule", "restricted")
+    keep = _setting(args, settings, "keep", "all-wrong")
+    if rule not in RULES or keep not in KEEP_RULES:
+        raise CurationError(f"[filter] rule must be one of {RULES} and keep one of {KEEP_RULES}")
+    batch_size = _setting(args, settings, "batch_size", None)
+    workers = _setting(args, settings, "workers", None)
+    for name, value in (("--batch-size", batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise CurationError(f"{name} must be at least 1")
+    if workers is not None and workers < 0:
+        raise CurationError("--workers must be 0 or more")
+    device = resolve_device(_setting(args, settings, "device", "auto"))
+    specs = _models_and_checkpoints(args, settings)
+    catalog = open_catalog(settings.db_url)
+    with catalog.session() as session:
+        wnids = _class_set(session, args.classes)
+        pairs = _pairs(session, wnids, settings.data_dir)
+    models = []
+    for name, checkpoint in specs:
+        loaded = load_model(name, checkpoint, device=str(device))
+        models.append((loaded, class_indices(loaded, wnids)))
+    keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
+    with catalog.session() as session:
+        done = {key: _scored(session, *key, rule) for key in keys}
+    pending = [p for p in pairs if any((p.sha256, p.wnid) not in done[key] for key in keys)]
+    todo = pending if args.limit is None else pending[: args.limit]
+    options = {
+        "batch_size": batch_size,
+        "workers": workers,
+        "precision": _setting(args, settings, "precision", "auto"),
+    }
+    chunk = max(512, 16 * (batch_size or default_batch_size(device)))
+    failed_images = 0
+    scored_images = 0
+    for loaded, columns in models:
+        if args.compile:
+            import torch
+
+            loaded.model = torch.compile(loaded.model)
+        mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
+        n_images = len({p.sha256 for p in mine})
+        with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
+            failed_images += _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+        scored_images += n_images
+    counts = _update_verdicts(catalog, pairs, keys, rule, keep)
+    left = f", {len(pending) - len(todo)} left by --limit" if len(todo) < len(pending) else ""
+    print(
+        f"filter: scored {scored_images} image(s) ({len(todo)} pair(s), {failed_images} image(s) failed) with "
+        f"{len(models)} model(s), {rule} over {len(wnids)} classes; {len(pairs) - len(pending)} pair(s) already "
+        f"scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
+        f"failed {counts['failed']}"
+    )
+    return 0

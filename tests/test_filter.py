@@ -1,0 +1,239 @@
+"""`curation filter` on real photos imported with `curation crawl --folder`, real EfficientNet-Lite0
+weights, real SQLite: the kept set is exactly what an independent plain-timm fp32 run says."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLES, VAL
+from PIL import Image
+
+from curation.classes import imagenet_a_reference
+
+VAL_SUBSET = 60  # the val photos are small (227x227): keep the test quick
+
+
+def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
+    full_env.update({"CURATION_DB": f"sqlite:///{cwd / 'catalog.sqlite'}", "CURATION_DATA_DIR": str(cwd / "data")})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "curation", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=900
+    )
+
+
+def _val_folder(dest: Path, n: int) -> Path:
+    """A copy of the first ``n`` ImageNet-A-class val photos with their manifest rows."""
+    dest.mkdir()
+    with open(VAL / "manifest.csv") as fh:
+        reader = csv.DictReader(fh)
+        rows = [r for r in reader if r["in_imagenet_a_200"] in ("1", "True", "true")][:n]
+        fields = reader.fieldnames
+    with open(dest / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        shutil.copy(VAL / row["file"], dest / row["file"])
+    return dest
+
+
+def _labelled_files(folder: Path) -> list[tuple[Path, str]]:
+    if folder == SAMPLES:  # <wnid>.JPEG
+        return [(path, path.stem) for path in sorted(SAMPLES.glob("*.JPEG"))]
+    with open(folder / "manifest.csv") as fh:
+        return [(folder / r["file"], r["wnid"]) for r in csv.DictReader(fh)]
+
+
+def _independent_wrong(checkpoint: Path, files: list[tuple[Path, str]]) -> set[tuple[str, str]]:
+    """(sha256, wnid) of the photos whose 200-way restricted fp32 argmax is not their label: plain timm."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+    model.eval()
+    transform = create_transform(**resolve_data_config(model=model))
+    wnids, indices = imagenet_a_reference()
+    wrong = set()
+    with torch.no_grad():
+        for start in range(0, len(files), 32):
+            part = files[start : start + 32]
+            x = torch.stack([transform(Image.open(path).convert("RGB")) for path, _ in part])
+            restricted = model(x)[:, indices].argmax(1)
+            for (path, wnid), pred in zip(part, restricted.tolist(), strict=True):
+                if wnids[pred] != wnid:
+                    wrong.add((hashlib.sha256(path.read_bytes()).hexdigest(), wnid))
+    return wrong
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory, lite0_checkpoint):
+    """A catalog of the 200 samples + a val subset, filtered in two runs (--limit, then the rest)."""
+    work = tmp_path_factory.mktemp("filter")
+    val = _val_folder(work / "val", VAL_SUBSET)
+    for folder in (SAMPLES, val):
+        crawl = _cli(work, "crawl", "--folder", str(folder))
+        assert crawl.returncode == 0, crawl.stderr
+    args = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--device", "cpu")
+    first = _cli(work, *args, "--limit", "40", "--workers", "1")
+    rest = _cli(work, *args)
+    again = _cli(work, *args)
+    return {"work": work, "val": val, "runs": (first, rest, again), "args": args}
+
+
+def _db(work: Path) -> sqlite3.Connection:
+    return sqlite3.connect(work / "catalog.sqlite")
+
+
+def test_kept_set_equals_independent_restricted_argmax(filtered, lite0_checkpoint):
+    first, rest, again = filtered["runs"]
+    for run in (first, rest, again):
+        assert run.returncode == 0, run.stderr
+    files = _labelled_files(SAMPLES) + _labelled_files(filtered["val"])
+    expected = _independent_wrong(lite0_checkpoint, files)
+    con = _db(filtered["work"])
+    kept = set(con.execute("SELECT sha256, wnid FROM filter_verdicts WHERE kept = 1").fetchall())
+    total = con.execute("SELECT count(*) FROM filter_verdicts").fetchone()[0]
+    assert total == len(files) == 200 + VAL_SUBSET
+    assert kept == expected
+    assert 10 <= len(kept) <= 60  # EfficientNet-Lite0 gets most of these right
+
+
+def test_runs_are_incremental_and_summarised(filtered):
+    first, rest, again = filtered["runs"]
+    n = 200 + VAL_SUBSET
+    assert "scored 40 image(s)" in first.stdout and f"{n - 40} left by --limit" in first.stdout
+    assert f"scored {n - 40} image(s)" in rest.stdout and "40 pair(s) already scored" in rest.stdout
+    assert "scored 0 image(s)" in again.stdout and f"{n} pair(s) already scored" in again.stdout
+    for run in (first, rest, again):
+        assert len(run.stdout.strip().splitlines()) == 1 and "failed 0" in run.stdout
+    con = _db(filtered["work"])
+    rows = con.execute("SELECT model, weights_hash, rule, status, count(*) FROM predictions GROUP BY 1, 2, 3, 4")
+    (model, weights_hash, rule, status, count), *others = rows.fetchall()
+    assert not others and (model, rule, status, count) == ("tf_efficientnet_lite0", "restricted", "ok", n)
+    assert len(weights_hash) == 16
+
+
+def test_prediction_rows_hold_top5_confidence_and_margin(filtered):
+    con = _db(filtered["work"])
+    wnids, indices = imagenet_a_reference()
+    rows = con.execute("SELECT wnid, top5, pred_index, pred_wnid, confidence, margin, correct FROM predictions")
+    for wnid, top5, pred_index, pred_wnid, confidence, margin, correct in rows:
+        top5 = json.loads(top5)
+        assert len(top5) == 5 and all(0 <= i < 1000 for i, _ in top5)
+        assert [p for _, p in top5] == sorted((p for _, p in top5), reverse=True)
+        assert pred_index in indices and wnids[indices.index(pred_index)] == pred_wnid
+        assert 0 < margin <= confidence <= 1 and bool(correct) == (pred_wnid == wnid)
+
+
+def test_keep_rule_change_recomputes_verdicts_without_rescoring(filtered, tmp_path, lite0_checkpoint):
+    work = filtered["work"]
+    random_weights = tmp_path / "random.pth"
+    torch.manual_seed(0)
+    import timm
+
+    torch.save(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict(), random_weights)
+    two = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint))
+    two += ("--model", "tf_efficientnet_lite0", "--checkpoint", str(random_weights), "--classes")
+    two += (",".join(sorted({w for _, w in _labelled_files(filtered["val"])})[:5]),)
+    any_wrong = _cli(work, *two, "--keep", "any-wrong")
+    assert any_wrong.returncode == 0, any_wrong.stderr
+    all_wrong = _cli(work, *two, "--keep", "all-wrong")
+    assert all_wrong.returncode == 0 and "scored 0 image(s)" in all_wrong.stdout
+    con = _db(work)
+    verdicts = dict(
+        ((sha, wnid), (kept, rule, json.loads(models)))
+        for sha, wnid, kept, rule, models in con.execute(
+            "SELECT sha256, wnid, kept, keep_rule, models FROM filter_verdicts"
+        )
+    )
+    by_pair: dict[tuple[str, str], list[bool]] = {}
+    for sha, wnid, correct in con.execute("SELECT sha256, wnid, correct FROM predictions"):
+        by_pair.setdefault((sha, wnid), []).append(bool(correct))
+    two_model_pairs = [pair for pair, results in by_pair.items() if len(results) == 2]
+    assert two_model_pairs
+    for pair in two_model_pairs:
+        kept, rule, models = verdicts[pair]
+        assert rule == "all-wrong" and len(models) == 2
+        assert bool(kept) == (not any(by_pair[pair]))
+
+
+def test_corrupt_and_missing_files_are_recorded_and_the_run_goes_on(tmp_path, lite0_checkpoint):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("n01498041.JPEG", "n01531178.JPEG", "n01534433.JPEG", "n01558993.JPEG"):
+        shutil.copy(SAMPLES / name, folder / name.replace(".JPEG", "_a.jpg"))
+    assert _cli(tmp_path, "crawl", "--folder", str(folder)).returncode == 0
+    con = _db(tmp_path)
+    paths = [tmp_path / "data" / p for (p,) in con.execute("SELECT path FROM images ORDER BY sha256")]
+    assert len(paths) == 4
+    os.chmod(paths[0], 0o644)
+    paths[0].write_bytes(paths[0].read_bytes()[:500])  # truncated on disk after the download
+    paths[1].unlink()
+    run = _cli(tmp_path, "filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint))
+    assert run.returncode == 0, run.stderr
+    assert "2 image(s) failed" in run.stdout and "failed 2" in run.stdout
+    rows = con.execute("SELECT status, error FROM predictions ORDER BY sha256").fetchall()
+    assert [s for s, _ in rows] == ["failed", "failed", "ok", "ok"]
+    assert all(e.startswith("unreadable image:") for _, e in rows[:2])
+    assert con.execute("SELECT count(*) FROM filter_verdicts").fetchone()[0] == 2
+
+
+def test_class_outside_the_label_space_is_refused(tmp_path, lite0_checkpoint):
+    added = _cli(tmp_path, "classes", "add", "n00007846")  # "person": ImageNet-21k only
+    assert added.returncode == 0, added.stderr
+    run = _cli(tmp_path, "filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        "curation: error: model tf_efficientnet_lite0 cannot predict class n00007846: not in its label space"
+    ]
+
+
+def test_offline_without_checkpoint_is_one_line_naming_the_option(tmp_path):
+    offline = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "TORCH_HOME": str(tmp_path / "th")}
+    offline["HF_HOME"] = str(tmp_path / "hf")
+    run = _cli(tmp_path, "filter", env=offline)
+    assert run.returncode == 1
+    (line,) = run.stderr.strip().splitlines()
+    assert "resnet50.tv_in1k" in line and "--checkpoint" in line
+
+
+def test_checkpoint_from_config_and_bad_arguments(tmp_path, lite0_checkpoint):
+    (tmp_path / "curation.toml").write_text(
+        f'[filter]\nmodel = "tf_efficientnet_lite0"\ncheckpoint = "{lite0_checkpoint}"\n'
+    )
+    run = _cli(tmp_path, "filter")
+    assert run.returncode == 0, run.stderr
+    assert "scored 0 image(s)" in run.stdout and "over 200 classes" in run.stdout
+    for bad, message in (
+        (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--classes", "n99999999"), "class n99999999 is not in the catalog"),
+        (("--checkpoint", "a.pth", "--checkpoint", "b.pth"), "2 checkpoint(s) for 1 model(s)"),
+    ):
+        run = _cli(tmp_path, "filter", *bad)
+        assert run.returncode == 1 and message in run.stderr, run.stderr
+
+
+def test_numpy_judge_matches_restricted_rule():
+    from curation.filter import judge
+
+    labels = [f"n{i:08d}" for i in range(6)]
+    logits = np.array([0.0, 9.0, 3.0, 1.0, 2.5, 0.5], dtype=np.float32)
+    restricted = judge(logits, labels, "n00000002", [2, 3, 4])
+    assert restricted["pred_wnid"] == "n00000002" and restricted["correct"]
+    assert json.loads(restricted["top5"])[0][0] == 1
+    top1 = judge(logits, labels, "n00000002", None)
+    assert top1["pred_index"] == 1 and not top1["correct"]
+    assert abs(restricted["confidence"] - 1 / (1 + np.exp(-0.5) + np.exp(-2))) < 1e-6
