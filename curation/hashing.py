@@ -77,8 +77,3 @@ def hash_image(grey: Image.Image) -> ImageHashes:
 def hash_file(source: str | Path | bytes, draft: bool = True) -> ImageHashes:
     """Hash one image file (a path or its bytes)."""
     return hash_image(load_for_hashing(source, draft=draft))
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise Hamming distance between two ``uint64`` arrays."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
