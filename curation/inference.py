@@ -187,7 +187,8 @@ class Preprocess:
             and data_config.get("crop_mode", "center") == "center"
             and math.floor(width / data_config.get("crop_pct", 0.875)) == self.scale_size
         )
-        self.resample = str_to_pil_interp(data_config.get("interpolation", "bilinear"))
+        self.interpolation = data_config.get("interpolation", "bilinear")
+        self.resample = str_to_pil_interp(self.interpolation)
         self.draft = draft
         self._generic: Any = None
 
@@ -255,12 +256,96 @@ def _collate(items: list[tuple[int, np.ndarray | None, bool, str | None]]) -> tu
     return [i for i, _ in good], batch, approximate, errors
 
 
-def normalize_batch(batch_hwc: torch.Tensor, data_config: dict, device: torch.device) -> torch.Tensor:
-    """uint8 [B,H,W,3] -> float [B,3,H,W] (channels_last), as ToTensor + Normalize compute it."""
-    x = batch_hwc.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+def normalize_batch(batch: torch.Tensor, data_config: dict, device: torch.device) -> torch.Tensor:
+    """uint8 [B,3,H,W] (any strides) -> float channels_last, as ToTensor + Normalize compute it."""
+    x = batch.to(device, non_blocking=True).float().div_(255)
     mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def _pil_batches(loader: Any) -> Any:
+    """(indices, uint8 [B,3,H,W] channels_last view, approximate indices, errors) per CPU-decoded batch."""
+    for indices, batch, approximate, errors in loader:
+        yield indices, batch.permute(0, 3, 1, 2), approximate, errors
+
+
+# --------------------------------------------------------------------------- GPU path: batched tensor decode
+# Workers only read bytes; the main process decodes a whole batch of JPEGs at once with
+# torchvision.io.decode_jpeg on the model's device (nvJPEG on CUDA) and resizes with antialiased
+# F.interpolate there. Non-JPEG files and JPEGs the batched decoder rejects go through Pillow.
+
+_TENSOR_MODES = ("bilinear", "bicubic")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class _JpegBytes(_ImageFiles):
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, bool, str | None]:
+        """(index, raw JPEG bytes or a Pillow-made HWC crop, is_raw_jpeg, error)."""
+        try:
+            data = Path(self.paths[index]).read_bytes()
+            if data[:3] == _JPEG_MAGIC:
+                return index, np.frombuffer(bytearray(data), dtype=np.uint8), True, None
+            return index, self.preprocess(self.paths[index])[0], False, None
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is recorded, never fatal
+            return index, None, False, image_error(exc)
+
+
+def resize_crop_tensor(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 [3,H,W] -> uint8 [3,h,w]: shorter-side resize (antialiased) + centre crop, on its device."""
+    import torch.nn.functional as F
+
+    _, height, width = image.shape
+    (new_w, new_h), (left, top) = preprocess.geometry(width, height)
+    crop_h, crop_w = preprocess.crop_size
+    resized = F.interpolate(
+        image[None].float(), size=(new_h, new_w), mode=preprocess.interpolation, antialias=True, align_corners=False
+    )
+    crop = resized[0, :, top : top + crop_h, left : left + crop_w]
+    return crop.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Batched decode to RGB on ``device``; on a batch failure, image by image (None = rejected)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)  # still torchvision's API
+    try:
+        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        decoded: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded.append(None)
+        return decoded
+
+
+def _chw(crop_hwc: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.array(crop_hwc)).permute(2, 0, 1).to(device)
+
+
+def _tensor_batches(loader: Any, paths: Sequence[Path], preprocess: Preprocess, device: torch.device) -> Any:
+    """Like ``_pil_batches``, decoding each batch's JPEGs together on ``device``; every crop is approximate."""
+    for items in loader:
+        errors = {i: err for i, _, _, err in items if err is not None}
+        raw = [(i, arr) for i, arr, is_jpeg, _ in items if is_jpeg]
+        crops = {i: _chw(arr, device) for i, arr, is_jpeg, err in items if err is None and not is_jpeg}
+        decoded = _decode_jpegs([torch.from_numpy(arr) for _, arr in raw], device) if raw else []
+        for (i, _), image in zip(raw, decoded, strict=True):
+            if image is not None:
+                crops[i] = resize_crop_tensor(image, preprocess)
+                continue
+            try:  # e.g. CMYK or progressive oddities the batched decoder refuses
+                crops[i] = _chw(preprocess(paths[i])[0], device)
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = image_error(exc)
+        indices = sorted(crops)
+        batch = torch.stack([crops[i] for i in indices]) if indices else torch.empty(0, dtype=torch.uint8)
+        yield indices, batch, indices, errors
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -294,12 +379,15 @@ def predict_logits(
     argmax_over: Sequence[int] | None = None,
     draft: bool = True,
     bar: Any = None,
+    tensor_decode: bool | None = None,
 ) -> LogitsResult:
     """Logits of every image in ``paths`` (float32, NaN rows for unreadable files).
 
     With bf16/fp16, rows whose top-2 margin over ``argmax_over`` (default: every output) is below
     ``MARGIN_RECHECK`` are recomputed on the exact path in fp32, so the argmax over those columns
     equals that of timm's transform + fp32. ``bar``: an open tqdm to update instead of a new one.
+    ``tensor_decode`` (default: on CUDA): batched torchvision JPEG decode + tensor resize on the
+    device; its crops count as approximate, so close margins are re-checked the same way.
     """
     from tqdm import tqdm
 
@@ -313,14 +401,19 @@ def predict_logits(
     approximate = np.zeros(len(paths), dtype=bool)
     if not paths:
         return LogitsResult(logits, errors)
+    preprocess = Preprocess(loaded.data_config, draft=draft)
+    if tensor_decode is None:
+        tensor_decode = device.type == "cuda"
+    tensor_decode = tensor_decode and preprocess.fast and preprocess.interpolation in _TENSOR_MODES
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, Preprocess(loaded.data_config, draft=draft)),
+        (_JpegBytes if tensor_decode else _ImageFiles)(paths, preprocess),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
+        collate_fn=list if tensor_decode else _collate,
+        pin_memory=device.type == "cuda" and not tensor_decode,
         prefetch_factor=4 if workers else None,
     )
+    batches = _tensor_batches(loader, paths, preprocess, device) if tensor_decode else _pil_batches(loader)
     autocast = torch.autocast(
         device.type, dtype=_AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision != "fp32"
     )
@@ -328,7 +421,7 @@ def predict_logits(
     if own_bar:
         bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
     with torch.inference_mode(), autocast:
-        for indices, batch, batch_approximate, batch_errors in loader:
+        for indices, batch, batch_approximate, batch_errors in batches:
             errors.update(batch_errors)
             approximate[batch_approximate] = True
             if indices:
@@ -343,7 +436,12 @@ def predict_logits(
         close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < MARGIN_RECHECK))
         if len(close):
             exact = predict_logits(
-                loaded, [paths[i] for i in close], batch_size=batch_size, workers=min(workers, 1), draft=False
+                loaded,
+                [paths[i] for i in close],
+                batch_size=batch_size,
+                workers=min(workers, 1),
+                draft=False,
+                tensor_decode=False,
             )
             logits[close] = exact.logits
             errors.update({int(close[j]): err for j, err in exact.errors.items()})

@@ -96,17 +96,19 @@ def test_logits_equal_plain_timm_and_reduced_precision_keeps_decisions(lite0):
     exact = inf.predict_logits(lite0, paths, workers=0, draft=False).logits
     assert np.abs(exact - reference).max() < 1e-3
     assert np.array_equal(exact.argmax(1), reference.argmax(1))
-    for precision in ("fp32", "bf16"):
-        checked = inf.predict_logits(lite0, paths, workers=1, precision=precision).logits
-        assert np.array_equal(checked.argmax(1), reference.argmax(1)), precision
+    fast_modes = [{"precision": "bf16"}, {"precision": "bf16", "tensor_decode": True}]
+    for options in [{"precision": "fp32"}, *fast_modes]:
+        checked = inf.predict_logits(lite0, paths, workers=1, **options).logits
+        assert np.array_equal(checked.argmax(1), reference.argmax(1)), options
     # The measured error bound behind MARGIN_RECHECK still holds on these photos.
     saved = inf.MARGIN_RECHECK
     try:
         inf.MARGIN_RECHECK = -1.0  # no re-check: raw errors
-        raw = inf.predict_logits(lite0, paths, workers=1, precision="bf16").logits
+        for options in fast_modes:
+            raw = inf.predict_logits(lite0, paths, workers=1, **options).logits
+            assert 2 * np.abs(raw - reference).max() < saved, options
     finally:
         inf.MARGIN_RECHECK = saved
-    assert 2 * np.abs(raw - reference).max() < inf.MARGIN_RECHECK
 
 
 def test_corrupt_and_missing_files_are_nan_rows_with_reasons(lite0, tmp_path):
@@ -119,6 +121,36 @@ def test_corrupt_and_missing_files_are_nan_rows_with_reasons(lite0, tmp_path):
     assert set(result.errors) == {1, 2, 3}
     assert all(r.startswith("unreadable image:") and "\n" not in r for r in result.errors.values())
     assert np.isfinite(result.logits[0]).all() and np.isnan(result.logits[1:]).all()
+
+
+def test_tensor_decode_path_on_cpu_handles_png_cmyk_and_corrupt_files(lite0, tmp_path):
+    """The GPU path's code (batched torchvision decode + tensor resize), run on the CPU."""
+    source = SAMPLES / "n01531178.JPEG"
+    Image.open(source).save(tmp_path / "photo.png")
+    Image.open(source).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    (tmp_path / "broken.jpg").write_bytes(source.read_bytes()[:400])
+    paths = [source, tmp_path / "photo.png", tmp_path / "cmyk.jpg", tmp_path / "broken.jpg"]
+    result = inf.predict_logits(lite0, paths, workers=0, tensor_decode=True)
+    exact = inf.predict_logits(lite0, paths[:3], workers=0, draft=False)
+    assert list(result.errors) == [3] and np.isnan(result.logits[3]).all()
+    assert np.array_equal(result.logits[:3].argmax(1), exact.logits.argmax(1))
+    assert np.abs(result.logits[1] - exact.logits[1]).max() < 1e-3  # PNG: Pillow path, exact
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_tensor_resize_matches_pillow_closely():
+    import timm
+    from timm.data import resolve_data_config
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    for name in ("resnet50.tv_in1k", "tf_efficientnet_lite0"):
+        preprocess = inf.Preprocess(resolve_data_config(model=timm.create_model(name, pretrained=False)), draft=False)
+        for path in _sample_paths()[::6]:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+            crop = inf.resize_crop_tensor(decode_jpeg(data, mode=ImageReadMode.RGB), preprocess)
+            reference = preprocess(path)[0]
+            assert crop.shape == (3, 224, 224)
+            assert np.abs(crop.permute(1, 2, 0).numpy().astype(int) - reference).mean() < 1.0, (name, path.name)
 
 
 def test_class_indices_and_refusal(lite0):
