@@ -17,8 +17,8 @@ from math import comb
 import numpy as np
 
 CODE_BITS = 64
-# Keys (query × flip) expanded at once; bounds the memory of one query batch to ~50 MB.
-KEYS_PER_BATCH = 2_000_000
+# Keys (query × flip) expanded at once; bounds the memory of one query batch to ~150 MB.
+KEYS_PER_BATCH = 4_000_000
 
 
 def _split(blocks: int) -> list[tuple[int, int]]:
@@ -149,17 +149,18 @@ class HammingIndex:
         found: list[tuple[np.ndarray, ...]] = []
         slot = 0
         # Walk the buckets slot by slot: the first code of every non-empty bucket, then the
-        # second of those holding two or more, and so on.
+        # second of those holding two or more, and so on. Finished buckets are dropped from the
+        # arrays only once they make up 40 % of them (until then their reads are masked out).
+        last = len(sorted_codes) - 1
         while len(position):
-            at = position + slot
+            at = np.minimum(position + slot, last)
             xor = sorted_codes[at] ^ query
-            dist = np.bitwise_count(xor)
-            hit = np.flatnonzero(dist <= radius)
+            hit = np.flatnonzero((np.bitwise_count(xor) <= radius) & (counts > slot))
             if len(hit):
-                found.append((owner[hit], order[at[hit]], dist[hit], xor[hit]))
+                found.append((owner[hit], order[at[hit]], np.bitwise_count(xor[hit]), xor[hit]))
             slot += 1
             more = counts > slot
-            if not more.all():
+            if np.count_nonzero(more) < 0.6 * len(more):
                 position, counts, owner, query = position[more], counts[more], owner[more], query[more]
         if not found:
             return None

@@ -30,7 +30,7 @@ from dedup_thresholds import VARIANTS, shared_photos, variant_bytes  # noqa: E40
 WNIDS = ("n01498041", "n01531178", "n01534433", "n01558993")
 # Edits the default threshold does not always catch (see README: DCT hashes are not shift- or
 # rotation-invariant), with the detection rate measured on all 1,500 shared photos.
-PARTLY_CAUGHT = {"crop_5pct": 0.5, "rotate_3deg": 0.75}
+PARTLY_CAUGHT = {"crop_5pct": 0.55, "rotate_3deg": 0.83}
 
 
 def add_image(
@@ -158,8 +158,9 @@ def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path):
     for (path, name), sha in copies.items():
         caught[name] += cluster_of[sha] == cluster_of[originals[path]]
     rates = {name: n / len(photos) for name, n in caught.items()}
-    for name, rate in rates.items():
-        assert rate >= PARTLY_CAUGHT.get(name, 1.0) - 0.2 if name in PARTLY_CAUGHT else rate == 1.0, rates
+    # Every copy of the fully caught kinds; the partly caught ones near their measured rate.
+    expected = {name: 1.0 for name in VARIANTS} | {name: rate - 0.2 for name, rate in PARTLY_CAUGHT.items()}
+    assert all(rates[name] >= expected[name] for name in VARIANTS), rates
     # No two distinct photos end in one cluster.
     assert len({cluster_of[sha] for sha in originals.values()}) == len(photos)
     assert summary.clusters == len(photos)
