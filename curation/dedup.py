@@ -26,9 +26,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation.errors import CurationError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from curation.catalog import Catalog
 
 DEFAULT_MAX_DISTANCE = 10
 DEFAULT_DHASH_MARGIN = 4
@@ -207,7 +212,7 @@ def _hash_task(task: tuple[str, str]) -> tuple[str, Any, str | None]:
         return sha, None, f"{type(exc).__name__}: {exc}"
 
 
-def _hash_new_images(catalog: Any, data_dir: Path, workers: int) -> tuple[int, dict[str, str]]:
+def _hash_new_images(catalog: Catalog, data_dir: Path, workers: int) -> tuple[int, dict[str, str]]:
     """Hash every image without hashes; returns (hashed now, {sha: reason} of failures)."""
     from multiprocessing import Pool
 
@@ -271,7 +276,7 @@ class _Match:
 
 
 def find_matches(
-    query_hashes: Any, index_phash: Any, index_dhash: Any, max_distance: int, margin: int, index: Any = None
+    query_hashes: np.ndarray, index_phash: np.ndarray, index_dhash: np.ndarray, max_distance: int, margin: int
 ) -> list[_Match]:
     """Every (query, item) pair within the thresholds in either orientation of the query, with the
     smaller pHash distance. ``query_hashes`` is an (n, 4) uint64 array: phash, dhash, mirrors."""
@@ -279,7 +284,7 @@ def find_matches(
 
     from curation.hamming_index import HammingIndex
 
-    index = index if index is not None else HammingIndex(index_phash, max_distance)
+    index = HammingIndex(index_phash, max_distance)
     best: dict[tuple[int, int], _Match] = {}
     for kind, p_col, d_col in (("phash", 0, 1), ("phash_mirror", 2, 3)):
         q, c, dist = index.search(query_hashes[:, p_col])
@@ -313,7 +318,7 @@ class _UnionFind:
 
 
 def run_stage(
-    catalog: Any, data_dir: Path, max_distance: int, margin: int, against: list[str], workers: int
+    catalog: Catalog, data_dir: Path, max_distance: int, margin: int, against: list[str], workers: int
 ) -> Summary:
     """Hash new images, cluster near-duplicates, check reference sets, and write statuses and links."""
     import numpy as np
@@ -460,7 +465,7 @@ def run_stage(
 
 
 def _write_statuses(
-    catalog: Any, status_rows: dict[str, dict[str, Any]], crawl_links: dict[str, dict[str, Any]]
+    catalog: Catalog, status_rows: dict[str, dict[str, Any]], crawl_links: dict[str, dict[str, Any]]
 ) -> None:
     """Write only what changed: new and changed statuses, new, changed and stale crawl links."""
     from sqlalchemy import delete, insert, select, update

@@ -19,13 +19,15 @@ import numpy as np
 CODE_BITS = 64
 # Keys (query × flip) expanded at once; bounds the memory of one query batch to ~150 MB.
 KEYS_PER_BATCH = 4_000_000
+# Buckets holding more codes than this on average are read as runs, at most this many at once.
+LARGE_BUCKET = 4
+CANDIDATES_PER_STEP = 4_000_000
 
 
-def _split(blocks: int) -> list[tuple[int, int]]:
-    """(shift, bits) of ``blocks`` nearly equal blocks covering the 64 bits."""
-    sizes = [CODE_BITS // blocks + (1 if i < CODE_BITS % blocks else 0) for i in range(blocks)]
-    shifts = np.cumsum([0, *sizes[:-1]])
-    return [(int(shift), size) for shift, size in zip(shifts, sizes, strict=True)]
+MAX_BLOCK_BITS = 22  # a wider block would need a table of more than 4M buckets
+# A candidate code costs about 0.4 of a table look-up (measured): candidates are read from
+# contiguous buckets, look-ups are random reads.
+CANDIDATE_COST = 0.4
 
 
 def _keys_within(bits: int, flips: int) -> int:
@@ -41,20 +43,43 @@ def flip_budgets(blocks: int, radius: int) -> list[int]:
     return [s if k <= a else s - 1 for k in range(blocks)]
 
 
-def choose_blocks(n_codes: int, radius: int) -> int:
-    """The block count with the least expected work per query on uniformly spread codes:
-    table look-ups plus candidates to check, summed over blocks. A candidate costs about 0.4 of
-    a look-up (measured: it is read from a contiguous bucket, a look-up is a random read)."""
+def _cost(widths: list[int], budgets: list[int], n_codes: int) -> float:
+    """Expected look-ups plus weighted candidates per query, for uniformly spread codes."""
+    return sum(
+        _keys_within(bits, flips) * (1 + CANDIDATE_COST * n_codes / 2**bits)
+        for bits, flips in zip(widths, budgets, strict=True)
+        if flips >= 0
+    )
 
-    def cost(blocks: int) -> float:
-        total = 0.0
-        for (_shift, bits), flips in zip(_split(blocks), flip_budgets(blocks, radius), strict=True):
-            keys = _keys_within(bits, flips)
-            total += keys * (1 + 0.4 * n_codes / 2**bits)
-        return total
 
-    # Blocks wider than 22 bits would need tables of more than 4M buckets.
-    return min(range(3, 9), key=cost)
+def plan_blocks(n_codes: int, radius: int) -> list[tuple[int, int, int]]:
+    """(shift, bits, flip budget) per block: the block count and widths with the least expected
+    work. Widths start equal and then move one bit at a time to where it saves the most (a block
+    probed with fewer flips can afford to be narrower)."""
+    best: tuple[float, list[int], list[int]] | None = None
+    for blocks in range(3, 9):
+        budgets = flip_budgets(blocks, radius)
+        widths = [CODE_BITS // blocks + (1 if i < CODE_BITS % blocks else 0) for i in range(blocks)]
+        cost = _cost(widths, budgets, n_codes)
+        improved = True
+        while improved:
+            improved = False
+            for src in range(blocks):
+                for dst in range(blocks):
+                    if src == dst or widths[src] <= 1 or widths[dst] >= MAX_BLOCK_BITS:
+                        continue
+                    trial = list(widths)
+                    trial[src] -= 1
+                    trial[dst] += 1
+                    trial_cost = _cost(trial, budgets, n_codes)
+                    if trial_cost < cost - 1e-9:
+                        widths, cost, improved = trial, trial_cost, True
+        if best is None or cost < best[0]:
+            best = (cost, widths, budgets)
+    assert best is not None
+    _cost_value, widths, budgets = best
+    shifts = np.cumsum([0, *widths[:-1]])
+    return [(int(shift), bits, flips) for shift, bits, flips in zip(shifts, widths, budgets, strict=True)]
 
 
 def _flip_masks(bits: int, flips: int) -> np.ndarray:
@@ -73,8 +98,9 @@ class HammingIndex:
         if len(self.codes) >= 2**31:
             raise ValueError("at most 2**31 - 1 codes per index")
         self.radius = radius
-        self.blocks = _split(choose_blocks(max(len(self.codes), 1), radius))
-        self.flips = flip_budgets(len(self.blocks), radius)
+        plan = plan_blocks(max(len(self.codes), 1), radius)
+        self.blocks = [(shift, bits) for shift, bits, _flips in plan]
+        self.flips = [flips for _shift, _bits, flips in plan]
         # Per block: positions sorted by block value, the codes in that order, bucket starts and
         # sizes, and the flip masks to probe.
         self._tables: list[tuple[np.ndarray, ...]] = []
@@ -145,13 +171,31 @@ class HammingIndex:
         counts = counts[nonempty]
         position = starts[keys[nonempty]]
         owner = by_value[nonempty % len(chunk)]
-        query = chunk[owner]
         found: list[tuple[np.ndarray, ...]] = []
-        slot = 0
-        # Walk the buckets slot by slot: the first code of every non-empty bucket, then the
-        # second of those holding two or more, and so on. Finished buckets are dropped from the
-        # arrays only once they make up 40 % of them (until then their reads are masked out).
+        if len(counts) and counts.mean() > LARGE_BUCKET:
+            HammingIndex._scan_runs(counts, position, owner, chunk, order, sorted_codes, radius, found)
+        else:
+            HammingIndex._scan_slots(counts, position, owner, chunk[owner], order, sorted_codes, radius, found)
+        if not found:
+            return None
+        return tuple(np.concatenate(cols) for cols in zip(*found, strict=True))
+
+    @staticmethod
+    def _scan_slots(
+        counts: np.ndarray,
+        position: np.ndarray,
+        owner: np.ndarray,
+        query: np.ndarray,
+        order: np.ndarray,
+        sorted_codes: np.ndarray,
+        radius: int,
+        found: list[tuple[np.ndarray, ...]],
+    ) -> None:
+        """Small buckets: walk them slot by slot, the first code of every bucket, then the second
+        of those holding two or more, and so on. Finished buckets are dropped from the arrays only
+        once they make up 40 % of them (until then their reads are masked out)."""
         last = len(sorted_codes) - 1
+        slot = 0
         while len(position):
             at = np.minimum(position + slot, last)
             xor = sorted_codes[at] ^ query
@@ -162,9 +206,37 @@ class HammingIndex:
             more = counts > slot
             if np.count_nonzero(more) < 0.6 * len(more):
                 position, counts, owner, query = position[more], counts[more], owner[more], query[more]
-        if not found:
-            return None
-        return tuple(np.concatenate(cols) for cols in zip(*found, strict=True))
+
+    @staticmethod
+    def _scan_runs(
+        counts: np.ndarray,
+        position: np.ndarray,
+        owner: np.ndarray,
+        chunk: np.ndarray,
+        order: np.ndarray,
+        sorted_codes: np.ndarray,
+        radius: int,
+        found: list[tuple[np.ndarray, ...]],
+    ) -> None:
+        """Large buckets: expand them into runs of consecutive codes (sequential reads), a few
+        million candidates at a time."""
+        ends = np.cumsum(counts, dtype=np.int64)
+        begin = 0
+        while begin < len(counts):
+            done_before = int(ends[begin - 1]) if begin else 0
+            stop = max(begin + 1, int(np.searchsorted(ends, done_before + CANDIDATES_PER_STEP, side="right")))
+            step_counts = counts[begin:stop]
+            step_ends = ends[begin:stop] - done_before
+            total = int(step_ends[-1])
+            first = position[begin:stop].astype(np.int64) - (step_ends - step_counts)
+            at = np.repeat(first, step_counts) + np.arange(total, dtype=np.int64)
+            step_owner = owner[begin:stop]
+            xor = sorted_codes[at] ^ np.repeat(chunk[step_owner], step_counts)
+            hit = np.flatnonzero(np.bitwise_count(xor) <= radius)
+            if len(hit):
+                run = np.searchsorted(step_ends, hit, side="right")
+                found.append((step_owner[run], order[at[hit]], np.bitwise_count(xor[hit]), xor[hit]))
+            begin = stop
 
 
 def brute_force_search(

@@ -373,3 +373,18 @@ def test_importing_a_file_that_is_not_a_hash_file_fails_cleanly(run_cli, catalog
     result = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup", "reference", "import", "x", str(bad))
     assert result.returncode == 1 and "not a readable .npz hash file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreadable_image_is_recorded_and_the_stage_still_exits_0(catalog_url, tmp_path, run_cli):
+    catalog = cat.open_catalog(catalog_url)
+    with catalog.session() as session:
+        good = add_image(session, tmp_path, (SAMPLES / "n01498041.JPEG").read_bytes())
+        bad = add_image(session, tmp_path, (SAMPLES / "n01531178.JPEG").read_bytes())
+        (tmp_path / session.get(cat.Image, bad).path).write_bytes(b"truncated")
+    result = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup")
+    assert result.returncode == 0, result.stderr
+    assert "2 images, 1 hashed now, 1 unreadable" in result.stdout
+    assert "funnel: 2 downloaded -> 1 hashed -> 1 unique -> 1 unique and not leaked" in result.stdout
+    rows = statuses(catalog)
+    assert rows[good].status == cat.REPRESENTATIVE
+    assert rows[bad].status == "failed" and "UnidentifiedImageError" in rows[bad].reason
