@@ -141,10 +141,13 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
     summary = reference_sets.add_folder(
         catalog, settings.data_dir, args.name, path, workers=_workers(args, settings), chunk_size=args.chunk_size
     )
+    failed_note = ""
+    if summary.failed:
+        failed_list = reference_sets.set_dir(settings.data_dir, summary.name) / "failed.tsv"
+        failed_note = f", listed with reasons in {failed_list}"
     print(
         f"reference add: {summary.name}: {summary.total} hashes ({summary.hashed_now} hashed now, "
-        f"{summary.resumed_from} already done, {summary.failed} unreadable, listed in "
-        f"{reference_sets.set_dir(settings.data_dir, summary.name) / 'failed.tsv'})"
+        f"{summary.resumed_from} already done, {summary.failed} unreadable{failed_note})"
     )
     return 0
 
