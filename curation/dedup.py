@@ -11,8 +11,8 @@ earliest found. The others are marked ``duplicate`` of it. A cluster whose image
 different classes is flagged ``label_conflict``. With ``--against NAME`` every image is also
 checked against a reference set; a match marks its whole cluster ``leaked``.
 
-Subcommands manage reference sets: ``reference add NAME PATH`` (a folder, hashed in parallel and
-resumably, or a hash file), ``reference import NAME FILE``, ``reference export NAME FILE``,
+Subcommands manage reference sets: ``reference add NAME PATH`` (a folder or a text list of
+images, hashed in parallel and resumably, or a hash file), ``reference import NAME FILE``, ``reference export NAME FILE``,
 ``reference list``.
 """
 
@@ -88,9 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reference = commands.add_parser("reference", help="manage reference sets (ImageNet train/val, any folder)")
     actions = reference.add_subparsers(dest="reference_command", metavar="ACTION", parser_class=type(parser))
     actions.required = True
-    add = actions.add_parser("add", help="hash a folder of images (resumable) or import a hash file")
+    add = actions.add_parser("add", help="hash a folder or list of images (resumable) or import a hash file")
     add.add_argument("name")
-    add.add_argument("path", help="a folder of images (any depth) or an exported .npz hash file")
+    add.add_argument(
+        "path", help="a folder of images (any depth), a text file listing image paths, or an exported .npz hash file"
+    )
     add.add_argument("--workers", type=int, help="hashing processes (default: CPU count)")
     add.add_argument("--chunk-size", type=int, default=2000, help="images per resumable chunk file")
     imp = actions.add_parser("import", help="register an exported .npz hash file")
@@ -132,7 +134,7 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
         n = reference_sets.export_file(catalog, settings.data_dir, args.name, path)
         print(f"reference export: {args.name}: {n} hashes written to {path}")
         return 0
-    if action == "import" or (action == "add" and path.is_file()):
+    if action == "import" or (action == "add" and path.suffix == ".npz"):
         n = reference_sets.import_file(catalog, settings.data_dir, args.name, path)
         print(f"reference import: {args.name}: {n} hashes from {path}")
         return 0

@@ -130,12 +130,28 @@ def _done_chunks(chunk_dir: Path) -> list[Path]:
     return sorted(chunk_dir.glob("chunk-*.npz")) if chunk_dir.is_dir() else []
 
 
+def read_image_list(path: Path) -> list[str]:
+    """The image paths of a list file, one per line (relative ones to the list's folder)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CurationError(f"cannot read the image list {path}: {exc}") from None
+    return sorted({line.strip() for line in lines if line.strip() and not line.startswith("#")})
+
+
 def add_folder(
     catalog: Catalog, data_dir: Path, name: str, root: Path, workers: int = 2, chunk_size: int = 2000
 ) -> AddSummary:
-    """Hash every image under ``root`` into reference set ``name``, resuming an earlier run."""
-    if not root.is_dir():
-        raise CurationError(f"reference folder not found: {root}")
+    """Hash every image under the folder ``root`` (or named in the list file ``root``, one path a
+    line) into reference set ``name``, resuming an earlier run."""
+    if root.is_file():
+        listed = read_image_list(root)
+        base = root.parent
+    elif root.is_dir():
+        listed = list_images(root)
+        base = root
+    else:
+        raise CurationError(f"reference folder or image list not found: {root}")
     folder = set_dir(data_dir, name)
     chunk_dir = folder / "chunks"
     chunk_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +177,7 @@ def add_folder(
             done.update(data["failed"].tolist())
             failures.extend(zip(np.char.decode(data["failed"]).tolist(), data["errors"].tolist(), strict=True))
     resumed_from = len(done)
-    todo = [key for key in list_images(root) if key.encode() not in done]
+    todo = [key for key in listed if key.encode() not in done]
     next_chunk = len(_done_chunks(chunk_dir)) + 1
     hashed_now = 0
     if todo:
@@ -188,7 +204,7 @@ def add_folder(
             next_chunk += 1
             keys, phash, dhash, bad = [], [], [], []
 
-        tasks = ((key, str(root / key)) for key in todo)
+        tasks = ((key, str(base / key)) for key in todo)
         with Pool(max(1, workers)) as pool:
             progress = tqdm(total=len(todo), desc=f"hashing {name}", unit="img", file=sys.stderr)
             for key, ph, dh, error in pool.imap(_hash_one, tasks, chunksize=32):

@@ -357,7 +357,7 @@ def test_kill_9_while_hashing_a_reference_folder_then_resume(catalog_url, tmp_pa
     [
         (["dedup", "--against", "nope"], "unknown reference set 'nope'"),
         (["dedup", "--max-distance", "40"], "--max-distance must be between 0 and 16"),
-        (["dedup", "reference", "add", "x", "/nonexistent/folder"], "reference folder not found"),
+        (["dedup", "reference", "add", "x", "/nonexistent/folder"], "reference folder or image list not found"),
         (["dedup", "reference", "export", "x", "out.npz"], "unknown reference set 'x'"),
     ],
 )
@@ -388,3 +388,13 @@ def test_an_unreadable_image_is_recorded_and_the_stage_still_exits_0(catalog_url
     rows = statuses(catalog)
     assert rows[good].status == cat.REPRESENTATIVE
     assert rows[bad].status == "failed" and "UnidentifiedImageError" in rows[bad].reason
+
+
+def test_reference_from_a_list_of_images(run_cli, catalog_url, tmp_path):
+    photos = sorted(VAL.glob("*.JPEG"))[:5]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# five val photos\n" + "".join(f"{p}\n" for p in photos) + f"{photos[0]}\n")
+    cli = ["--db", catalog_url, "--data-dir", str(tmp_path / "data")]
+    result = run_cli(*cli, "dedup", "reference", "add", "five", str(listing), "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "five: 5 hashes (5 hashed now, 0 already done, 0 unreadable)" in result.stdout
