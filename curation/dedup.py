@@ -377,14 +377,8 @@ def run_stage(
 
     # Near-duplicates inside the crawl.
     uf = _UnionFind(len(shas))
-    pair_distance: dict[tuple[int, int], _Match] = {}
     if len(shas) > 1:
         for match in find_matches(hashes, hashes[:, 0], hashes[:, 1], max_distance, margin):
-            if match.query == match.item:
-                continue
-            key = (min(match.query, match.item), max(match.query, match.item))
-            if key not in pair_distance or match.distance < pair_distance[key].distance:
-                pair_distance[key] = match
             uf.union(match.query, match.item)
     members: dict[int, list[int]] = defaultdict(list)
     for i in range(len(shas)):
@@ -443,12 +437,13 @@ def run_stage(
             }
             summary.label_conflicts += conflict
             if i != representative:
-                a, b = shas[i], rep_sha
+                # The link names the survivor; in a chain of near-duplicates its distance can
+                # exceed the threshold.
                 d_same = int(np.bitwise_count(hashes[i, 0] ^ hashes[representative, 0]))
                 d_mirror = int(np.bitwise_count(hashes[i, 2] ^ hashes[representative, 0]))
                 crawl_links[sha] = {
-                    "sha256": a,
-                    "other": b,
+                    "sha256": sha,
+                    "other": rep_sha,
                     "reference": None,
                     "hash_kind": "phash" if d_same <= d_mirror else "phash_mirror",
                     "distance": min(d_same, d_mirror),
