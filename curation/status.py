@@ -41,15 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    from curation.annotate import agreement_stats, summary_line, votes_needed
+
     catalog = open_catalog(settings.db_url)
-    votes_needed = int(settings.get("annotate", "votes_needed", 1))
     with catalog.session() as session:
-        rows = funnel(session, votes_needed)
+        rows = funnel(session, votes_needed(settings))
+        agreement = agreement_stats(session)
     totals = {c: sum(r[c] for r in rows) for c in FUNNEL_COLUMNS}
     if args.json:
-        print(json.dumps({"classes": rows, "totals": totals}, ensure_ascii=False))
+        print(json.dumps({"classes": rows, "totals": totals, "agreement": agreement}, ensure_ascii=False))
         return 0
     print_funnel(rows, totals)
+    print(summary_line(agreement))
     return 0
 
 
