@@ -52,10 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep", choices=KEEP_RULES, help="how several models combine (default all-wrong)")
     parser.add_argument("--classes", help="comma-separated wnids to filter (default: every catalog class)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default auto")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU); decisions always equal fp32's",
+    )
     parser.add_argument("--batch-size", type=int, help="images per batch (default 256 on GPU, 32 on CPU)")
     parser.add_argument("--workers", type=int, help="decode worker processes")
     parser.add_argument("--limit", type=int, help="score at most this many new (image, class) pairs")
+    parser.add_argument(
+        "--margin-recheck",
+        type=float,
+        help="re-run exactly (fp32, no draft) inexact images whose top-2 logit margin is below this "
+        "(default: the measured curation.inference.MARGIN_RECHECK)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on large runs)")
     parser.set_defaults(func=run)
 
@@ -277,6 +287,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         "batch_size": batch_size,
         "workers": workers,
         "precision": _setting(args, settings, "precision", "auto"),
+        "margin_recheck": _setting(args, settings, "margin_recheck", None),
     }
     chunk = max(512, 16 * (batch_size or default_batch_size(device)))
     failed_images = 0

@@ -380,6 +380,7 @@ def predict_logits(
     draft: bool = True,
     bar: Any = None,
     tensor_decode: bool | None = None,
+    margin_recheck: float | None = None,
 ) -> LogitsResult:
     """Logits of every image in ``paths`` (float32, NaN rows for unreadable files).
 
@@ -388,6 +389,7 @@ def predict_logits(
     equals that of timm's transform + fp32. ``bar``: an open tqdm to update instead of a new one.
     ``tensor_decode`` (default: on CUDA): batched torchvision JPEG decode + tensor resize on the
     device; its crops count as approximate, so close margins are re-checked the same way.
+    ``margin_recheck`` overrides ``MARGIN_RECHECK`` (e.g. after measuring another model's errors).
     """
     from tqdm import tqdm
 
@@ -433,7 +435,8 @@ def predict_logits(
     inexact = approximate | (precision != "fp32")
     inexact[list(errors)] = False
     if inexact.any():
-        close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < MARGIN_RECHECK))
+        threshold = MARGIN_RECHECK if margin_recheck is None else margin_recheck
+        close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < threshold))
         if len(close):
             exact = predict_logits(
                 loaded,
