@@ -128,6 +128,35 @@ def _scored(session: Any, model: str, weights_hash: str, rule: str) -> set[tuple
     return {(sha, wnid) for sha, wnid in rows}
 
 
+def _forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: str, wnids: list[str]) -> None:
+    """A restricted prediction depends on the class set: when it changed since this model's last
+    restricted run, drop that model's predictions (and the verdicts built on them) to rescore them."""
+    import hashlib
+
+    from sqlalchemy import delete, select
+
+    from curation.catalog import FilterVerdict, Meta, Prediction
+
+    if rule != "restricted":
+        return
+    key = "filter:" + hashlib.sha256(f"{model}@{weights_hash}:{rule}".encode()).hexdigest()[:16]
+    class_set = hashlib.sha256(",".join(sorted(wnids)).encode()).hexdigest()[:16]
+    meta = session.get(Meta, key)
+    if meta is not None and json.loads(meta.value)["class_set"] != class_set:
+        scored = Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
+        pairs = session.execute(select(Prediction.sha256, Prediction.wnid).where(*scored)).all()
+        print(
+            f"filter: the class set changed since {model}'s last restricted run: rescoring {len(pairs)} pair(s)",
+            file=sys.stderr,
+        )
+        session.execute(delete(Prediction).where(*scored))
+        shas = sorted({sha for sha, _ in pairs})
+        for start in range(0, len(shas), 500):
+            session.execute(delete(FilterVerdict).where(FilterVerdict.sha256.in_(shas[start : start + 500])))
+    value = json.dumps({"model": model, "weights_hash": weights_hash, "class_set": class_set, "classes": len(wnids)})
+    session.merge(Meta(key=key, value=value))
+
+
 def judge(logits: Any, label_wnids: list[str], wnid: str, columns: list[int] | None) -> dict[str, Any]:
     """Prediction fields of one image's logits judged against class ``wnid``: top-5 over the full label
     space, the argmax over ``columns`` (all when None), its softmax confidence over those columns and
@@ -280,6 +309,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         models.append((loaded, class_indices(loaded, wnids)))
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
     with catalog.session() as session:
+        for key in keys:
+            _forget_other_class_sets(session, *key, rule, wnids)
         done = {key: _scored(session, *key, rule) for key in keys}
     pending = [p for p in pairs if any((p.sha256, p.wnid) not in done[key] for key in keys)]
     todo = pending if args.limit is None else pending[: args.limit]

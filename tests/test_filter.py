@@ -150,6 +150,8 @@ def test_keep_rule_change_recomputes_verdicts_without_rescoring(filtered, tmp_pa
     two += (",".join(sorted({w for _, w in _labelled_files(filtered["val"])})[:5]),)
     any_wrong = _cli(work, *two, "--keep", "any-wrong")
     assert any_wrong.returncode == 0, any_wrong.stderr
+    # Restricted to 5 classes, the earlier 200-way predictions no longer hold: they are redone.
+    assert "class set changed since tf_efficientnet_lite0's last restricted run" in any_wrong.stderr
     all_wrong = _cli(work, *two, "--keep", "all-wrong")
     assert all_wrong.returncode == 0 and "scored 0 image(s)" in all_wrong.stdout
     con = _db(work)
