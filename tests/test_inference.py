@@ -182,7 +182,8 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, lite0_checkpoint):
 def test_precision_and_device_resolution():
     cpu = torch.device("cpu")
     assert inf.resolve_precision("fp32", cpu) == "fp32"
-    assert inf.resolve_precision("auto", cpu) == "fp32"
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert inf.resolve_precision("auto", cpu) == ("bf16" if native_bf16 else "fp32")
     assert inf.resolve_precision("auto", torch.device("cuda")) == "bf16"
     with pytest.raises(CurationError):
         inf.resolve_precision("int8", cpu)
