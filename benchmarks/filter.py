@@ -166,6 +166,7 @@ def main() -> None:
             torch.save(timm.create_model(model, pretrained=False).state_dict(), checkpoint)
             precision = "fp32"  # random weights: every margin is tiny, bf16 would re-check all
         extra = ["--precision", precision, *opts.filter_args.split()]
+        precision = extra[len(extra) - 1 - extra[::-1].index("--precision") + 1]  # the last one given wins
         loaded = load(model, checkpoint)
         batch = inference.default_batch_size(torch.device("cpu"))
         tensors = premade_tensors(loaded, paths)

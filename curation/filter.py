@@ -285,7 +285,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     from tqdm import tqdm
 
     from curation.catalog import open_catalog
-    from curation.inference import class_indices, default_batch_size, load_model, resolve_device
 
     rule = _setting(args, settings, "rule", "restricted")
     keep = _setting(args, settings, "keep", "all-wrong")
@@ -298,12 +297,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             raise CurationError(f"{name} must be at least 1")
     if workers is not None and workers < 0:
         raise CurationError("--workers must be 0 or more")
-    device = resolve_device(_setting(args, settings, "device", "auto"))
     specs = _models_and_checkpoints(args, settings)
     catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
         wnids = _class_set(session, args.classes)
         pairs = _pairs(session, wnids, settings.data_dir)
+    from curation.inference import class_indices, default_batch_size, load_model, resolve_device
+
+    device = resolve_device(_setting(args, settings, "device", "auto"))
     models = []
     for name, checkpoint in specs:
         loaded = load_model(name, checkpoint, device=str(device))
