@@ -5,9 +5,11 @@ JPEG files are decoded with Pillow's draft mode (DCT scaling, only while the dec
 stays at least ``DRAFT_FACTOR`` times the resize target); then the very Resize + CenterCrop of
 timm's transform follow, so an image that draft mode leaves alone is bit-identical to timm's.
 Other configs run timm's own eval transform. Workers hand uint8 crops to the main process,
-which normalises whole batches. Every image that was drafted or run in reduced precision (bf16/fp16
-autocast) and whose top-2 logit margin is below ``MARGIN_RECHECK`` is re-run without draft scaling
-in fp32, so argmax decisions equal those of timm's transform + fp32.
+which normalises whole batches. On a GPU, JPEG batches are instead decoded and resized on the
+device (see "GPU path" below). Every image that was drafted, decoded on the device or run in reduced
+precision (bf16/fp16 autocast) and whose top-2 logit margin is below ``MARGIN_RECHECK`` is re-run
+with Pillow without draft scaling in strict fp32 (no TF32), so argmax decisions equal those of
+timm's transform + fp32.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,8 @@ DRAFT_FACTOR = 2
 # Inexact rows (drafted or reduced precision) whose top-2 logit margin over the classes that matter is
 # below this are re-run exactly. An argmax can only flip when the margin is below 2 x the largest logit
 # error. Measured on 500 real shared photos with EfficientNet-Lite0 (tests/test_inference.py): max
-# |logit error| 0.22 from draft decoding, 0.40 from draft + bf16 autocast -> flips need margin < 0.80;
-# 1.5 leaves a ~1.9x safety factor.
+# |logit error| 0.22 from draft decoding, 0.40 from draft + bf16 autocast, 0.37 from tensor decode +
+# bf16 -> flips need margin < 0.80; 1.5 leaves a ~1.9x safety factor.
 MARGIN_RECHECK = 1.5
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -351,6 +354,18 @@ def _tensor_batches(loader: Any, paths: Sequence[Path], preprocess: Preprocess, 
         yield indices, batch, indices, errors
 
 
+@contextmanager
+def _strict_fp32(enabled: bool) -> Iterator[None]:
+    """fp32 that is fp32 on GPUs too: TF32 convolutions/matmuls off while it lasts."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def default_batch_size(device: torch.device) -> int:
     """Batch size when none is given: large on a GPU, moderate on a CPU."""
     return 256 if device.type == "cuda" else 32
@@ -422,10 +437,12 @@ def predict_logits(
     autocast = torch.autocast(
         device.type, dtype=_AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision != "fp32"
     )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, _strict_fp32(precision == "fp32"):
         for indices, batch, batch_approximate, batch_errors in batches:
             errors.update(batch_errors)
             approximate[batch_approximate] = True

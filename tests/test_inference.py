@@ -196,3 +196,16 @@ def test_top2_margin():
     logits = np.array([[1.0, 5.0, 4.5, 0.0], [3.0, -1.0, 2.0, 2.5]], dtype=np.float32)
     assert np.allclose(inf.top2_margin(logits), [0.5, 0.5])
     assert np.allclose(inf.top2_margin(logits, [0, 3]), [1.0, 0.5])
+
+
+def test_fp32_runs_turn_tf32_off_and_restore_it():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with inf._strict_fp32(True):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with inf._strict_fp32(False):
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
