@@ -228,14 +228,16 @@ def test_checkpoint_from_config_and_bad_arguments(tmp_path, lite0_checkpoint):
         assert run.returncode == 1 and message in run.stderr, run.stderr
 
 
-def test_numpy_judge_matches_restricted_rule():
+def test_judge_is_the_restricted_or_full_argmax_row_by_row():
     from curation.filter import judge
 
     labels = [f"n{i:08d}" for i in range(6)]
-    logits = np.array([0.0, 9.0, 3.0, 1.0, 2.5, 0.5], dtype=np.float32)
-    restricted = judge(logits, labels, "n00000002", [2, 3, 4])
-    assert restricted["pred_wnid"] == "n00000002" and restricted["correct"]
-    assert json.loads(restricted["top5"])[0][0] == 1
-    top1 = judge(logits, labels, "n00000002", None)
-    assert top1["pred_index"] == 1 and not top1["correct"]
-    assert abs(restricted["confidence"] - 1 / (1 + np.exp(-0.5) + np.exp(-2))) < 1e-6
+    logits = np.array([[0.0, 9.0, 3.0, 1.0, 2.5, 0.5], [5.0, 1.0, 0.0, 4.0, 0.0, 0.0]], dtype=np.float32)
+    restricted = judge(logits, labels, [2, 3, 4])
+    assert [r["pred_wnid"] for r in restricted] == ["n00000002", "n00000003"]
+    assert json.loads(restricted[0]["top5"])[0][0] == 1 and len(json.loads(restricted[0]["top5"])) == 5
+    assert abs(restricted[0]["confidence"] - 1 / (1 + np.exp(-0.5) + np.exp(-2))) < 1e-6
+    second = np.exp(2.5) / (np.exp(3) + np.exp(2.5) + np.exp(1))
+    assert abs(restricted[0]["margin"] - (restricted[0]["confidence"] - second)) < 1e-6
+    full = judge(logits, labels, None)
+    assert [r["pred_index"] for r in full] == [1, 0]
