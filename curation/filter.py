@@ -240,13 +240,13 @@ def _score_model(
 
 def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]], rule: str, keep: str) -> dict:
     """Combine the run's models into one verdict per pair; returns counts kept/discarded/failed."""
-    from sqlalchemy import delete, select, tuple_
+    from sqlalchemy import delete, insert, select, tuple_
 
     from curation.catalog import FilterVerdict, Prediction
 
     counts = {"kept": 0, "discarded": 0, "failed": 0}
     wanted = {(p.sha256, p.wnid) for p in pairs}
-    model_keys = [f"{m}@{h}" for m, h in keys]
+    models = json.dumps([f"{m}@{h}" for m, h in keys])
     with catalog.session() as session:
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for model, weights_hash in keys:
@@ -258,23 +258,23 @@ def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]
             for sha, wnid, status, correct in rows:
                 if (sha, wnid) in wanted:
                     results.setdefault((sha, wnid), {})[f"{model}@{weights_hash}"] = (status, correct)
-        failed_pairs = []
+        judged, verdicts = [], []
         for pair, by_model in results.items():
             if len(by_model) < len(keys):
                 continue  # not scored by every model yet (e.g. --limit)
+            judged.append(pair)
             if any(status == FAILED for status, _ in by_model.values()):
-                counts["failed"] += 1
-                failed_pairs.append(pair)
+                counts["failed"] += 1  # no verdict: it could not be judged
                 continue
             wrong = [not correct for _, correct in by_model.values()]
             kept = all(wrong) if keep == "all-wrong" else any(wrong)
             counts["kept" if kept else "discarded"] += 1
-            session.merge(
-                FilterVerdict(sha256=pair[0], wnid=pair[1], kept=kept, models=json.dumps(model_keys), keep_rule=keep)
-            )
-        for start in range(0, len(failed_pairs), 500):
-            part = failed_pairs[start : start + 500]
+            verdicts.append({"sha256": pair[0], "wnid": pair[1], "kept": kept, "models": models, "keep_rule": keep})
+        for start in range(0, len(judged), 500):  # replace, in one transaction with the inserts
+            part = judged[start : start + 500]
             session.execute(delete(FilterVerdict).where(tuple_(FilterVerdict.sha256, FilterVerdict.wnid).in_(part)))
+        if verdicts:
+            session.execute(insert(FilterVerdict), verdicts)
     return counts
 
 
