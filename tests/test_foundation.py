@@ -168,12 +168,16 @@ def test_funnel_counts_each_stage(catalog_url):
 
 
 def test_export_every_table(run_cli, catalog_url, tmp_path):
+    from curation.cli import main
+
+    result = run_cli("--db", catalog_url, "export", "classes", "--format", "csv", "-o", str(tmp_path / "cli.csv"))
+    assert result.returncode == 0, result.stderr
     for table in cat.table_names():
         for fmt in ("csv", "jsonl"):
             out = tmp_path / f"{table}.{fmt}"
-            result = run_cli("--db", catalog_url, "export", table, "--format", fmt, "-o", str(out))
-            assert result.returncode == 0, result.stderr
+            assert main(["--db", catalog_url, "export", table, "--format", fmt, "-o", str(out)]) == 0
             assert out.exists()
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "classes.csv").read_text()
     rows = list(csv.DictReader(open(tmp_path / "classes.csv")))
     assert len(rows) == 200
     assert len((tmp_path / "search_queries.jsonl").read_text().splitlines()) > 200
