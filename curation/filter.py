@@ -201,7 +201,7 @@ def _score_model(
     options: dict[str, Any],
     chunk: int,
     bar: Any,
-) -> int:
+) -> set[str]:
     """Score ``pairs`` with one model, committing one chunk of images at a time; returns failed images."""
     from sqlalchemy import insert
 
@@ -213,7 +213,7 @@ def _score_model(
     for pair in pairs:
         by_image.setdefault(pair.sha256, []).append(pair)
     images = list(by_image)
-    failed = 0
+    failed: set[str] = set()
     for start in range(0, len(images), chunk):
         shas = images[start : start + chunk]
         paths = [by_image[sha][0].path for sha in shas]
@@ -223,7 +223,8 @@ def _score_model(
         rows = []
         for position, sha in enumerate(shas):
             error = result.errors.get(position)
-            failed += error is not None
+            if error is not None:
+                failed.add(sha)
             for pair in by_image[sha]:
                 fields = (
                     {"status": FAILED, "error": error}
@@ -308,6 +309,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         loaded = load_model(name, checkpoint, device=str(device))
         models.append((loaded, class_indices(loaded, wnids)))
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
+    if len(set(keys)) < len(keys):
+        raise CurationError("the same model with the same weights is given twice")
     with catalog.session() as session:
         for key in keys:
             _forget_other_class_sets(session, *key, rule, wnids)
@@ -325,8 +328,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     batches_per_chunk = 64 if device.type == "cuda" else 16
     widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
     chunk = min(max(512, batches_per_chunk * (batch_size or default_batch_size(device))), 2**26 // widest)
-    failed_images = 0
-    scored_images = 0
+    failed_images: set[str] = set()
     for loaded, columns in models:
         if args.compile:
             import torch
@@ -335,12 +337,12 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
         n_images = len({p.sha256 for p in mine})
         with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
-            failed_images += _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
-        scored_images += n_images
+            failed_images |= _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
     counts = _update_verdicts(catalog, pairs, keys, rule, keep)
     left = f", {len(pending) - len(todo)} left by --limit" if len(todo) < len(pending) else ""
     print(
-        f"filter: scored {scored_images} image(s) ({len(todo)} pair(s), {failed_images} image(s) failed) with "
+        f"filter: scored {len({p.sha256 for p in todo})} image(s) ({len(todo)} pair(s), {len(failed_images)} "
+        f"image(s) failed) with "
         f"{len(models)} model(s), {rule} over {len(wnids)} classes; {len(pairs) - len(pending)} pair(s) already "
         f"scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
         f"failed {counts['failed']}"

@@ -223,6 +223,11 @@ def test_checkpoint_from_config_and_bad_arguments(tmp_path, lite0_checkpoint):
         (("--batch-size", "0"), "--batch-size must be at least 1"),
         (("--classes", "n99999999"), "class n99999999 is not in the catalog"),
         (("--checkpoint", "a.pth", "--checkpoint", "b.pth"), "2 checkpoint(s) for 1 model(s)"),
+        (
+            ("--model", "tf_efficientnet_lite0", "--model", "tf_efficientnet_lite0")
+            + ("--checkpoint", str(lite0_checkpoint)) * 2,
+            "the same model with the same weights is given twice",
+        ),
     ):
         run = _cli(tmp_path, "filter", *bad)
         assert run.returncode == 1 and message in run.stderr, run.stderr
