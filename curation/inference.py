@@ -40,6 +40,9 @@ DRAFT_FACTOR = 2
 # |logit error| 0.22 from draft decoding, 0.40 from draft + bf16 autocast, 0.37 from tensor decode +
 # bf16 -> flips need margin < 0.80; 1.5 leaves a ~1.9x safety factor.
 MARGIN_RECHECK = 1.5
+# Models with larger logits may err more: the threshold is also at least this fraction of the row's
+# largest |logit| (measured relative error <= 0.045, flip bound 0.09; 0.17 keeps the ~1.9x factor).
+MARGIN_RECHECK_RELATIVE = 0.17
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -407,7 +410,8 @@ def predict_logits(
     equals that of timm's transform + fp32. ``bar``: an open tqdm to update instead of a new one.
     ``tensor_decode`` (default: on CUDA): batched torchvision JPEG decode + tensor resize on the
     device; its crops count as approximate, so close margins are re-checked the same way.
-    ``margin_recheck`` overrides ``MARGIN_RECHECK`` (e.g. after measuring another model's errors).
+    ``margin_recheck`` replaces the default threshold (max of ``MARGIN_RECHECK`` and
+    ``MARGIN_RECHECK_RELATIVE`` x the row's largest |logit|), e.g. after measuring another model's errors.
     """
     from tqdm import tqdm
 
@@ -455,7 +459,10 @@ def predict_logits(
     inexact = approximate | (precision != "fp32")
     inexact[list(errors)] = False
     if inexact.any():
-        threshold = MARGIN_RECHECK if margin_recheck is None else margin_recheck
+        threshold: Any = margin_recheck
+        if threshold is None:
+            scale = np.abs(logits if argmax_over is None else logits[:, list(argmax_over)]).max(axis=1)
+            threshold = np.maximum(MARGIN_RECHECK, MARGIN_RECHECK_RELATIVE * np.nan_to_num(scale))
         close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < threshold))
         if len(close):
             exact = predict_logits(
