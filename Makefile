@@ -12,7 +12,7 @@ MODEL    ?= resnet50.tv_in1k
 REPORT_DIR ?= data/report
 SHARED   ?= ../shared
 
-.PHONY: install crawl filter dedup annotate release eval report status test lint demo chromium bench-crawl bench-eval
+.PHONY: install crawl filter dedup annotate release eval report status test lint demo chromium bench-crawl bench-eval bench-filter bench-dedup
 
 install: $(STAMP)
 
@@ -49,9 +49,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Offline demo on the shared test photos: import them as a local folder, then filter.
+# Offline demo on the shared test photos: import them as local folders, dedup, show the funnel.
+# (The filter needs weights: offline, pass ARGS="--checkpoint FILE" to `make filter`.)
 demo: $(STAMP)
 	$(BIN)/curation crawl --folder $(SHARED)/images/imagenet_samples
+	$(BIN)/curation crawl --folder $(SHARED)/images/imagenet_val
+	$(BIN)/curation dedup
 	$(BIN)/curation status
 
 # Crawl speed against img2dataset (its own venv: it pins pandas<3). E.g. make bench-crawl ARGS="--n 300".
@@ -62,3 +65,6 @@ bench-crawl: $(STAMP)
 # Eval pipeline speed against the authors' eval.py loop (ImageFolder + DataLoader), same process.
 bench-eval: $(STAMP)
 	$(BIN)/python benchmarks/eval.py $(ARGS)
+
+bench-filter bench-dedup: $(STAMP)
+	$(BIN)/python benchmarks/$(@:bench-%=%).py $(ARGS)

@@ -108,7 +108,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     loaded = load_model(args.model, args.checkpoint, device=args.device)
     indices = class_indices(loaded, label_wnids)
-    result = predict_logits(loaded, paths, batch_size=args.batch_size, workers=args.workers, progress="eval")
+    result = predict_logits(
+        loaded, paths, batch_size=args.batch_size, workers=args.workers, progress="eval", argmax_over=indices
+    )
     readable = np.array([i for i in range(len(paths)) if i not in result.errors], dtype=np.int64)
     if len(readable) == 0:
         raise CurationError(f"no image under {args.dataset_dir} could be read")
