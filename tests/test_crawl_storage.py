@@ -84,7 +84,7 @@ def test_folder_flat_names_and_rerun_is_idempotent(run_cli, tmp_path):
         assert path == f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
         assert hashlib.sha256((tmp_path / "data" / path).read_bytes()).hexdigest() == sha
     row = _rows(db, "SELECT source, url, license, author, status FROM candidates WHERE wnid='n01498041'")
-    assert row == [("folder", (SAMPLES / "n01498041.JPEG").as_uri(), None, None, "downloaded")]
+    assert row == [("folder", (SAMPLES / "n01498041.JPEG").resolve().as_uri(), None, None, "downloaded")]
     second = run_cli(*args)
     assert second.returncode == 0 and "found 0 new candidates" in second.stdout
     assert _rows(db, "SELECT count(*) FROM candidates") == [(200,)]
