@@ -17,12 +17,14 @@ without JPEG draft.
 
     .venv/bin/python benchmarks/filter.py                          # ResNet-50, 96 photos
     .venv/bin/python benchmarks/filter.py --images 200 --ablate
-    .venv/bin/python benchmarks/filter.py --model lite0 --images 200
+    .venv/bin/python benchmarks/filter.py --model lite0 --images 500
+    .venv/bin/python benchmarks/filter.py --images 500 --filter-args "--precision bf16 --margin-recheck 0"
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sqlite3
 import sys
@@ -37,7 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation import inference  # noqa: E402
 from curation.cli import main as curation_main  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "images" / "imagenet_samples"
+SHARED_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "images"
+SAMPLES = SHARED_IMAGES / "imagenet_samples"
+VAL = SHARED_IMAGES / "imagenet_val"
+
+
+def shared_photos() -> list[tuple[Path, str]]:
+    """(path, wnid) of the 200 sample photos, then the 300 val photos of ImageNet-A classes."""
+    photos = [(path, path.stem) for path in sorted(SAMPLES.glob("*.JPEG"))]
+    with open(VAL / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["in_imagenet_a_200"].lower() in ("1", "true", "yes")]
+    photos += [(VAL / r["file"], r["wnid"]) for r in sorted(rows, key=lambda r: r["file"])]
+    return photos
 
 
 MODELS = {"resnet50": "resnet50.tv_in1k", "lite0": "tf_efficientnet_lite0"}
@@ -138,20 +151,23 @@ def decode_rate(loaded: inference.LoadedModel, paths: list[Path], draft: bool) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="resnet50", help="resnet50 (random weights) or lite0")
-    parser.add_argument("--images", type=int, default=96, help="how many shared sample photos (max 200)")
+    parser.add_argument(
+        "--images", type=int, default=96, help="how many shared photos (max 500: 200 samples, then 300 val)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--ablate", action="store_true", help="also time layouts, bf16 and decode alone")
     parser.add_argument("--filter-args", default="", help="extra `curation filter` flags, e.g. '--workers 2'")
     opts = parser.parse_args()
     model = MODELS[opts.model]
-    paths = sorted(SAMPLES.glob("*.JPEG"))[: opts.images]
+    photos = shared_photos()[: opts.images]
+    paths = [path for path, _ in photos]
     print(f"{model}: {len(paths)} real photos, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = root / "reference"
-        for path in paths:  # ImageFolder layout: <wnid>/<file>
-            (folder / path.stem).mkdir(parents=True)
-            (folder / path.stem / path.name).symlink_to(path)
+        for path, wnid in photos:  # ImageFolder layout: <wnid>/<file>
+            (folder / wnid).mkdir(parents=True, exist_ok=True)
+            (folder / wnid / path.name).symlink_to(path)
         work = root / "curation"
         work.mkdir()
         assert curation_main(["--db", f"sqlite:///{work / 'catalog.sqlite'}", "--data-dir", str(work / "data"),
