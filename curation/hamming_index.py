@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from itertools import combinations
 from math import comb
 
+import numba
 import numpy as np
 
 CODE_BITS = 64
 # Keys (query × flip) expanded at once; bounds the memory of one query batch to ~40 MB.
 KEYS_PER_BATCH = 1_000_000
-# Buckets holding more codes than this on average are read as runs, at most this many codes at
-# once: small steps keep the working arrays in the CPU caches (measured fastest at 64–128K).
+# Buckets holding more codes than this on average are read as runs by a compiled loop; smaller
+# ones slot by slot with numpy.
 LARGE_BUCKET = 4
-CANDIDATES_PER_STEP = 131_072
 
 
 MAX_BLOCK_BITS = 22  # a wider block would need a table of more than 4M buckets
@@ -219,25 +219,47 @@ class HammingIndex:
         radius: int,
         found: list[tuple[np.ndarray, ...]],
     ) -> None:
-        """Large buckets: expand them into runs of consecutive codes (sequential reads), a few
-        million candidates at a time."""
-        ends = np.cumsum(counts, dtype=np.int64)
-        begin = 0
-        while begin < len(counts):
-            done_before = int(ends[begin - 1]) if begin else 0
-            stop = max(begin + 1, int(np.searchsorted(ends, done_before + CANDIDATES_PER_STEP, side="right")))
-            step_counts = counts[begin:stop]
-            step_ends = ends[begin:stop] - done_before
-            total = int(step_ends[-1])
-            first = position[begin:stop].astype(np.int64) - (step_ends - step_counts)
-            at = np.repeat(first, step_counts) + np.arange(total, dtype=np.int64)
-            step_owner = owner[begin:stop]
-            xor = sorted_codes[at] ^ np.repeat(chunk[step_owner], step_counts)
-            hit = np.flatnonzero(np.bitwise_count(xor) <= radius)
-            if len(hit):
-                run = np.searchsorted(step_ends, hit, side="right")
-                found.append((step_owner[run], order[at[hit]], np.bitwise_count(xor[hit]), xor[hit]))
-            begin = stop
+        """Large buckets: read them as runs of consecutive codes (sequential reads) in one compiled
+        pass that keeps only the hits (numpy would materialise every candidate several times)."""
+        owner = owner.astype(np.int64)
+        capacity = len(counts) + 1024  # hits are rare: far fewer than runs
+        while True:
+            hit_owner = np.empty(capacity, dtype=np.int64)
+            hit_at = np.empty(capacity, dtype=np.int64)
+            n_hits = _run_hits(counts, position, owner, chunk, sorted_codes, np.uint64(radius), hit_owner, hit_at)
+            if n_hits <= capacity:
+                break
+            capacity = n_hits
+        if n_hits:
+            hit_owner, hit_at = hit_owner[:n_hits], hit_at[:n_hits]
+            xor = sorted_codes[hit_at] ^ chunk[hit_owner]
+            found.append((hit_owner, order[hit_at], np.bitwise_count(xor), xor))
+
+
+@numba.njit(inline="always")
+def _popcount(x: np.uint64) -> np.uint64:
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@numba.njit(cache=True, nogil=True)
+def _run_hits(counts, position, owner, chunk, sorted_codes, radius, hit_owner, hit_at):
+    """Write (query, sorted position) of every code of the bucket runs within ``radius`` of its
+    query into the buffers; returns the number of hits (more than the buffers hold: call again
+    with buffers that large)."""
+    n = 0
+    capacity = len(hit_at)
+    for i in range(len(counts)):
+        query = chunk[owner[i]]
+        for at in range(position[i], position[i] + counts[i]):
+            if _popcount(sorted_codes[at] ^ query) <= radius:
+                if n < capacity:
+                    hit_owner[n] = owner[i]
+                    hit_at[n] = at
+                n += 1
+    return n
 
 
 def brute_force_search(
