@@ -37,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation import catalog as cat
+from curation.annotate import votes_needed as votes_needed_setting
 from curation.config import Settings
 from curation.errors import CurationError
 
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.force:
         raise CurationError(f"{out_dir} is not empty; pass --force to replace it")
     _refuse_precious(out_dir, settings)
-    votes_needed = int(settings.get("annotate", "votes_needed", 1))
+    votes_needed = votes_needed_setting(settings)
     catalog = cat.open_catalog(settings.db_url)
     with catalog.session() as session:
         selection = select_items(session, votes_needed, args.min_per_class, args.max_per_class)

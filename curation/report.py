@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from curation import catalog as cat
+from curation.annotate import votes_needed as votes_needed_setting
 from curation.config import Settings
 from curation.errors import CurationError
 from curation.release import Item, attach_provenance
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.per_class < 1:
         raise CurationError("--per-class must be at least 1")
     catalog = cat.open_catalog(settings.db_url)
-    votes_needed = int(settings.get("annotate", "votes_needed", 1))
+    votes_needed = votes_needed_setting(settings)
     with catalog.session() as session:
         data = gather(session, votes_needed, args.per_class)
     try:
