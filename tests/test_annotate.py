@@ -22,7 +22,14 @@ from sqlalchemy import select
 
 from curation import catalog as cat
 from curation.annotate.agreement import agreement_stats, conflicts, fleiss_kappa
-from curation.annotate.app import ReviewConfig, create_app, make_server
+from curation.annotate.app import (
+    SECRET_META_KEY,
+    ReviewConfig,
+    create_app,
+    make_server,
+    rotate_session_secret,
+    session_secret,
+)
 from curation.annotate.queue import crop_box, next_pairs, remaining, web_link
 from curation.annotate.votes import export_csv, import_csv, record_vote, undo_vote
 from curation.errors import CurationError
@@ -389,9 +396,10 @@ def test_serve_prints_the_url_and_serves_the_page(review, tmp_path, run_cli):
     )
     (tmp_path / "curation.toml").write_text("[annotate]\nvotes_needed = 3\n")
 
+    before = session_secret(review.open())
     proc = subprocess.Popen(
         [sys.executable, "-m", "curation", "--db", review.url, "--data-dir", str(review.data_dir), "annotate", "serve"]
-        + ["--port", "0", "--annotator", "alice"],
+        + ["--port", "0", "--annotator", "alice", "--new-secret"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -405,6 +413,7 @@ def test_serve_prints_the_url_and_serves_the_page(review, tmp_path, run_cli):
         assert page.status_code == 200
         assert "annotator <b>alice</b> · 3 votes per image" in page.text
         assert f"{len(review.queue)}</b> left" in page.text
+        assert session_secret(review.open()) != before  # --new-secret replaced it before serving
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -619,3 +628,67 @@ def test_stats_and_conflicts_pages_and_adjudication(review):
         assert http.get(base + "/?pair=nonsense", timeout=30).status_code == 400
     with catalog.session() as s:
         assert cat.accepted_pairs(s, 2) == {(p1, w1), (p2, w2)}
+
+
+# --------------------------------------------------------------------------- sessions across restarts
+
+
+def test_sessions_survive_a_restart_until_the_secret_is_rotated(review):
+    sha, wnid = review.queue[0]
+    vote = {"sha256": sha, "wnid": wnid, "verdict": "accept"}
+    http = client()  # one browser: its cookies go to every 127.0.0.1 port
+    with running_server(ReviewConfig(catalog=review.open(), data_dir=review.data_dir)) as base:
+        page = http.get(base + "/?annotator=dora", timeout=30)
+        assert "annotator <b>dora</b>" in page.text
+        csrf = csrf_of(page.text)
+    catalog = review.open()  # the restarted server: a new process would open the catalog afresh
+    with running_server(ReviewConfig(catalog=catalog, data_dir=review.data_dir)) as base:
+        assert "annotator <b>dora</b>" in http.get(base + "/", timeout=30).text
+        voted = http.post(base + "/api/vote", json=vote, headers={"X-CSRF-Token": csrf}, timeout=30)
+        assert voted.status_code == 200 and voted.json()["ok"]
+    assert votes_in(catalog) == {(sha, wnid, "dora", "accept")}
+    with catalog.session() as s:
+        assert len(bytes.fromhex(s.get(cat.Meta, SECRET_META_KEY).value)) == 32  # kept in the catalog, as hex
+
+    rotate_session_secret(catalog)
+    with running_server(ReviewConfig(catalog=review.open(), data_dir=review.data_dir)) as base:
+        assert "Who is reviewing?" in http.get(base + "/", timeout=30).text  # signed out
+        stale = http.post(
+            base + "/api/vote", json={**vote, "verdict": "skip"}, headers={"X-CSRF-Token": csrf}, timeout=30
+        )
+        assert stale.status_code == 400 and "CSRF" in stale.json()["error"]
+    assert votes_in(catalog) == {(sha, wnid, "dora", "accept")}
+
+
+def test_session_secret_per_catalog_and_one_for_concurrent_first_starts(tmp_path):
+    urls = [f"sqlite:///{tmp_path / name}.sqlite" for name in ("one", "two")]
+    first = [session_secret(cat.open_catalog(url)) for url in urls]
+    assert len(first[0]) == 32 and first[0] != first[1]
+    assert [session_secret(cat.open_catalog(url)) for url in urls] == first
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    cat.open_catalog(fresh).engine.dispose()  # migrated once; then eight servers start together
+    n = 8
+    catalogs = [cat.open_catalog(fresh) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    secrets_seen: list[bytes | None] = [None] * n
+
+    def start(i: int) -> None:
+        barrier.wait()
+        secrets_seen[i] = session_secret(catalogs[i])
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert secrets_seen[0] is not None and secrets_seen == [secrets_seen[0]] * n
+    with catalogs[0].session() as s:
+        assert bytes.fromhex(s.get(cat.Meta, SECRET_META_KEY).value) == secrets_seen[0]
+
+    with catalogs[0].session() as s:
+        s.get(cat.Meta, SECRET_META_KEY).value = "not hex"
+    with pytest.raises(CurationError, match="--new-secret"):
+        create_app(ReviewConfig(catalog=catalogs[0], data_dir=tmp_path))
+    rotate_session_secret(catalogs[0])
+    assert session_secret(catalogs[0]) not in (secrets_seen[0], None)

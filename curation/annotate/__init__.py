@@ -1,6 +1,7 @@
 """`curation annotate serve|export|import|stats`: people review the images the model got wrong.
 
-``serve`` starts the local review page (see ``app.py``); ``export``/``import`` move verdicts
+``serve`` starts the local review page (see ``app.py``; sessions survive a restart, ``--new-secret``
+signs everyone out); ``export``/``import`` move verdicts
 as CSV (sha256, wnid, annotator, verdict, note, created_at); ``stats`` prints agreement.
 Flask is imported only by ``serve``.
 """
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     serve.add_argument("--token", help="secret every request must carry (default: $CURATION_ANNOTATE_TOKEN)")
     serve.add_argument("--annotator", help="default annotator name for this server")
+    serve.add_argument(
+        "--new-secret", action="store_true", help="replace the session secret first: signs every annotator out"
+    )
     serve.set_defaults(func=run_serve)
 
     export = commands.add_parser("export", help="write every verdict to a CSV file ('-' for stdout)")
@@ -56,7 +60,7 @@ def votes_needed(settings: Settings) -> int:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from curation.annotate.app import ReviewConfig, create_app, is_loopback, make_server
+    from curation.annotate.app import ReviewConfig, create_app, is_loopback, make_server, rotate_session_secret
 
     token = args.token or os.environ.get("CURATION_ANNOTATE_TOKEN") or None
     if not is_loopback(args.host) and not token:
@@ -65,6 +69,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise CurationError(f"bad port {args.port}: use 0-65535")
     default_annotator = check_annotator(args.annotator) if args.annotator else None
     catalog = open_catalog(settings.db_url)
+    if args.new_secret:
+        rotate_session_secret(catalog)
+        print("annotate: new session secret: every annotator must choose their name again", file=sys.stderr)
     cfg = ReviewConfig(
         catalog=catalog,
         data_dir=settings.data_dir,

@@ -5,6 +5,8 @@ rebinding); with a token every request must carry it (query once, then an HttpOn
 or the ``X-Curation-Token`` header); every POST needs the session's CSRF token; templates
 autoescape and data reaches the page only as escaped text or as ``tojson``; a strict
 Content-Security-Policy forbids inline scripts; images are looked up by SHA-256 only.
+The session cookie is signed with a secret kept in the catalog (``catalog_meta``), so a restart
+keeps annotators signed in; ``rotate_session_secret`` signs everyone out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, session, url_for
+from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflicts
@@ -32,13 +35,15 @@ from curation.annotate.queue import (
     remaining,
 )
 from curation.annotate.votes import MAX_NOTE, check_annotator, check_verdict, record_vote, undo_vote
-from curation.catalog import VERDICTS, Catalog, Image
+from curation.catalog import VERDICTS, Catalog, Image, Meta
 from curation.errors import CurationError
 
 BATCH = 20
 TOKEN_COOKIE = "curation_token"
 TOKEN_HEADER = "X-Curation-Token"
 CSRF_HEADER = "X-CSRF-Token"
+SECRET_META_KEY = "annotate:session_secret"  # catalog_meta key: hex of the session-signing secret
+SECRET_BYTES = 32
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 MIME_TYPES = {
     "JPEG": "image/jpeg",
@@ -76,6 +81,40 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _decode_secret(value: str) -> bytes:
+    try:
+        secret = bytes.fromhex(value)
+    except ValueError:
+        secret = b""
+    if len(secret) != SECRET_BYTES:
+        raise CurationError(
+            f"catalog_meta {SECRET_META_KEY} is not {SECRET_BYTES} hex bytes: run `curation annotate serve --new-secret`"
+        )
+    return secret
+
+
+def session_secret(catalog: Catalog) -> bytes:
+    """The catalog's session-signing secret, created on first use. Insert-if-absent then re-read, so
+    servers starting together on one catalog all end up with the same secret."""
+    with catalog.session() as s:
+        row = s.get(Meta, SECRET_META_KEY)
+        if row is not None:
+            return _decode_secret(row.value)
+    try:
+        with catalog.session() as s:
+            s.add(Meta(key=SECRET_META_KEY, value=secrets.token_hex(SECRET_BYTES)))
+    except IntegrityError:
+        pass  # another server stored one first: use that
+    with catalog.session() as s:
+        return _decode_secret(s.get(Meta, SECRET_META_KEY).value)
+
+
+def rotate_session_secret(catalog: Catalog) -> None:
+    """Replace the catalog's session secret: every review session (name, CSRF token) becomes invalid."""
+    with catalog.session() as s:
+        s.merge(Meta(key=SECRET_META_KEY, value=secrets.token_hex(SECRET_BYTES)))
+
+
 @dataclass
 class ReviewConfig:
     """What one review server needs."""
@@ -95,7 +134,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
         raise CurationError(f"refusing to serve on {cfg.bind_host} without --token (any non-loopback host needs one)")
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=secrets.token_bytes(32),
+        SECRET_KEY=session_secret(cfg.catalog),
         SESSION_COOKIE_NAME="curation_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
