@@ -105,6 +105,7 @@ class Candidate(Base):
     source: Mapped[str] = mapped_column(String(32))
     source_id: Mapped[str | None] = mapped_column(String(200))
     url: Mapped[str] = mapped_column(Text)
+    final_url: Mapped[str | None] = mapped_column(Text)  # where the stored bytes came from, after redirects
     page_url: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str | None] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(Text)

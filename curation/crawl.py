@@ -333,6 +333,7 @@ class _Outcome:
     reason: str | None = None
     detail: str | None = None
     image: storage.ValidImage | None = None
+    final_url: str | None = None  # where the bytes came from, after redirects
 
 
 def _pending_jobs(session: Session, wnids: list[str], used: list[str], retry_failed: bool) -> list[_Job]:
@@ -346,17 +347,17 @@ def _pending_jobs(session: Session, wnids: list[str], used: list[str], retry_fai
     return [_Job(*row) for row in rows if row[1] in wanted]
 
 
-def _known_urls(session: Session, urls: list[str]) -> dict[str, str]:
-    """Image hashes of URLs already downloaded for some class (so they are not fetched again)."""
-    known: dict[str, str] = {}
+def _known_urls(session: Session, urls: list[str]) -> dict[str, tuple[str, str | None]]:
+    """Image hashes and final URLs of URLs already downloaded for some class (so they are not fetched again)."""
+    known: dict[str, tuple[str, str | None]] = {}
     for start in range(0, len(urls), 500):
         chunk = urls[start : start + 500]
-        for url, sha in session.execute(
-            select(Candidate.url, Candidate.image_sha256).where(
+        for url, sha, final_url in session.execute(
+            select(Candidate.url, Candidate.image_sha256, Candidate.final_url).where(
                 Candidate.status == DOWNLOADED, Candidate.url.in_(chunk)
             )
         ):
-            known[url] = sha
+            known[url] = (sha, final_url)
     return known
 
 
@@ -407,26 +408,31 @@ def _download(
 
     def fetch(job: _Job) -> _Outcome | None:
         try:
-            data = _read_local(job.url, max_bytes) if job.source == "folder" else downloader.fetch(job.url).data
+            if job.source == "folder":
+                data, final_url = _read_local(job.url, max_bytes), job.url
+            else:
+                fetched = downloader.fetch(job.url)
+                data, final_url = fetched.data, fetched.url
         except (FetchError, storage.Rejected, _LocalFileError) as exc:
             return _Outcome(job, _status_of(exc.reason), exc.reason, (getattr(exc, "detail", "") or str(exc))[:500])
-        checkers.submit(check, job, data).add_done_callback(done.put)
+        checkers.submit(check, job, data, final_url).add_done_callback(done.put)
         return None  # the outcome comes from the check
 
-    def check(job: _Job, data: bytes) -> _Outcome:
+    def check(job: _Job, data: bytes, final_url: str) -> _Outcome:
         try:
             image = storage.validate(data, min_side=min_side, max_pixels=max_pixels)
         except storage.Rejected as exc:
             return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
         storage.store(settings.data_dir, image, data)
-        return _Outcome(job, DOWNLOADED, image=image)
+        return _Outcome(job, DOWNLOADED, image=image, final_url=final_url)
 
     writer = _OutcomeWriter(catalog, summary)
     progress = tqdm(total=len(jobs), desc="download", unit=" img", disable=None)
     same_url: dict[str, list[_Job]] = {}
     for job in jobs:
         if job.url in reused:
-            writer.add(_Outcome(job, DOWNLOADED, image=None, detail=reused[job.url]))
+            sha, final_url = reused[job.url]
+            writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
             progress.update()
         else:
             same_url.setdefault(job.url, []).append(job)
@@ -521,6 +527,7 @@ class _OutcomeWriter:
                     "reason": o.reason,
                     "last_error": None if o.status == DOWNLOADED else o.detail,
                     "image_sha256": sha,
+                    "final_url": o.final_url,
                     "attempts": o.job.attempts + 1,
                     "updated_at": now,
                 }

@@ -4,6 +4,7 @@ politeness rules are kept, and the private-address guard holds on every hop."""
 from __future__ import annotations
 
 import csv
+import io
 import sqlite3
 import time
 from collections.abc import Callable
@@ -11,7 +12,9 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect, select
 
+from curation import catalog as cat
 from curation.config import Settings
 from curation.crawl import crawl
 from curation.downloader import parse_retry_after, robots_directives
@@ -240,3 +243,55 @@ def test_parquet_url_list_keeps_licence_and_author(tmp_path):
     con.close()
     assert row == [(GOLDFINCH, "urls", "CC0", "Ann", "https://example.org/p", "downloaded")]
     assert summary.new_images == 1
+
+
+def test_final_url_after_a_redirect_is_recorded_and_reused(tmp_path):
+    with ReplayServer() as server:
+        server.route("/old/a.jpg", Reply(302, headers={"Location": "/new/a.jpg"}))
+        server.route("/new/a.jpg", Reply(body=photo_for("a"), headers=JPEG))
+        server.route("/b.jpg", Reply(body=photo_for("b"), headers=JPEG))
+        server.route("/gone.jpg", Reply(302, headers={"Location": "/missing.jpg"}))
+        base, settings = server.base, settings_for(tmp_path)
+        rows = [(f"{base}/old/a.jpg", STINGRAY), (f"{base}/b.jpg", STINGRAY), (f"{base}/gone.jpg", STINGRAY)]
+        crawl(settings, urls=write_list(tmp_path / "l.csv", rows))
+        # The same URL found later for another class reuses the stored image and its final URL.
+        crawl(settings, urls=write_list(tmp_path / "l2.csv", [(f"{base}/old/a.jpg", GOLDFINCH)]))
+        assert len(server.hits("/old/a.jpg")) == len(server.hits("/new/a.jpg")) == 1
+    con = sqlite3.connect(tmp_path / "c.sqlite")
+    got = {(url.removeprefix(base), wnid): (status, final) for url, wnid, status, final in con.execute(
+        "SELECT url, wnid, status, final_url FROM candidates")}  # fmt: skip
+    con.close()
+    assert got == {
+        ("/old/a.jpg", STINGRAY): ("downloaded", f"{base}/new/a.jpg"),
+        ("/old/a.jpg", GOLDFINCH): ("downloaded", f"{base}/new/a.jpg"),
+        ("/b.jpg", STINGRAY): ("downloaded", f"{base}/b.jpg"),  # no redirect: the requested URL
+        ("/gone.jpg", STINGRAY): ("failed", None),  # nothing stored, no final URL
+    }
+    out = io.StringIO()
+    cat.export_table(cat.open_catalog(settings.db_url), "candidates", "csv", out)
+    assert f"{base}/new/a.jpg" in out.getvalue() and "final_url" in out.getvalue().splitlines()[0]
+
+
+def test_catalog_at_0002_gains_final_url_and_keeps_its_rows(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = cat.make_engine(url)
+    cat.upgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO classes (wnid, index_1k, name, gloss, origin, created_at) "
+            "VALUES ('n01498041', 6, 'stingray', 'a ray', 'imagenet_a', '2020-01-01 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO candidates (wnid, source, url, status, attempts, created_at, updated_at) "
+            "VALUES ('n01498041', 'urls', 'http://127.0.0.1/a.jpg', 'downloaded', 1, '2020-01-01', '2020-01-01')"
+        )
+    engine.dispose()
+    catalog = cat.open_catalog(url)
+    assert cat.current_revision(catalog.engine) == cat.head_revision()
+    assert "final_url" in {c["name"] for c in inspect(catalog.engine).get_columns("candidates")}
+    with catalog.session() as s:
+        row = s.scalars(select(cat.Candidate)).one()
+        assert (row.url, row.status, row.attempts, row.final_url) == ("http://127.0.0.1/a.jpg", "downloaded", 1, None)
+        row.final_url = "http://127.0.0.1/b.jpg"
+    with catalog.session() as s:
+        assert s.scalars(select(cat.Candidate.final_url)).one() == "http://127.0.0.1/b.jpg"

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sqlite3
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.request import ProxyHandler, build_opener
 
 import pytest
 
 from curation import catalog as cat
 from curation.config import Settings
 from curation.crawl import crawl
-from tests.replay_server import ReplayServer, Reply, fixture, json_reply, rewrite
+from curation.downloader import Downloader, FetchConfig
+from curation.netguard import AddressGuard
+from curation.sources import make_source
+from curation.sources.api import ApiClient
+from tests.replay_server import ReplayServer, Reply, fixture, inat_observations, json_reply, rewrite
 
 W = "n01498041"  # the class the replayed answers are filed under
 TAXON_QUERY = "Nicrophorus vespilloides"  # matches a taxon of the recorded /v1/taxa answer
@@ -80,15 +87,12 @@ def assert_stored(settings: Settings, rows: dict[str, dict]) -> None:
 
 def replay_apis(server: ReplayServer) -> None:
     base = server.base
-    observations = {
-        "1": rewrite(fixture("inaturalist/v1_observations_search_page1.json"), base),
-        "2": rewrite(fixture("inaturalist/v1_observations_by_id_open_data_urls.json"), base),
-    }
+    observations = [
+        *rewrite(fixture("inaturalist/v1_observations_search_page1.json"), base)["results"],
+        *rewrite(fixture("inaturalist/v1_observations_by_id_open_data_urls.json"), base)["results"],
+    ]
     server.route("/inat/v1/taxa", lambda _p, q: json_reply(fixture("inaturalist/v1_taxa_search_q_vespi.json")))
-    server.route(
-        "/inat/v1/observations",
-        lambda _p, q: json_reply(observations[q["page"][0]]) if q["taxon_id"] == ["70118"] else Reply(400),
-    )
+    server.route("/inat/v1/observations", inat_observations(observations, "70118"))
     server.route(
         "/flickr/services/rest/",
         lambda _p, q: (
@@ -277,3 +281,74 @@ def test_duckduckgo_best_effort_token_then_json_pages(tmp_path):
     rows = candidates(settings, "duckduckgo")
     assert summary.source_problems == [] and len(rows) == 5  # the repeated image counted once
     assert {r["license"] for r in rows.values()} == {None} and {r["status"] for r in rows.values()} == {"downloaded"}
+
+
+def synthesized_observations(base: str, n: int) -> list[dict]:
+    """``n`` observations in the recorded shape, each with its own id and photo; every 5th photo is
+    all rights reserved (licence ``null``) and must be left out."""
+    template = fixture("inaturalist/v1_observations_search_page1.json")["results"][0]
+    observations = []
+    for i in range(n):
+        observation = copy.deepcopy(template)
+        observation["id"] = 60_000_000 + 7 * i  # ids with gaps, as real ones
+        observation["uri"] = f"https://www.inaturalist.org/observations/{observation['id']}"
+        photo = copy.deepcopy(template["photos"][0])
+        photo["id"] = 90_000_000 + i
+        photo["url"] = f"https://static.inaturalist.org/photos/{photo['id']}/square.jpg?1598551272"
+        photo["license_code"] = None if i % 5 == 4 else photo["license_code"]
+        observation["photos"] = [photo]
+        observation["observation_photos"][0]["photo"] = photo
+        observations.append(observation)
+    return rewrite(observations, base)
+
+
+def test_inaturalist_reads_past_the_result_cap_with_id_above(tmp_path):
+    with ReplayServer() as server:
+        observations = synthesized_observations(server.base, 57)
+        api = inat_observations(observations, "70118", cap=20)
+        asked: list[dict] = []
+        server.route("/inat/v1/taxa", json_reply(fixture("inaturalist/v1_taxa_search_q_vespi.json")))
+        server.route("/inat/v1/observations", lambda p, q: (asked.append(q), api(p, q))[1])
+        with pytest.raises(HTTPError) as refused:  # the cap is real: page paging ends at record 20
+            no_proxy = build_opener(ProxyHandler({}))  # straight to 127.0.0.1, whatever the environment says
+            no_proxy.open(f"{server.base}/inat/v1/observations?taxon_id=70118&per_page=10&page=3", timeout=5)
+        assert refused.value.code == 403 and b'"status": 403' in refused.value.read()
+        asked.clear()
+        settings = settings_for(tmp_path, server)
+        config = {**settings.source("inaturalist"), "per_page": 10}
+        guard = AddressGuard(["127.0.0.0/8"], only_loopback)
+        client = ApiClient(
+            Downloader(FetchConfig.from_settings(settings.section("crawl")), guard), "inaturalist", config
+        )
+        source = make_source("inaturalist", config, client)
+
+        found = list(source.search(W, [TAXON_QUERY], 1000))
+        ids = [f.source_id for f in found]
+        open_ids = {str(o["photos"][0]["id"]) for o in observations if o["photos"][0]["license_code"]}
+        assert len(ids) == len(set(ids)) == len(open_ids) == 46 and set(ids) == open_ids
+        assert {f.license for f in found} == {"CC BY-NC"}
+        assert len(asked) == 6  # 57 observations, 10 a page: the 6th page holds all that is left
+        assert all(q.get("page", ["1"]) == ["1"] for q in asked)
+        assert (asked[0].get("order_by"), asked[0].get("order")) == (["id"], ["asc"]) and "id_above" not in asked[0]
+        above = [int(q["id_above"][0]) for q in asked[1:]]
+        assert above == [observations[10 * k - 1]["id"] for k in range(1, 6)]
+
+        asked.clear()
+        assert len(list(source.search(W, [TAXON_QUERY], 15))) == 15
+        assert len(asked) == 2  # 8 open photos a page: the second page reaches the limit, no third request
+
+
+def test_inaturalist_stops_with_one_line_when_id_above_is_ignored(tmp_path):
+    with ReplayServer() as server:
+        recorded = rewrite(fixture("inaturalist/v1_observations_search_page1.json"), server.base)
+        stuck = {**recorded, "total_results": 50_000}  # the same page again and again, more always promised
+        server.route("/inat/v1/taxa", json_reply(fixture("inaturalist/v1_taxa_search_q_vespi.json")))
+        server.route("/inat/v1/observations", json_reply(stuck))
+        server.serve_images()
+        settings = settings_for(tmp_path, server)
+        set_queries(settings, W, [TAXON_QUERY])
+        summary = crawl(settings, classes=[W], sources=["inaturalist"], per_class=100, resolver=only_loopback)
+        assert len(server.hits("/inat/v1/observations")) == 2
+    assert summary.source_problems == [
+        f"source inaturalist stopped at {W}: observation paging stuck at id_above=57754375"
+    ]

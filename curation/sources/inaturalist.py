@@ -3,6 +3,10 @@
 Photo URLs come at the 75 px ``square`` size and are rewritten to ``large`` (≤1024 px), keeping the
 host, extension and query. Each photo's own licence is checked again (the API filter only asks for
 at least one such photo per observation); hidden or flagged photos are dropped.
+
+The API serves at most 10,000 records per query (``page * per_page``), so observations are read in
+id order and paged with ``id_above=<last id>``: every request is a first page, and a taxon with more
+observations than the cap is read to its end.
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from curation.sources import Found
+from curation.sources import Found, SourceError
 from curation.sources.api import ApiClient
 
 NAME = "inaturalist"
 BASE_URL = "https://api.inaturalist.org/v1"
 OPEN_LICENSES = ("cc0", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nd", "cc-by-nc-sa", "cc-by-nc-nd")
 MAX_PER_PAGE = 200
-RESULT_CAP = 10_000
 SIZE = re.compile(r"/square\.")
 
 
@@ -36,6 +39,7 @@ class Source:
         self.licenses = tuple(config.get("licenses", OPEN_LICENSES))
         self.quality = str(config.get("quality_grade", "research"))
         self.size = str(config.get("size", "large"))
+        self.per_page = max(1, min(MAX_PER_PAGE, int(config.get("per_page", MAX_PER_PAGE))))
 
     def taxon_ids(self, query: str) -> list[int]:
         """Active taxa whose scientific name, matched term or common name equals ``query``."""
@@ -61,27 +65,28 @@ class Source:
                         return
 
     def _observations(self, wnid: str, query: str, taxon_id: int, limit: int) -> Iterator[Found]:
-        page = 1
-        per_page = max(1, min(MAX_PER_PAGE, limit))
+        """Photos of the taxon's observations, oldest id first, paged by ``id_above`` until none are left."""
+        params: dict[str, Any] = {
+            "taxon_id": taxon_id,
+            "photos": "true",
+            "quality_grade": self.quality,
+            "photo_license": ",".join(self.licenses),
+            "order_by": "id",
+            "order": "asc",
+            "per_page": max(1, min(self.per_page, limit)),
+        }
         while True:
-            data = self.client.get_json(
-                f"{self.base}/observations",
-                {
-                    "taxon_id": taxon_id,
-                    "photos": "true",
-                    "quality_grade": self.quality,
-                    "photo_license": ",".join(self.licenses),
-                    "per_page": per_page,
-                    "page": page,
-                },
-            )
+            data = self.client.get_json(f"{self.base}/observations", params)
             results = data.get("results") or []
             for observation in results:
                 yield from self._photos(wnid, query, observation)
-            served = int(data.get("per_page") or per_page) * int(data.get("page") or page)
-            if not results or served >= min(int(data.get("total_results") or 0), RESULT_CAP):
+            remaining = data.get("total_results")  # counts what matches this request's id_above
+            if not results or (remaining is not None and int(remaining) <= len(results)):
                 return
-            page += 1
+            last = max(int(observation["id"]) for observation in results)
+            if last <= params.get("id_above", 0):
+                raise SourceError(f"observation paging stuck at id_above={last}")
+            params["id_above"] = last
 
     def _photos(self, wnid: str, query: str, observation: dict[str, Any]) -> Iterator[Found]:
         user = observation.get("user") or {}
