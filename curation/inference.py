@@ -5,11 +5,11 @@ JPEG files are decoded with Pillow's draft mode (DCT scaling, only while the dec
 stays at least ``DRAFT_FACTOR`` times the resize target); then the very Resize + CenterCrop of
 timm's transform follow, so an image that draft mode leaves alone is bit-identical to timm's.
 Other configs run timm's own eval transform. Workers hand uint8 crops to the main process,
-which normalises whole batches. On a GPU, JPEG batches are instead decoded and resized on the
-device (see "GPU path" below). Every image that was drafted, decoded on the device or run in reduced
-precision (bf16/fp16 autocast) and whose top-2 logit margin is below ``MARGIN_RECHECK`` is re-run
-with Pillow without draft scaling in strict fp32 (no TF32), so argmax decisions equal those of
-timm's transform + fp32.
+which normalises whole batches; one DataLoader serves a whole run (``iter_logits`` yields it in
+chunks). On a GPU, JPEG batches are instead decoded and resized on the device (see "GPU path"
+below). Every image that was drafted, decoded on the device or run in reduced precision (bf16/fp16
+autocast) and whose top-2 logit margin is below ``recheck_threshold`` is re-run with Pillow without
+draft scaling in strict fp32 (no TF32), so argmax decisions equal those of timm's transform + fp32.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ DEVICES = ("auto", "cpu", "cuda")
 # times the resize target, so the antialiased resize still does the final, exact-geometry scaling.
 DRAFT_FACTOR = 2
 # Inexact rows (drafted or reduced precision) whose top-2 logit margin over the classes that matter is
-# below this are re-run exactly. An argmax can only flip when the margin is below 2 x the largest logit
-# error. Measured on 500 real shared photos with EfficientNet-Lite0 (tests/test_inference.py): max
-# |logit error| 0.22 from draft decoding, 0.40 from draft + bf16 autocast, 0.37 from tensor decode +
-# bf16 -> flips need margin < 0.80; 1.5 leaves a ~1.9x safety factor.
+# below ``recheck_threshold`` are re-run exactly: an argmax flips only where the margin error exceeds the
+# margin. Measured by benchmarks/margin_errors.py on the 1,500 shared photos (JPEG draft + bf16 autocast
+# against full decode + fp32), 1000-way and 200-way: the largest |top-2 margin error| was 0.41, 0.66 and
+# 0.74 for EfficientNet-Lite0/1/2, at most 0.083 of the row's largest |logit|. The threshold
+# max(1.5, 0.17 x largest |logit|) stays >= 2.27x every row's margin error (Lite1's worst row); no
+# flip was left unchecked. It re-checks about 8 % of photos of the 200 classes in the 200-way rule.
 MARGIN_RECHECK = 1.5
-# Models with larger logits may err more: the threshold is also at least this fraction of the row's
-# largest |logit| (measured relative error <= 0.045, flip bound 0.09; 0.17 keeps the ~1.9x factor).
 MARGIN_RECHECK_RELATIVE = 0.17
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -294,10 +294,22 @@ class _JpegBytes(_ImageFiles):
         try:
             data = Path(self.paths[index]).read_bytes()
             if data[:3] == _JPEG_MAGIC:
-                return index, np.frombuffer(bytearray(data), dtype=np.uint8), True, None
+                return index, np.frombuffer(data, dtype=np.uint8), True, None
             return index, self.preprocess(self.paths[index])[0], False, None
         except Exception as exc:  # noqa: BLE001 - any unreadable file is recorded, never fatal
             return index, None, False, image_error(exc)
+
+
+def _collate_bytes(items: list[tuple[int, np.ndarray | None, bool, str | None]]) -> tuple:
+    """A batch as (JPEG indices, their bytes in one uint8 tensor, byte lengths, Pillow-crop indices,
+    the crops [n,H,W,3], errors): two tensors per batch cross the worker boundary through shared
+    memory, instead of one pickled array per image."""
+    raw = [(i, arr) for i, arr, is_jpeg, _ in items if is_jpeg]
+    crops = [(i, arr) for i, arr, is_jpeg, err in items if err is None and not is_jpeg]
+    errors = {i: err for i, _, _, err in items if err is not None}
+    buffer = torch.from_numpy(np.concatenate([arr for _, arr in raw])) if raw else torch.empty(0, dtype=torch.uint8)
+    stacked = torch.from_numpy(np.stack([arr for _, arr in crops])) if crops else torch.empty(0, dtype=torch.uint8)
+    return [i for i, _ in raw], buffer, [len(arr) for _, arr in raw], [i for i, _ in crops], stacked, errors
 
 
 def resize_crop_tensor(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
@@ -333,23 +345,17 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
         return decoded
 
 
-def _chw(crop_hwc: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.array(crop_hwc)).permute(2, 0, 1).to(device)
-
-
 def _tensor_batches(loader: Any, paths: Sequence[Path], preprocess: Preprocess, device: torch.device) -> Any:
     """Like ``_pil_batches``, decoding each batch's JPEGs together on ``device``; every crop is approximate."""
-    for items in loader:
-        errors = {i: err for i, _, _, err in items if err is not None}
-        raw = [(i, arr) for i, arr, is_jpeg, _ in items if is_jpeg]
-        crops = {i: _chw(arr, device) for i, arr, is_jpeg, err in items if err is None and not is_jpeg}
-        decoded = _decode_jpegs([torch.from_numpy(arr) for _, arr in raw], device) if raw else []
-        for (i, _), image in zip(raw, decoded, strict=True):
+    for jpeg_indices, buffer, lengths, crop_indices, stacked, errors in loader:
+        crops = {i: stacked[k].permute(2, 0, 1).to(device) for k, i in enumerate(crop_indices)}
+        decoded = _decode_jpegs(list(torch.split(buffer, lengths)), device) if lengths else []
+        for i, image in zip(jpeg_indices, decoded, strict=True):
             if image is not None:
                 crops[i] = resize_crop_tensor(image, preprocess)
                 continue
             try:  # e.g. CMYK or progressive oddities the batched decoder refuses
-                crops[i] = _chw(preprocess(paths[i])[0], device)
+                crops[i] = torch.from_numpy(preprocess(paths[i])[0]).permute(2, 0, 1).to(device)
             except Exception as exc:  # noqa: BLE001
                 errors[i] = image_error(exc)
         indices = sorted(crops)
@@ -389,42 +395,50 @@ def top2_margin(logits: np.ndarray, columns: Sequence[int] | None = None) -> np.
     return top[:, 1] - top[:, 0]
 
 
-def predict_logits(
+def recheck_threshold(scale: np.ndarray) -> np.ndarray:
+    """Top-2 margin below which an inexact row is re-run exactly; ``scale``: each row's largest
+    |logit| over all outputs (reduced-precision error grows with the size of the activations)."""
+    return np.maximum(MARGIN_RECHECK, MARGIN_RECHECK_RELATIVE * scale)
+
+
+def _num_classes(loaded: LoadedModel) -> int:
+    return int(getattr(loaded.model, "num_classes", 0)) or len(loaded.label_wnids)
+
+
+@dataclass
+class LogitsChunk:
+    """Logits of ``paths[start:start + len(logits)]``; ``errors`` keyed by position in ``paths``."""
+
+    start: int
+    logits: np.ndarray
+    errors: dict[int, str]
+    rechecked: int
+
+
+def iter_logits(
     loaded: LoadedModel,
     paths: Sequence[Path],
     *,
+    chunk_size: int = 4096,
     batch_size: int | None = None,
     workers: int | None = None,
     precision: str = "fp32",
-    progress: str | None = None,
     argmax_over: Sequence[int] | None = None,
     draft: bool = True,
     bar: Any = None,
     tensor_decode: bool | None = None,
     margin_recheck: float | None = None,
-) -> LogitsResult:
-    """Logits of every image in ``paths`` (float32, NaN rows for unreadable files).
-
-    With bf16/fp16, rows whose top-2 margin over ``argmax_over`` (default: every output) is below
-    ``MARGIN_RECHECK`` are recomputed on the exact path in fp32, so the argmax over those columns
-    equals that of timm's transform + fp32. ``bar``: an open tqdm to update instead of a new one.
-    ``tensor_decode`` (default: on CUDA): batched torchvision JPEG decode + tensor resize on the
-    device; its crops count as approximate, so close margins are re-checked the same way.
-    ``margin_recheck`` replaces the default threshold (max of ``MARGIN_RECHECK`` and
-    ``MARGIN_RECHECK_RELATIVE`` x the row's largest |logit|), e.g. after measuring another model's errors.
-    """
-    from tqdm import tqdm
-
+) -> Iterator[LogitsChunk]:
+    """Logits of ``paths`` in order, one chunk of about ``chunk_size`` images at a time, from one
+    input pipeline (its workers live for the whole run); see :func:`predict_logits` for the options.
+    Each chunk's close margins are re-checked before it is yielded."""
     device = loaded.device
     precision = resolve_precision(precision, device)
     batch_size = batch_size or default_batch_size(device)
     workers = default_workers(device) if workers is None else workers
-    num_classes = int(getattr(loaded.model, "num_classes", 0)) or len(loaded.label_wnids)
-    logits = np.full((len(paths), num_classes), np.nan, dtype=np.float32)
-    errors: dict[int, str] = {}
-    approximate = np.zeros(len(paths), dtype=bool)
+    chunk_size = max(1, -(-chunk_size // batch_size)) * batch_size  # whole batches
     if not paths:
-        return LogitsResult(logits, errors)
+        return
     preprocess = Preprocess(loaded.data_config, draft=draft)
     if tensor_decode is None:
         tensor_decode = device.type == "cuda"
@@ -433,7 +447,7 @@ def predict_logits(
         (_JpegBytes if tensor_decode else _ImageFiles)(paths, preprocess),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=list if tensor_decode else _collate,
+        collate_fn=_collate_bytes if tensor_decode else _collate,
         pin_memory=device.type == "cuda" and not tensor_decode,
         prefetch_factor=4 if workers else None,
     )
@@ -443,36 +457,102 @@ def predict_logits(
     )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
-    with torch.inference_mode(), autocast, _strict_fp32(precision == "fp32"):
-        for indices, batch, batch_approximate, batch_errors in batches:
-            errors.update(batch_errors)
-            approximate[batch_approximate] = True
-            if indices:
-                out = loaded.model(normalize_batch(batch, loaded.data_config, device))
-                logits[indices] = out.float().cpu().numpy()
-            bar.update(len(indices) + len(batch_errors))
-    if own_bar:
-        bar.close()
-    inexact = approximate | (precision != "fp32")
-    inexact[list(errors)] = False
-    if inexact.any():
-        threshold: Any = margin_recheck
-        if threshold is None:
-            scale = np.abs(logits if argmax_over is None else logits[:, list(argmax_over)]).max(axis=1)
-            threshold = np.maximum(MARGIN_RECHECK, MARGIN_RECHECK_RELATIVE * np.nan_to_num(scale))
-        close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < threshold))
+    for start in range(0, len(paths), chunk_size):
+        end = min(start + chunk_size, len(paths))
+        logits = np.full((end - start, _num_classes(loaded)), np.nan, dtype=np.float32)
+        errors: dict[int, str] = {}
+        approximate = np.zeros(end - start, dtype=bool)
+        with torch.inference_mode(), autocast, _strict_fp32(precision == "fp32"):
+            for _ in range(start, end, batch_size):
+                indices, batch, batch_approximate, batch_errors = next(batches)
+                errors.update(batch_errors)
+                approximate[[i - start for i in batch_approximate]] = True
+                if indices:
+                    out = loaded.model(normalize_batch(batch, loaded.data_config, device))
+                    logits[[i - start for i in indices]] = out.float().cpu().numpy()
+                if bar is not None:
+                    bar.update(len(indices) + len(batch_errors))
+        inexact = approximate | (precision != "fp32")
+        inexact[[i - start for i in errors]] = False
+        close = np.empty(0, dtype=np.int64)
+        if inexact.any():
+            threshold: Any = margin_recheck
+            if threshold is None:
+                threshold = recheck_threshold(np.nan_to_num(np.abs(logits).max(axis=1)))
+            close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < threshold))
         if len(close):
-            exact = predict_logits(
-                loaded,
-                [paths[i] for i in close],
-                batch_size=batch_size,
-                workers=min(workers, 1),
-                draft=False,
-                tensor_decode=False,
-            )
-            logits[close] = exact.logits
-            errors.update({int(close[j]): err for j, err in exact.errors.items()})
-    return LogitsResult(logits, errors)
+            exact, exact_errors = _exact_logits(loaded, [paths[start + i] for i in close], batch_size, workers)
+            logits[close] = exact
+            errors.update({start + int(close[j]): err for j, err in exact_errors.items()})
+        yield LogitsChunk(start, logits, errors, len(close))
+
+
+def _exact_logits(
+    loaded: LoadedModel, paths: Sequence[Path], batch_size: int, threads: int
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Logits on the exact path (Pillow without draft scaling, strict fp32). Decoding runs in threads
+    of this process (Pillow releases the GIL), overlapping the model, with no worker start-up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    preprocess = Preprocess(loaded.data_config, draft=False)
+
+    def read(path: Path) -> np.ndarray | str:
+        try:
+            return preprocess(path)[0]
+        except Exception as exc:  # noqa: BLE001 - recorded, never fatal
+            return image_error(exc)
+
+    logits = np.full((len(paths), _num_classes(loaded)), np.nan, dtype=np.float32)
+    errors: dict[int, str] = {}
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        batch = torch.from_numpy(np.stack([crop for _, crop in pending])).permute(0, 3, 1, 2)
+        out = loaded.model(normalize_batch(batch, loaded.data_config, loaded.device))
+        logits[[i for i, _ in pending]] = out.float().cpu().numpy()
+        pending.clear()
+
+    with ThreadPoolExecutor(max(1, threads)) as pool, torch.inference_mode(), _strict_fp32(True):
+        for i, crop in enumerate(pool.map(read, paths)):
+            if isinstance(crop, str):
+                errors[i] = crop
+                continue
+            pending.append((i, crop))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+    return logits, errors
+
+
+def predict_logits(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    *,
+    progress: str | None = None,
+    **options: Any,
+) -> LogitsResult:
+    """Logits of every image in ``paths`` (float32, NaN rows for unreadable files).
+
+    With bf16/fp16, rows whose top-2 margin over ``argmax_over`` (default: every output) is below
+    :func:`recheck_threshold` are recomputed on the exact path in fp32, so the argmax over those
+    columns equals that of timm's transform + fp32. ``bar``: an open tqdm to update instead of a new
+    one. ``tensor_decode`` (default: on CUDA): batched torchvision JPEG decode + tensor resize on the
+    device; its crops count as approximate, so close margins are re-checked the same way.
+    ``margin_recheck`` replaces the default threshold, e.g. after measuring another model's errors
+    (benchmarks/margin_errors.py). Other options: those of :func:`iter_logits`.
+    """
+    from tqdm import tqdm
+
+    result = LogitsResult(np.empty((0, 0), dtype=np.float32), {})
+    own_bar = options.get("bar") is None
+    if own_bar:
+        options["bar"] = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
+    chunks = list(iter_logits(loaded, paths, chunk_size=max(1, len(paths)), **options))
+    if own_bar:
+        options["bar"].close()
+    empty = np.full((0, _num_classes(loaded)), np.nan, dtype=np.float32)
+    result.logits = np.concatenate([c.logits for c in chunks]) if chunks else empty
+    for chunk in chunks:
+        result.errors.update(chunk.errors)
+    return result
