@@ -127,6 +127,39 @@ def label_space(model: torch.nn.Module) -> list[str]:
     return wnids if len(wnids) == getattr(model, "num_classes", len(wnids)) else []
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a TCP connection within ``timeout``
+    seconds; False at once in offline mode (``HF_HUB_OFFLINE=1``)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    parts = urlsplit(constants.ENDPOINT)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Offline, weights come from the local hub cache at once (or fail at once), instead of after
+    a minute of retried requests."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def load_model(
     name: str, checkpoint: str | Path | None = None, device: str = "auto", pretrained: bool = True
 ) -> LoadedModel:
@@ -139,11 +172,14 @@ def load_model(
     if not timm.is_model(name):
         raise CurationError(f"unknown model {name!r}: not a timm model name (e.g. resnet50.tv_in1k)")
     use_hub = pretrained and checkpoint is None
+    offline = use_hub and not hub_reachable()
     try:
-        model = timm.create_model(name, pretrained=use_hub)
+        with _hub_offline(offline):
+            model = timm.create_model(name, pretrained=use_hub)
     except Exception as exc:  # noqa: BLE001 - offline hub failures come in many types
+        why = "the model hub cannot be reached and they are not in its local cache" if offline else repr(exc)[:200]
         raise CurationError(
-            f"cannot load pretrained weights of {name} ({type(exc).__name__}); offline, pass --checkpoint PATH "
+            f"cannot load pretrained weights of {name}: {why}; pass --checkpoint PATH (a timm state dict) "
             "or set [filter] checkpoint in curation.toml"
         ) from None
     if checkpoint is not None:

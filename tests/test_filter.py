@@ -203,13 +203,45 @@ def test_class_outside_the_label_space_is_refused(tmp_path, lite0_checkpoint):
     ]
 
 
-def test_offline_without_checkpoint_is_one_line_naming_the_option(tmp_path):
-    offline = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "TORCH_HOME": str(tmp_path / "th")}
-    offline["HF_HOME"] = str(tmp_path / "hf")
-    run = _cli(tmp_path, "filter", env=offline)
+def _unreachable_hub(tmp_path: Path) -> dict[str, str]:
+    """A hub endpoint on a closed loopback port, and empty caches: the hub cannot be reached."""
+    return {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
+
+
+def test_unreachable_hub_without_checkpoint_is_one_line_at_once(tmp_path):
+    run = _cli(tmp_path, "filter", env=_unreachable_hub(tmp_path))  # no HF_HUB_OFFLINE: found out by itself
     assert run.returncode == 1
-    (line,) = run.stderr.strip().splitlines()
-    assert "resnet50.tv_in1k" in line and "--checkpoint" in line
+    (line,) = run.stderr.strip().splitlines()  # and no hub retries ("Retrying in 8s ...")
+    assert "resnet50.tv_in1k" in line and "cannot be reached" in line and "--checkpoint" in line
+    forced = _cli(tmp_path, "filter", env={**_unreachable_hub(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert forced.returncode == 1 and forced.stderr.strip().splitlines() == [line]
+
+
+def test_pretrained_weights_come_from_the_hub_cache_when_the_hub_is_unreachable(filtered, tmp_path, lite0_checkpoint):
+    """``pretrained=True`` with no network: timm's weights, downloaded once on a connected machine,
+    load from the local Hugging Face cache (the layout hf_hub_download writes) without any request."""
+    from safetensors.torch import save_file
+
+    env = _unreachable_hub(tmp_path)
+    repo = Path(env["HF_HOME"]) / "hub" / "models--timm--tf_efficientnet_lite0.in1k"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    weights = {key: tensor.contiguous() for key, tensor in torch.load(lite0_checkpoint).items()}
+    save_file(weights, repo / "snapshots" / revision / "model.safetensors")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted(SAMPLES.glob("*.JPEG"))[:3]:
+        shutil.copy(path, folder / path.name)
+    assert _cli(tmp_path, "crawl", "--folder", str(folder)).returncode == 0
+    run = _cli(tmp_path, "filter", "--model", "tf_efficientnet_lite0", "--device", "cpu", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "scored 3 image(s)" in run.stdout
+    with _db(tmp_path) as cached, _db(filtered["work"]) as reference:
+        (cached_hash,) = {h for (h,) in cached.execute("SELECT weights_hash FROM predictions")}
+        (reference_hash,) = {h for (h,) in reference.execute("SELECT weights_hash FROM predictions")}
+    assert cached_hash == reference_hash  # the very weights of --checkpoint
 
 
 def test_checkpoint_from_config_and_bad_arguments(tmp_path, lite0_checkpoint):
