@@ -15,6 +15,11 @@ SAMPLES = SHARED / "images" / "imagenet_samples"
 VAL = SHARED / "images" / "imagenet_val"
 FIXTURES = SHARED / "sources" / "fixtures"
 
+# Tests talk to loopback only: a model-hub lookup that slipped through (pretrained weights without a
+# checkpoint) goes to a closed loopback port, in this process and in every CLI subprocess. Set before
+# anything imports huggingface_hub, which reads it once.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
 
 @pytest.fixture
 def catalog_url(tmp_path: Path) -> str:
