@@ -267,7 +267,8 @@ def main() -> None:
                 con.execute("DELETE FROM filter_verdicts")
                 con.execute("DELETE FROM predictions")
             b = max(b, curation_filter(work, model, checkpoint, opts.device, extra))
-            print(f"(b) curation filter, end to end  {b:8.2f} images/s ({' '.join(extra)})", flush=True)
+            shown = " ".join(extra[2:]) or "defaults"
+            print(f"(b) curation filter, end to end  {b:8.2f} images/s ({precision}; {shown})", flush=True)
             c = max(c, model_alone(loaded.model, tensors, batch, precision, rounds=rounds))
             print(f"(c) model alone, ready tensors   {c:8.2f} images/s (batch {batch}, channels_last, {precision})")
         print(
