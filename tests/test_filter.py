@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,42 @@ def test_runs_are_incremental_and_summarised(filtered):
     (model, weights_hash, rule, status, count), *others = rows.fetchall()
     assert not others and (model, rule, status, count) == ("tf_efficientnet_lite0", "restricted", "ok", n)
     assert len(weights_hash) == 16
+
+
+def test_kill_9_mid_run_then_rerun_scores_each_pair_once(filtered, tmp_path, lite0_checkpoint):
+    """Chunks commit atomically: after kill -9 the catalog holds whole chunks only, and a rerun scores
+    the rest, ending with the same verdicts as an uninterrupted run."""
+    for folder in (SAMPLES, filtered["val"]):
+        assert _cli(tmp_path, "crawl", "--folder", str(folder)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
+    env.update({"CURATION_DB": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "CURATION_DATA_DIR": str(tmp_path / "data")})
+    args = [sys.executable, "-m", "curation", *filtered["args"], "--precision", "bf16", "--workers", "1"]
+    proc = subprocess.Popen(
+        [*args, "--commit-every", "32", "--batch-size", "16"], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    count = 0
+    deadline = time.monotonic() + 300
+    while count < 64 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        with _db(tmp_path) as con:
+            count = con.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its decode worker
+    proc.wait(timeout=30)
+    with _db(tmp_path) as con:
+        scored = con.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    n = 200 + VAL_SUBSET
+    assert 64 <= scored < n and scored % 32 == 0  # whole chunks only, and it was killed mid-run
+
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"scored {n - scored} image(s)" in rerun.stdout and f"{scored} pair(s) already scored" in rerun.stdout
+    with _db(tmp_path) as con, _db(filtered["work"]) as reference:
+        pairs = con.execute("SELECT sha256, wnid, count(*) FROM predictions GROUP BY 1, 2").fetchall()
+        kept = set(con.execute("SELECT sha256, wnid FROM filter_verdicts WHERE kept = 1").fetchall())
+        expected = set(reference.execute("SELECT sha256, wnid FROM filter_verdicts WHERE kept = 1").fetchall())
+    assert len(pairs) == n and {c for _, _, c in pairs} == {1}
+    assert kept == expected
 
 
 def test_prediction_rows_hold_top5_confidence_and_margin(filtered):
@@ -253,6 +291,7 @@ def test_checkpoint_from_config_and_bad_arguments(tmp_path, lite0_checkpoint):
     assert "scored 0 image(s)" in run.stdout and "over 200 classes" in run.stdout
     for bad, message in (
         (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--commit-every", "0"), "--commit-every must be at least 1"),
         (("--classes", "n99999999"), "class n99999999 is not in the catalog"),
         (("--checkpoint", "a.pth", "--checkpoint", "b.pth"), "2 checkpoint(s) for 1 model(s)"),
         (
