@@ -21,6 +21,28 @@ FIXTURES = SHARED / "sources" / "fixtures"
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 
+def old_catalog(path: Path, revision: str, candidate_status: str) -> str:
+    """URL of a SQLite catalog at schema ``revision`` holding one class and one candidate, written
+    with plain SQL as a catalog of that age would hold them."""
+    from curation import catalog as cat
+
+    url = f"sqlite:///{path}"
+    engine = cat.make_engine(url)
+    cat.upgrade(engine, revision)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO classes (wnid, index_1k, name, gloss, origin, created_at) "
+            "VALUES ('n01498041', 6, 'stingray', 'a ray', 'imagenet_a', '2020-01-01 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO candidates (wnid, source, url, status, attempts, created_at, updated_at) "
+            f"VALUES ('n01498041', 'urls', 'http://127.0.0.1/a.jpg', '{candidate_status}', 1, '2020-01-01', "
+            "'2020-01-01')"
+        )
+    engine.dispose()
+    return url
+
+
 @pytest.fixture
 def catalog_url(tmp_path: Path) -> str:
     """URL of a not-yet-created SQLite catalog in the test's tmp dir."""

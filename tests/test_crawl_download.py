@@ -12,6 +12,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from conftest import old_catalog
 from sqlalchemy import inspect, select
 
 from curation import catalog as cat
@@ -273,19 +274,7 @@ def test_final_url_after_a_redirect_is_recorded_and_reused(tmp_path):
 
 
 def test_catalog_at_0002_gains_final_url_and_keeps_its_rows(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    engine = cat.make_engine(url)
-    cat.upgrade(engine, "0002")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO classes (wnid, index_1k, name, gloss, origin, created_at) "
-            "VALUES ('n01498041', 6, 'stingray', 'a ray', 'imagenet_a', '2020-01-01 00:00:00')"
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO candidates (wnid, source, url, status, attempts, created_at, updated_at) "
-            "VALUES ('n01498041', 'urls', 'http://127.0.0.1/a.jpg', 'downloaded', 1, '2020-01-01', '2020-01-01')"
-        )
-    engine.dispose()
+    url = old_catalog(tmp_path / "old.sqlite", "0002", "downloaded")
     catalog = cat.open_catalog(url)
     assert cat.current_revision(catalog.engine) == cat.head_revision()
     assert "final_url" in {c["name"] for c in inspect(catalog.engine).get_columns("candidates")}

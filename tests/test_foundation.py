@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import old_catalog
 from sqlalchemy import select
 
 from curation import catalog as cat
@@ -93,19 +94,7 @@ def test_foreign_keys_are_enforced(catalog_url):
 
 
 def test_old_catalog_is_upgraded_without_data_loss(tmp_path, run_cli):
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    engine = cat.make_engine(url)
-    cat.upgrade(engine, "0001")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO classes (wnid, index_1k, name, gloss, origin, created_at) "
-            "VALUES ('n01498041', 6, 'stingray', 'a ray', 'imagenet_a', '2020-01-01 00:00:00')"
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO candidates (wnid, source, url, status, attempts, created_at, updated_at) "
-            "VALUES ('n01498041', 'urls', 'http://127.0.0.1/a.jpg', 'pending', 0, '2020-01-01', '2020-01-01')"
-        )
-    engine.dispose()
+    url = old_catalog(tmp_path / "old.sqlite", "0001", "pending")
     result = run_cli("--db", url, "status", "--json")
     assert result.returncode == 0, result.stderr
     assert "upgrading catalog schema 0001" in result.stderr
