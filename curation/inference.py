@@ -14,6 +14,7 @@ draft scaling in strict fp32 (no TF32), so argmax decisions equal those of timm'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -304,9 +305,14 @@ def _collate(items: list[tuple[int, np.ndarray | None, bool, str | None]]) -> tu
 def normalize_batch(batch: torch.Tensor, data_config: dict, device: torch.device) -> torch.Tensor:
     """uint8 [B,3,H,W] (any strides) -> float channels_last, as ToTensor + Normalize compute it."""
     x = batch.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1)
+    mean, std = _mean_std(tuple(data_config["mean"]), tuple(data_config["std"]), device)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Made once per device: a host-to-GPU copy per batch would stall the GPU queue."""
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
 
 
 def _pil_batches(loader: Any) -> Any:
@@ -498,16 +504,20 @@ def iter_logits(
         logits = np.full((end - start, _num_classes(loaded)), np.nan, dtype=np.float32)
         errors: dict[int, str] = {}
         approximate = np.zeros(end - start, dtype=bool)
+        rows: list[int] = []
+        outputs = []  # kept on the device until the chunk ends: no GPU sync per batch
         with torch.inference_mode(), autocast, _strict_fp32(precision == "fp32"):
             for _ in range(start, end, batch_size):
                 indices, batch, batch_approximate, batch_errors = next(batches)
                 errors.update(batch_errors)
                 approximate[[i - start for i in batch_approximate]] = True
                 if indices:
-                    out = loaded.model(normalize_batch(batch, loaded.data_config, device))
-                    logits[[i - start for i in indices]] = out.float().cpu().numpy()
+                    outputs.append(loaded.model(normalize_batch(batch, loaded.data_config, device)).float())
+                    rows += [i - start for i in indices]
                 if bar is not None:
                     bar.update(len(indices) + len(batch_errors))
+            if outputs:
+                logits[rows] = torch.cat(outputs).cpu().numpy()
         inexact = approximate | (precision != "fp32")
         inexact[[i - start for i in errors]] = False
         close = np.empty(0, dtype=np.int64)
