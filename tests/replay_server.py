@@ -184,8 +184,8 @@ def inat_observations(observations: list[dict[str, Any]], taxon_id: str, cap: in
     ``page * per_page`` past ``cap`` is refused: the API keeps Elasticsearch's 10,000-record result
     window and, since iNaturalistAPI#134, answers with an error status and message rather than a
     500 (sources.md records no such body; this is the API's ``{"error", "status"}`` shape, 403).
-    ``order_by=id&order=asc`` sorts by id (otherwise newest first) and ``id_above`` filters, with
-    ``total_results`` counting what matches this request.
+    ``order_by=id`` sorts by id (``order`` asc or desc; otherwise newest first) and ``id_above`` /
+    ``id_below`` filter, with ``total_results`` counting what matches this request.
     """
 
     def handle(_path: str, q: dict[str, list[str]]) -> Reply:
@@ -193,12 +193,14 @@ def inat_observations(observations: list[dict[str, Any]], taxon_id: str, cap: in
             return json_reply({"error": f"Unknown taxon_id {q.get('taxon_id')}", "status": 422}, 422)
         page, per_page = int(q.get("page", ["1"])[0]), int(q.get("per_page", ["30"])[0])
         if page * per_page > cap:
-            message = f"You can only view the first {cap:,} results of a query; use id_above to see more"
+            message = f"You can only view the first {cap:,} results of a query; use id_above or id_below"
             return json_reply({"error": message, "status": 403}, 403)
         ascending = q.get("order_by") == ["id"] and q.get("order") == ["asc"]
         matching = sorted(observations, key=lambda o: o["id"], reverse=not ascending)
         if "id_above" in q:
             matching = [o for o in matching if o["id"] > int(q["id_above"][0])]
+        if "id_below" in q:
+            matching = [o for o in matching if o["id"] < int(q["id_below"][0])]
         results = matching[(page - 1) * per_page : page * per_page]
         return json_reply(
             {"total_results": len(matching), "page": page, "per_page": min(len(matching), per_page), "results": results}

@@ -302,7 +302,7 @@ def synthesized_observations(base: str, n: int) -> list[dict]:
     return rewrite(observations, base)
 
 
-def test_inaturalist_reads_past_the_result_cap_with_id_above(tmp_path):
+def test_inaturalist_reads_past_the_result_cap_with_id_below(tmp_path):
     with ReplayServer() as server:
         observations = synthesized_observations(server.base, 57)
         api = inat_observations(observations, "70118", cap=20)
@@ -329,16 +329,17 @@ def test_inaturalist_reads_past_the_result_cap_with_id_above(tmp_path):
         assert {f.license for f in found} == {"CC BY-NC"}
         assert len(asked) == 6  # 57 observations, 10 a page: the 6th page holds all that is left
         assert all(q.get("page", ["1"]) == ["1"] for q in asked)
-        assert (asked[0].get("order_by"), asked[0].get("order")) == (["id"], ["asc"]) and "id_above" not in asked[0]
-        above = [int(q["id_above"][0]) for q in asked[1:]]
-        assert above == [observations[10 * k - 1]["id"] for k in range(1, 6)]
+        assert (asked[0].get("order_by"), asked[0].get("order")) == (["id"], ["desc"]) and "id_below" not in asked[0]
+        below = [int(q["id_below"][0]) for q in asked[1:]]  # newest first: the smallest id of each page
+        assert below == [observations[-10 * k]["id"] for k in range(1, 6)]
+        assert ids[:8] == [str(o["photos"][0]["id"]) for o in observations[::-1] if o["photos"][0]["license_code"]][:8]
 
         asked.clear()
         assert len(list(source.search(W, [TAXON_QUERY], 15))) == 15
         assert len(asked) == 2  # 8 open photos a page: the second page reaches the limit, no third request
 
 
-def test_inaturalist_stops_with_one_line_when_id_above_is_ignored(tmp_path):
+def test_inaturalist_stops_with_one_line_when_id_below_is_ignored(tmp_path):
     with ReplayServer() as server:
         recorded = rewrite(fixture("inaturalist/v1_observations_search_page1.json"), server.base)
         stuck = {**recorded, "total_results": 50_000}  # the same page again and again, more always promised
@@ -350,5 +351,5 @@ def test_inaturalist_stops_with_one_line_when_id_above_is_ignored(tmp_path):
         summary = crawl(settings, classes=[W], sources=["inaturalist"], per_class=100, resolver=only_loopback)
         assert len(server.hits("/inat/v1/observations")) == 2
     assert summary.source_problems == [
-        f"source inaturalist stopped at {W}: observation paging stuck at id_above=57754375"
+        f"source inaturalist stopped at {W}: observation paging stuck at id_below=57754375"
     ]

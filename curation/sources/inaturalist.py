@@ -4,9 +4,9 @@ Photo URLs come at the 75 px ``square`` size and are rewritten to ``large`` (≤
 host, extension and query. Each photo's own licence is checked again (the API filter only asks for
 at least one such photo per observation); hidden or flagged photos are dropped.
 
-The API serves at most 10,000 records per query (``page * per_page``), so observations are read in
-id order and paged with ``id_above=<last id>``: every request is a first page, and a taxon with more
-observations than the cap is read to its end.
+The API serves at most 10,000 records per query (``page * per_page``), so observations are read
+newest first by id and paged with ``id_below=<smallest id so far>``: every request is a first page,
+and a taxon with more observations than the cap is read to its end.
 """
 
 from __future__ import annotations
@@ -65,14 +65,14 @@ class Source:
                         return
 
     def _observations(self, wnid: str, query: str, taxon_id: int, limit: int) -> Iterator[Found]:
-        """Photos of the taxon's observations, oldest id first, paged by ``id_above`` until none are left."""
+        """Photos of the taxon's observations, newest id first, paged by ``id_below`` until none are left."""
         params: dict[str, Any] = {
             "taxon_id": taxon_id,
             "photos": "true",
             "quality_grade": self.quality,
             "photo_license": ",".join(self.licenses),
             "order_by": "id",
-            "order": "asc",
+            "order": "desc",
             "per_page": max(1, min(self.per_page, limit)),
         }
         while True:
@@ -80,13 +80,13 @@ class Source:
             results = data.get("results") or []
             for observation in results:
                 yield from self._photos(wnid, query, observation)
-            remaining = data.get("total_results")  # counts what matches this request's id_above
+            remaining = data.get("total_results")  # counts what matches this request's id_below
             if not results or (remaining is not None and int(remaining) <= len(results)):
                 return
-            last = max(int(observation["id"]) for observation in results)
-            if last <= params.get("id_above", 0):
-                raise SourceError(f"observation paging stuck at id_above={last}")
-            params["id_above"] = last
+            last = min(int(observation["id"]) for observation in results)
+            if "id_below" in params and last >= params["id_below"]:
+                raise SourceError(f"observation paging stuck at id_below={last}")
+            params["id_below"] = last
 
     def _photos(self, wnid: str, query: str, observation: dict[str, Any]) -> Iterator[Found]:
         user = observation.get("user") or {}
