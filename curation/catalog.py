@@ -283,7 +283,8 @@ class ReleaseItem(Base):
 
 
 class Meta(Base):
-    """Key/value facts about the catalog itself (e.g. whether the recipe was seeded)."""
+    """Key/value facts about the catalog itself (e.g. whether the recipe was seeded). Keys ending in
+    ``secret`` hold credentials (the annotation session secret) and are never exported."""
 
     __tablename__ = "catalog_meta"
 
@@ -524,9 +525,12 @@ def export_table(catalog: Catalog, table: str, fmt: str, out: io.TextIOBase) -> 
         raise CurationError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     model = TABLES[table]
     columns = [c.key for c in inspect(model).columns]
+    query = select(*[getattr(model, c) for c in columns])
+    if model is Meta:
+        query = query.where(Meta.key.not_like("%secret"))
     n = 0
     with catalog.session() as session:
-        rows = session.execute(select(*[getattr(model, c) for c in columns])).all()
+        rows = session.execute(query).all()
     if fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(columns)

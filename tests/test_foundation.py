@@ -167,6 +167,12 @@ def test_export_every_table(run_cli, catalog_url, tmp_path):
             assert main(["--db", catalog_url, "export", table, "--format", fmt, "-o", str(out)]) == 0
             assert out.exists()
     assert (tmp_path / "cli.csv").read_text() == (tmp_path / "classes.csv").read_text()
+    from curation.annotate.app import session_secret
+
+    secret = session_secret(cat.open_catalog(catalog_url)).hex()
+    assert main(["--db", catalog_url, "export", "catalog_meta", "-o", str(tmp_path / "meta.csv")]) == 0
+    meta = (tmp_path / "meta.csv").read_text()
+    assert "seeded" in meta and "secret" not in meta and secret not in meta  # credentials stay in the catalog
     rows = list(csv.DictReader(open(tmp_path / "classes.csv")))
     assert len(rows) == 200
     assert len((tmp_path / "search_queries.jsonl").read_text().splitlines()) > 200
