@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--margin-recheck",
         type=float,
         help="re-run exactly (fp32, no draft) inexact images whose top-2 logit margin is below this "
-        "(default: the measured curation.inference.MARGIN_RECHECK)",
+        "(default: max(1.5, 0.17 x the image's largest |logit|), measured by benchmarks/margin_errors.py)",
     )
     parser.add_argument(
         "--commit-every",
