@@ -9,8 +9,9 @@ linearly (it does the same work for every query); the index's answers on that su
 brute force's.
 
 Part 2 — images/s for hashing real JPEGs from ``../shared/images``: our draft-mode decode
-(``curation.hashing.hash_file``: pHash + dHash of the image and of its mirror) against plain
-``imagehash`` pHash + dHash on full decodes, one process each.
+(``curation.hashing.hash_file``: pHash + dHash of the image and of its mirror, and of all eight
+orientations as ``--orientations 8`` stores) against plain ``imagehash`` pHash + dHash on full
+decodes, one process each.
 
     .venv/bin/python benchmarks/dedup.py                       # full size
     .venv/bin/python benchmarks/dedup.py --references 200000 --queries 10000   # quick
@@ -22,6 +23,7 @@ import argparse
 import io
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +139,11 @@ def _bench_hashing_blobs(folder: str, blobs: list[bytes]) -> None:
     for name, fn in (
         ("plain imagehash on full decodes: pHash + dHash", plain),
         ("draft decode: pHash + dHash (same work)", draft_two),
-        ("draft decode, `curation.hashing.hash_file`: pHash + dHash + both mirrored", hash_file),
+        (
+            "draft decode, `curation.hashing.hash_file`: pHash + dHash + both mirrored",
+            partial(hash_file, orientations=2),
+        ),
+        ("draft decode, `hash_file`: pHash + dHash in all 8 orientations", partial(hash_file, orientations=8)),
     ):
         fn(blobs[0])
         best = float("inf")

@@ -1,10 +1,13 @@
 """Measure which Hamming thresholds catch edited copies of real photos without merging distinct ones.
 
-Every photo of ``../shared/images`` gets nine edited copies (the kinds a crawl meets: resized,
+Every photo of ``../shared/images`` gets thirteen edited copies (the kinds a crawl meets: resized,
 re-encoded at low JPEG quality, cropped by 2 % and 5 % per side, rotated by 1° and 3°,
-colour-jittered, watermarked, mirrored). Positives are (photo, its copy) pairs; negatives are every pair of distinct photos plus
-every copy against every other photo. For each rule and threshold the script prints the recall per
-edit kind, the false matches among the negatives, their rate per pair and the precision.
+colour-jittered, watermarked, mirrored, turned by 90°, 180° and 270°, flipped upside down).
+Positives are (photo, its copy) pairs; negatives are every pair of distinct photos plus every copy
+against every other photo. As in ``curation dedup``, every image is a query against every other's
+plain hashes, so a pair matches when either of them, in one of its queried orientations, matches
+the other. For each rule and threshold the script prints the recall per edit kind, the false matches
+among the negatives, their rate per pair and the precision.
 
     .venv/bin/python benchmarks/dedup_thresholds.py [--limit N] [--max-threshold T]
 """
@@ -26,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from curation.hashing import ImageHashes, hash_file  # noqa: E402
+
+DHASH_MARGIN = 4
 
 SHARED_IMAGES = REPO.parent / "shared" / "images"
 
@@ -73,8 +78,11 @@ def _watermark(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(base, layer)
 
 
-def _flip(img: Image.Image) -> Image.Image:
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+def _transpose(method: Image.Transpose) -> Callable[[Image.Image], Image.Image]:
+    def transpose(img: Image.Image) -> Image.Image:
+        return img.transpose(method)
+
+    return transpose
 
 
 # name -> (edit, JPEG quality of the saved copy)
@@ -87,7 +95,11 @@ VARIANTS: dict[str, tuple[Callable[[Image.Image], Image.Image], int]] = {
     "rotate_3deg": (_rotate(3), 90),
     "color_jitter": (_jitter, 90),
     "watermark": (_watermark, 90),
-    "flip": (_flip, 90),
+    "flip": (_transpose(Image.Transpose.FLIP_LEFT_RIGHT), 90),
+    "rot90": (_transpose(Image.Transpose.ROTATE_90), 90),
+    "rot180": (_transpose(Image.Transpose.ROTATE_180), 90),
+    "rot270": (_transpose(Image.Transpose.ROTATE_270), 90),
+    "vflip": (_transpose(Image.Transpose.FLIP_TOP_BOTTOM), 90),
 }
 
 
@@ -111,21 +123,42 @@ def _hash_photo(path: Path) -> tuple[ImageHashes, dict[str, ImageHashes]]:
 
 
 def _as_array(hashes: list[ImageHashes]) -> np.ndarray:
-    """(n, 4) uint64: phash, dhash, phash_mirror, dhash_mirror."""
-    return np.array([[h.phash, h.dhash, h.phash_mirror, h.dhash_mirror] for h in hashes], dtype=np.uint64)
+    """(n, 16) uint64: pHash, dHash of each of the eight orientations (image, mirror, then the others)."""
+    return np.array([h.orientation_row() for h in hashes], dtype=np.uint64)
 
 
-def pair_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Distances of rows of ``a`` to rows of ``b`` (broadcast): pHash, dHash, and a's mirror's pHash, dHash."""
-    d = [np.bitwise_count(a[..., col] ^ b[..., src]).astype(np.int8) for col, src in ((0, 0), (1, 1), (2, 0), (3, 1))]
-    return tuple(d)
+def _orientation_distances(a: np.ndarray, b: np.ndarray, orientations: int) -> tuple[np.ndarray, np.ndarray]:
+    """pHash and dHash distances of each queried orientation of ``a`` to the plain hashes of ``b``
+    (broadcast), stacked on a new first axis."""
+    p = np.stack([np.bitwise_count(a[..., 2 * o] ^ b[..., 0]) for o in range(orientations)]).astype(np.int8)
+    d = np.stack([np.bitwise_count(a[..., 2 * o + 1] ^ b[..., 1]) for o in range(orientations)]).astype(np.int8)
+    return p, d
 
 
-RULES: dict[str, Callable[[tuple[np.ndarray, ...], int], np.ndarray]] = {
-    "pHash": lambda d, t: d[0] <= t,
-    "pHash+mirror": lambda d, t: (d[0] <= t) | (d[2] <= t),
-    "dHash+mirror": lambda d, t: (d[1] <= t) | (d[3] <= t),
-    "pHash+mirror AND dHash<=t+4": lambda d, t: ((d[0] <= t) & (d[1] <= t + 4)) | ((d[2] <= t) & (d[3] <= t + 4)),
+def _both_ways(rule: Callable[[np.ndarray, np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.minimum(rule(a, b), rule(b, a))
+
+
+def _levels(orientations: int, use: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A rule as the smallest threshold t at which it matches a pair (so "matches at t" is level <= t)."""
+
+    def level(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        p, d = _orientation_distances(a, b, orientations)
+        if use == "phash":
+            return p.min(axis=0)
+        if use == "dhash":
+            return d.min(axis=0)
+        return np.maximum(p, d - DHASH_MARGIN).min(axis=0)  # pHash <= t AND dHash <= t + margin
+
+    return lambda a, b: _both_ways(level, a, b)
+
+
+RULES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "pHash": _levels(1, "phash"),
+    "pHash+mirror": _levels(2, "phash"),
+    "dHash+mirror": _levels(2, "dhash"),
+    f"pHash+mirror AND dHash<=t+{DHASH_MARGIN}": _levels(2, "both"),
+    f"pHash AND dHash<=t+{DHASH_MARGIN}, 8 orientations": _levels(8, "both"),
 }
 
 
@@ -148,45 +181,39 @@ def main(argv: list[str] | None = None) -> int:
     originals = _as_array([r[0] for r in results])
     n = len(originals)
 
-    # Positives: each copy against its photo. The copy is the query, so its mirror hashes are used.
-    positives = {name: pair_distances(_as_array([r[1][name] for r in results]), originals) for name in VARIANTS}
-    # Negatives: distinct photo pairs (each query photo against every other), and copies against other photos.
+    copies = {name: _as_array([r[1][name] for r in results]) for name in VARIANTS}
     upper = np.triu_indices(n, k=1)
-    neg_parts: list[tuple[np.ndarray, ...]] = []
-    full = pair_distances(originals[:, None, :], originals[None, :, :])
-    neg_parts.append(tuple(d[upper] for d in full))
     off_diagonal = ~np.eye(n, dtype=bool)
-    for name in VARIANTS:
-        copies = _as_array([r[1][name] for r in results])
-        full = pair_distances(copies[:, None, :], originals[None, :, :])
-        neg_parts.append(tuple(d[off_diagonal] for d in full))
-    negatives = tuple(np.concatenate([part[k] for part in neg_parts]) for k in range(4))
-    n_neg = len(negatives[0])
     n_pos = n * len(VARIANTS)
+    n_neg = len(upper[0]) + int(off_diagonal.sum()) * len(VARIANTS)
     print(f"positives: {n_pos} (photo, edited copy) pairs; negatives: {n_neg:,} pairs of distinct photos\n")
 
     for rule_name, rule in RULES.items():
+        # Positives: each copy against its photo. Negatives: distinct photo pairs, copies against other photos.
+        positives = {name: rule(copies[name], originals) for name in VARIANTS}
+        neg_counts = np.bincount(rule(originals[:, None, :], originals[None, :, :])[upper], minlength=65)
+        for name in VARIANTS:
+            levels = rule(copies[name][:, None, :], originals[None, :, :])[off_diagonal]
+            neg_counts += np.bincount(levels, minlength=65)
+        false_at = np.cumsum(neg_counts)
         print(f"### {rule_name}\n")
         print("| t | " + " | ".join(VARIANTS) + " | recall | false pairs | per 1M pairs | precision |")
         print("|---:|" + "---:|" * (len(VARIANTS) + 4))
         for t in range(args.max_threshold + 1):
-            recalls = [rule(positives[name], t).mean() for name in VARIANTS]
-            tp = sum(int(rule(positives[name], t).sum()) for name in VARIANTS)
-            fp = int(rule(negatives, t).sum())
+            recalls = [float((positives[name] <= t).mean()) for name in VARIANTS]
+            tp = sum(int((positives[name] <= t).sum()) for name in VARIANTS)
+            fp = int(false_at[t])
             precision = tp / (tp + fp) if tp + fp else 1.0
             cells = " | ".join(f"{r:.3f}" for r in recalls)
             print(f"| {t} | {cells} | {tp / n_pos:.3f} | {fp} | {fp / n_neg * 1e6:.2f} | {precision:.4f} |")
         print()
-    photo_pairs = pair_distances(originals[:, None, :], originals[None, :, :])
-    nearest = np.triu(np.minimum(photo_pairs[0], photo_pairs[2]).astype(np.int16) + 1, k=1) - 1
-    nearest[nearest < 0] = 99
+    eight = RULES[f"pHash AND dHash<=t+{DHASH_MARGIN}, 8 orientations"]
+    nearest = eight(originals[:, None, :], originals[None, :, :]).astype(np.int16)
+    nearest[np.tril_indices(n)] = 99
     close = np.argsort(nearest, axis=None)[:10]
-    print("the 10 closest pairs of distinct shared photos (pHash, either orientation):")
+    print(f"the 10 closest pairs of distinct shared photos (8 orientations, max(pHash, dHash - {DHASH_MARGIN})):")
     for i, j in zip(*np.unravel_index(close, nearest.shape), strict=True):
-        dists = ", ".join(
-            f"{kind} {int(d[i, j])}"
-            for kind, d in zip(("pHash", "dHash", "mirror pHash", "mirror dHash"), photo_pairs, strict=True)
-        )
+        dists = ", ".join(f"{name} {int(rule(originals[i], originals[j]))}" for name, rule in RULES.items())
         print(f"  {photos[i].relative_to(SHARED_IMAGES)} ~ {photos[j].relative_to(SHARED_IMAGES)}: {dists}")
     return 0
 

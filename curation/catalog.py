@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -188,6 +189,9 @@ class PerceptualHash(Base):
     dhash: Mapped[int] = mapped_column(BigInteger)
     phash_mirror: Mapped[int] = mapped_column(BigInteger)  # of the horizontally mirrored image
     dhash_mirror: Mapped[int] = mapped_column(BigInteger)
+    # (pHash, dHash) of the six other orientations (rotations, their mirrors): 12 big-endian uint64
+    # (curation.hashing.pack_extra); NULL for rows hashed before revision 0004, filled by the next dedup.
+    orientation_hashes: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

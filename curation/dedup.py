@@ -1,9 +1,10 @@
 """`curation dedup`: near-duplicates inside the crawl and leaks from reference sets.
 
-Every downloaded image is hashed once (pHash and dHash of the image and of its mirror image,
-:mod:`curation.hashing`). Two images are near-duplicates when their pHashes differ in at most
-``max_distance`` bits and their dHashes in at most ``max_distance + dhash_margin`` bits, in the same
-orientation (so a mirrored copy matches too); the defaults (10 and 4) come from
+Every downloaded image is hashed once (pHash and dHash of the image and of its mirror image, and
+with ``--orientations 8`` also of its rotations by 90°, 180° and 270° and their mirrors,
+:mod:`curation.hashing`). Two images are near-duplicates when, in one orientation of one of them,
+their pHashes differ in at most ``max_distance`` bits and their dHashes in at most ``max_distance +
+dhash_margin`` bits; the defaults (10 and 4, 2 orientations) come from
 ``benchmarks/dedup_thresholds.py``. Pairs are found with a multi-index-hashing range search
 (:mod:`curation.hamming_index`), never all pairs. Near-duplicates form clusters (union-find); in
 each, one representative survives: the largest resolution, then the most open licence, then the
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_DISTANCE = 10
 DEFAULT_DHASH_MARGIN = 4
+DEFAULT_ORIENTATIONS = 2
+ORIENTATION_CHOICES = (2, 8)
 MAX_ALLOWED_DISTANCE = 16
 HASH_BATCH = 500
 
@@ -78,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help=f"largest pHash Hamming distance of a near-duplicate (default {DEFAULT_MAX_DISTANCE}; "
         f"dHash may differ by {DEFAULT_DHASH_MARGIN} more)",
+    )
+    parser.add_argument(
+        "--orientations",
+        type=int,
+        choices=ORIENTATION_CHOICES,
+        help="orientations of each image matched: 2 (itself and its mirror) or 8 (also rotated by 90°, 180°, "
+        f"270° and flipped upside down) (default {DEFAULT_ORIENTATIONS})",
     )
     parser.add_argument(
         "--against", action="append", default=[], metavar="NAME", help="also check against reference set NAME"
@@ -155,7 +165,7 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    """`curation dedup [--max-distance N] [--against NAME ...]`."""
+    """`curation dedup [--max-distance N] [--orientations 2|8] [--against NAME ...]`."""
     from curation.catalog import open_catalog
 
     max_distance = args.max_distance
@@ -164,9 +174,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if not 0 <= max_distance <= MAX_ALLOWED_DISTANCE:
         raise CurationError(f"--max-distance must be between 0 and {MAX_ALLOWED_DISTANCE}, got {max_distance}")
     margin = int(settings.get("dedup", "dhash_margin", DEFAULT_DHASH_MARGIN))
+    orientations = args.orientations or settings.get("dedup", "orientations", DEFAULT_ORIENTATIONS)
+    if orientations not in ORIENTATION_CHOICES:
+        raise CurationError(f"[dedup] orientations must be 2 or 8, got {orientations!r}")
     against = list(dict.fromkeys(args.against or settings.get("dedup", "against", [])))
     catalog = open_catalog(settings.db_url)
-    summary = run_stage(catalog, settings.data_dir, max_distance, margin, against, _workers(args, settings))
+    summary = run_stage(
+        catalog, settings.data_dir, max_distance, margin, against, _workers(args, settings), orientations
+    )
     print(summary.line())
     print(summary.funnel())
     return 0
@@ -179,6 +194,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 class Summary:
     images: int = 0
     hashed_now: int = 0
+    rehashed: int = 0
     failed: int = 0
     clusters: int = 0
     representatives: int = 0
@@ -190,8 +206,9 @@ class Summary:
 
     def line(self) -> str:
         refs = f" (against {', '.join(self.against)})" if self.against else ""
+        rehashed = f"{self.rehashed} given rotated hashes, " if self.rehashed else ""
         return (
-            f"dedup: {self.images} images, {self.hashed_now} hashed now, {self.failed} unreadable; "
+            f"dedup: {self.images} images, {self.hashed_now} hashed now, {rehashed}{self.failed} unreadable; "
             f"{self.clusters} near-duplicate clusters, {self.representatives} representatives, "
             f"{self.duplicates} duplicates, {self.leaked} leaked{refs}, {self.label_conflicts} in label conflicts"
         )
@@ -205,69 +222,87 @@ class Summary:
         )
 
 
-def _hash_task(task: tuple[str, str]) -> tuple[str, Any, str | None]:
+def _hash_task(task: tuple[str, str, int]) -> tuple[str, Any, str | None]:
     from curation.hashing import hash_file
 
-    sha, path = task
+    sha, path, orientations = task
     try:
-        return sha, hash_file(path), None
+        return sha, hash_file(path, orientations=orientations), None
     except FileNotFoundError:
         return sha, None, f"file missing: {path}"
     except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-image failure
         return sha, None, f"{type(exc).__name__}: {exc}"
 
 
-def _hash_new_images(catalog: Catalog, data_dir: Path, workers: int) -> tuple[int, dict[str, str]]:
-    """Hash every image without hashes; returns (hashed now, {sha: reason} of failures)."""
+def _hash_new_images(
+    catalog: Catalog, data_dir: Path, workers: int, orientations: int
+) -> tuple[int, int, dict[str, str]]:
+    """Hash every image without hashes in ``orientations`` orientations; with 8, also add the rotated
+    ones to rows hashed without them (with 2, or before revision 0004). Returns (hashed now, rows
+    completed, {sha: reason} of failures); a row that cannot be read again keeps its hashes and is
+    not a failure."""
     from multiprocessing import Pool
 
-    from sqlalchemy import insert, select
+    from sqlalchemy import insert, select, update
     from tqdm import tqdm
 
     from curation.catalog import Image, PerceptualHash
-    from curation.hashing import to_signed
+    from curation.hashing import pack_extra, to_signed
 
+    missing = PerceptualHash.sha256 if orientations == 2 else PerceptualHash.orientation_hashes
     with catalog.session() as session:
         todo = session.execute(
-            select(Image.sha256, Image.path)
+            select(Image.sha256, Image.path, PerceptualHash.sha256.is_not(None))
             .outerjoin(PerceptualHash, PerceptualHash.sha256 == Image.sha256)
-            .where(PerceptualHash.sha256.is_(None))
+            .where(missing.is_(None))
             .order_by(Image.sha256)
         ).all()
     failures: dict[str, str] = {}
     if not todo:
-        return 0, failures
-    hashed = 0
-    rows: list[dict[str, Any]] = []
+        return 0, 0, failures
+    hashed = completed = 0
+    new_rows: list[dict[str, Any]] = []
+    completed_rows: list[dict[str, Any]] = []
 
     def flush() -> None:
-        if rows:
-            with catalog.session() as session:
-                session.execute(insert(PerceptualHash), rows)
-            rows.clear()
+        with catalog.session() as session:
+            if new_rows:
+                session.execute(insert(PerceptualHash), new_rows)
+            if completed_rows:
+                session.execute(update(PerceptualHash), completed_rows)
+        new_rows.clear()
+        completed_rows.clear()
 
-    tasks = [(sha, str(data_dir / path)) for sha, path in todo]
+    has_row = {sha: bool(known) for sha, _, known in todo}
+    tasks = [(sha, str(data_dir / path), orientations) for sha, path, _ in todo]
     with Pool(max(1, min(workers, len(tasks)))) as pool:
         for sha, hashes, error in tqdm(
             pool.imap(_hash_task, tasks, chunksize=16), total=len(tasks), desc="hashing", unit="img", file=sys.stderr
         ):
             if error is not None:
-                failures[sha] = error
+                if not has_row[sha]:
+                    failures[sha] = error
                 continue
-            rows.append(
-                {
-                    "sha256": sha,
-                    "phash": to_signed(hashes.phash),
-                    "dhash": to_signed(hashes.dhash),
-                    "phash_mirror": to_signed(hashes.phash_mirror),
-                    "dhash_mirror": to_signed(hashes.dhash_mirror),
-                }
-            )
-            hashed += 1
-            if len(rows) >= HASH_BATCH:
+            if has_row[sha]:
+                # Only the new orientations: the stored hashes (and the statuses made from them) stay.
+                completed_rows.append({"sha256": sha, "orientation_hashes": pack_extra(hashes.extra)})
+                completed += 1
+            else:
+                new_rows.append(
+                    {
+                        "sha256": sha,
+                        "phash": to_signed(hashes.phash),
+                        "dhash": to_signed(hashes.dhash),
+                        "phash_mirror": to_signed(hashes.phash_mirror),
+                        "dhash_mirror": to_signed(hashes.dhash_mirror),
+                        "orientation_hashes": pack_extra(hashes.extra) if hashes.extra else None,
+                    }
+                )
+                hashed += 1
+            if len(new_rows) + len(completed_rows) >= HASH_BATCH:
                 flush()
     flush()
-    return hashed, failures
+    return hashed, completed, failures
 
 
 @dataclass
@@ -277,21 +312,24 @@ class _Match:
     query: int
     item: int
     distance: int
-    kind: str  # "phash" or "phash_mirror"
+    kind: str  # the query's orientation that matched: "phash", "phash_mirror", "phash_rot90", ...
 
 
 def find_matches(
     query_hashes: np.ndarray, index_phash: np.ndarray, index_dhash: np.ndarray, max_distance: int, margin: int
 ) -> list[_Match]:
-    """Every (query, item) pair within the thresholds in either orientation of the query, with the
-    smaller pHash distance. ``query_hashes`` is an (n, 4) uint64 array: phash, dhash, mirrors."""
+    """Every (query, item) pair within the thresholds in some orientation of the query, with the
+    smallest pHash distance. ``query_hashes`` is an (n, 2k) uint64 array: (pHash, dHash) of the first
+    k orientations of :data:`curation.hashing.ORIENTATIONS` (k = 2: the image and its mirror; 8: all)."""
     import numpy as np
 
     from curation.hamming_index import HammingIndex
+    from curation.hashing import ORIENTATIONS
 
     index = HammingIndex(index_phash, max_distance)
     best: dict[tuple[int, int], _Match] = {}
-    for kind, p_col, d_col in (("phash", 0, 1), ("phash_mirror", 2, 3)):
+    for k in range(query_hashes.shape[1] // 2):
+        kind, p_col, d_col = ORIENTATIONS[k][0], 2 * k, 2 * k + 1
         q, c, dist = index.search(query_hashes[:, p_col])
         if len(q) == 0:
             continue
@@ -323,18 +361,27 @@ class _UnionFind:
 
 
 def run_stage(
-    catalog: Catalog, data_dir: Path, max_distance: int, margin: int, against: list[str], workers: int
+    catalog: Catalog,
+    data_dir: Path,
+    max_distance: int,
+    margin: int,
+    against: list[str],
+    workers: int,
+    orientations: int = DEFAULT_ORIENTATIONS,
 ) -> Summary:
-    """Hash new images, cluster near-duplicates, check reference sets, and write statuses and links."""
+    """Hash new images, cluster near-duplicates (each image queried in ``orientations`` orientations,
+    2 or 8), check reference sets, and write statuses and links."""
     import numpy as np
     from sqlalchemy import delete, func, insert, select
 
     from curation import reference_sets
     from curation.catalog import DUPLICATE, LEAKED, REPRESENTATIVE, Candidate, DuplicateLink, Image, PerceptualHash
-    from curation.hashing import to_unsigned
+    from curation.hashing import ORIENTATIONS, ImageHashes, to_unsigned, unpack_extra
 
     references = {name: reference_sets.load(catalog, data_dir, name) for name in against}  # fail before work
-    hashed_now, failures = _hash_new_images(catalog, data_dir, workers)
+    if orientations not in ORIENTATION_CHOICES:
+        raise CurationError(f"orientations must be 2 or 8, got {orientations!r}")
+    hashed_now, rehashed, failures = _hash_new_images(catalog, data_dir, workers, orientations)
 
     with catalog.session() as session:
         images = session.execute(
@@ -347,6 +394,7 @@ def run_stage(
                 PerceptualHash.dhash,
                 PerceptualHash.phash_mirror,
                 PerceptualHash.dhash_mirror,
+                PerceptualHash.orientation_hashes,
             )
             .join(PerceptualHash, PerceptualHash.sha256 == Image.sha256)
             .order_by(Image.sha256)
@@ -359,10 +407,18 @@ def run_stage(
         n_images = session.scalar(select(func.count()).select_from(Image))
     shas = [row.sha256 for row in images]
     position = {sha: i for i, sha in enumerate(shas)}
+    # (pHash, dHash) of each queried orientation; a row that could not be completed queries its own
+    # hashes again in place of the missing orientations.
     hashes = np.array(
-        [[to_unsigned(v) for v in (r.phash, r.dhash, r.phash_mirror, r.dhash_mirror)] for r in images],
+        [
+            ImageHashes(
+                *(to_unsigned(v) for v in (r.phash, r.dhash, r.phash_mirror, r.dhash_mirror)),
+                extra=unpack_extra(r.orientation_hashes),
+            ).orientation_row()
+            for r in images
+        ],
         dtype=np.uint64,
-    ).reshape(-1, 4)
+    ).reshape(-1, 2 * len(ORIENTATIONS))[:, : 2 * orientations]
 
     wnids: dict[str, set[str]] = defaultdict(set)
     best_licence: dict[str, int] = {}
@@ -415,7 +471,9 @@ def run_stage(
     # Statuses and crawl links.
     status_rows: dict[str, dict[str, Any]] = {}
     crawl_links: dict[str, dict[str, Any]] = {}
-    summary = Summary(images=n_images or 0, hashed_now=hashed_now, failed=len(failures), against=list(against))
+    summary = Summary(
+        images=n_images or 0, hashed_now=hashed_now, rehashed=rehashed, failed=len(failures), against=list(against)
+    )
     for group in members.values():
         ordered = sorted(group, key=survival_order)
         representative = ordered[0]
@@ -439,14 +497,14 @@ def run_stage(
             if i != representative:
                 # The link names the survivor; in a chain of near-duplicates its distance can
                 # exceed the threshold.
-                d_same = int(np.bitwise_count(hashes[i, 0] ^ hashes[representative, 0]))
-                d_mirror = int(np.bitwise_count(hashes[i, 2] ^ hashes[representative, 0]))
+                distances = np.bitwise_count(hashes[i, 0::2] ^ hashes[representative, 0])
+                nearest = int(np.argmin(distances))  # the first orientation at the smallest distance
                 crawl_links[sha] = {
                     "sha256": sha,
                     "other": rep_sha,
                     "reference": None,
-                    "hash_kind": "phash" if d_same <= d_mirror else "phash_mirror",
-                    "distance": min(d_same, d_mirror),
+                    "hash_kind": ORIENTATIONS[nearest][0],
+                    "distance": int(distances[nearest]),
                 }
         summary.representatives += not leaked
         summary.leaked_representatives += leaked

@@ -2,8 +2,11 @@
 
 A JPEG is decoded straight to greyscale at 1/2..1/8 scale (Pillow ``draft``, the DCT scaling of
 libjpeg) before ``imagehash`` resizes it to 32×32 (pHash) or 9×8 (dHash): the hash input is the
-same size, but the decode does a fraction of the work. Besides the two hashes we keep those of the
-mirrored image, so that a horizontally flipped copy is found with one more query.
+same size, but the decode does a fraction of the work. Besides the two hashes of the image we keep
+those of its seven other orientations (the mirror image, the rotations by 90°, 180° and 270°, and
+their mirrors: the dihedral group of the square), so that a flipped or rotated copy is found by
+querying each orientation against the plain hashes of the others. The orientations are made by
+transposing the 32×32 pHash input and the small greyscale image, never the full decode.
 
 Hashes are handled as ``uint64`` in numpy and stored as signed 64-bit integers in the catalog.
 """
@@ -23,14 +26,49 @@ DRAFT_SIZE = 64
 PHASH_SIDE = 32  # imagehash.phash: hash_size 8 × highfreq_factor 4
 
 
+# The eight orientations, in storage order: the image, its mirror, then the six others. Names are the
+# ``hash_kind`` of a link made in that orientation of the query (at most 16 characters).
+ORIENTATIONS: tuple[tuple[str, Image.Transpose | None], ...] = (
+    ("phash", None),
+    ("phash_mirror", Image.Transpose.FLIP_LEFT_RIGHT),
+    ("phash_rot90", Image.Transpose.ROTATE_90),
+    ("phash_rot180", Image.Transpose.ROTATE_180),
+    ("phash_rot270", Image.Transpose.ROTATE_270),
+    ("phash_vflip", Image.Transpose.FLIP_TOP_BOTTOM),
+    ("phash_transpose", Image.Transpose.TRANSPOSE),
+    ("phash_transverse", Image.Transpose.TRANSVERSE),
+)
+EXTRA_ORIENTATIONS = len(ORIENTATIONS) - 2  # those beyond the image and its mirror
+
+
 @dataclass(frozen=True)
 class ImageHashes:
-    """The perceptual hashes of one image, as unsigned 64-bit integers."""
+    """The perceptual hashes of one image, as unsigned 64-bit integers: pHash and dHash of the image,
+    of its mirror, and ``extra``: (pHash, dHash) of the six other orientations, flattened."""
 
     phash: int
     dhash: int
     phash_mirror: int
     dhash_mirror: int
+    extra: tuple[int, ...] = ()
+
+    def orientation_row(self) -> list[int]:
+        """(pHash, dHash) of every orientation, flattened in ``ORIENTATIONS`` order; orientations
+        not hashed repeat the image's own hashes (a repeated query finds nothing new)."""
+        extra = list(self.extra) or [self.phash, self.dhash] * EXTRA_ORIENTATIONS
+        return [self.phash, self.dhash, self.phash_mirror, self.dhash_mirror, *extra]
+
+
+def pack_extra(extra: tuple[int, ...]) -> bytes:
+    """The six extra (pHash, dHash) pairs as the 96 bytes the catalog stores (big-endian uint64)."""
+    return np.array(extra, dtype=">u8").tobytes()
+
+
+def unpack_extra(blob: bytes | None) -> tuple[int, ...]:
+    """The extra orientation hashes from their stored bytes; ``()`` when not hashed yet."""
+    if not blob:
+        return ()
+    return tuple(int(v) for v in np.frombuffer(blob, dtype=">u8"))
 
 
 def bits_to_int(bits: np.ndarray) -> int:
@@ -62,18 +100,20 @@ def load_for_hashing(source: str | Path | bytes, draft: bool = True) -> Image.Im
         return img.convert("L")
 
 
-def hash_image(grey: Image.Image) -> ImageHashes:
-    """pHash and dHash of a greyscale image and of its mirror image, computed by ``imagehash``."""
+def hash_image(grey: Image.Image, orientations: int = len(ORIENTATIONS)) -> ImageHashes:
+    """pHash and dHash of a greyscale image in its first ``orientations`` orientations (2: the image
+    and its mirror, as reference sets need; 8: all), by ``imagehash``."""
+    if orientations not in (2, len(ORIENTATIONS)):
+        raise ValueError(f"orientations must be 2 or {len(ORIENTATIONS)}, got {orientations}")
     small = grey.resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)
-    mirrored = grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return ImageHashes(
-        phash=bits_to_int(imagehash.phash(small).hash),
-        dhash=bits_to_int(imagehash.dhash(grey).hash),
-        phash_mirror=bits_to_int(imagehash.phash(small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)).hash),
-        dhash_mirror=bits_to_int(imagehash.dhash(mirrored).hash),
-    )
+    pairs: list[int] = []
+    for _, transpose in ORIENTATIONS[:orientations]:
+        turned_small = small if transpose is None else small.transpose(transpose)
+        turned = grey if transpose is None else grey.transpose(transpose)
+        pairs += [bits_to_int(imagehash.phash(turned_small).hash), bits_to_int(imagehash.dhash(turned).hash)]
+    return ImageHashes(*pairs[:4], extra=tuple(pairs[4:]))
 
 
-def hash_file(source: str | Path | bytes, draft: bool = True) -> ImageHashes:
-    """Hash one image file (a path or its bytes)."""
-    return hash_image(load_for_hashing(source, draft=draft))
+def hash_file(source: str | Path | bytes, draft: bool = True, orientations: int = len(ORIENTATIONS)) -> ImageHashes:
+    """Hash one image file (a path or its bytes) in its first ``orientations`` orientations."""
+    return hash_image(load_for_hashing(source, draft=draft), orientations)

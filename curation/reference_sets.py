@@ -120,7 +120,7 @@ def list_images(root: Path) -> list[str]:
 def _hash_one(task: tuple[str, str]) -> tuple[str, int, int, str | None]:
     key, path = task
     try:
-        hashes = hash_file(path)
+        hashes = hash_file(path, orientations=2)  # references are matched in their own orientation
     except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-item failure
         return key, 0, 0, f"{type(exc).__name__}: {exc}"
     return key, hashes.phash, hashes.dhash, None

@@ -31,6 +31,8 @@ WNIDS = ("n01498041", "n01531178", "n01534433", "n01558993")
 # Edits the default threshold does not always catch (see README: DCT hashes are not shift- or
 # rotation-invariant), with the detection rate measured on all 1,500 shared photos.
 PARTLY_CAUGHT = {"crop_5pct": 0.55, "rotate_3deg": 0.83}
+# Turned and upside-down copies: found only when all 8 orientations are queried (none of 1,500 with 2).
+TURNED = ("rot90", "rot180", "rot270", "vflip")
 
 
 def add_image(
@@ -80,8 +82,16 @@ def statuses(catalog: cat.Catalog) -> dict[str, cat.DedupStatus]:
         return {row.sha256: row for row in session.scalars(select(cat.DedupStatus))}
 
 
-def dedup(catalog: cat.Catalog, data_dir: Path, against: list[str] | None = None):
-    return run_stage(catalog, data_dir, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, against or [], workers=2)
+def dedup(catalog: cat.Catalog, data_dir: Path, against: list[str] | None = None, orientations: int = 2):
+    return run_stage(
+        catalog,
+        data_dir,
+        DEFAULT_MAX_DISTANCE,
+        DEFAULT_DHASH_MARGIN,
+        against or [],
+        workers=2,
+        orientations=orientations,
+    )
 
 
 @pytest.fixture
@@ -143,7 +153,8 @@ def test_licence_ranking():
 # --------------------------------------------------------------------------- the stage on real photos
 
 
-def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path):
+@pytest.mark.parametrize("orientations", [2, 8])
+def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path, orientations):
     photos = shared_photos()[::60]  # 25 photos spread over both folders
     originals, copies = {}, {}
     with catalog.session() as session:
@@ -151,7 +162,7 @@ def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path):
             originals[path] = add_image(session, tmp_path, path.read_bytes(), wnid=WNIDS[k % 2])
             for name, data in variant_bytes(path).items():
                 copies[(path, name)] = add_image(session, tmp_path, data, wnid=WNIDS[k % 2])
-    summary = dedup(catalog, tmp_path)
+    summary = dedup(catalog, tmp_path, orientations=orientations)
     rows = statuses(catalog)
     cluster_of = {sha: row.cluster_id or sha for sha, row in rows.items()}
     caught = {name: 0 for name in VARIANTS}
@@ -160,10 +171,14 @@ def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path):
     rates = {name: n / len(photos) for name, n in caught.items()}
     # Every copy of the fully caught kinds; the partly caught ones near their measured rate.
     expected = {name: 1.0 for name in VARIANTS} | {name: rate - 0.2 for name, rate in PARTLY_CAUGHT.items()}
-    assert all(rates[name] >= expected[name] for name in VARIANTS), rates
+    assert all(rates[name] >= expected[name] for name in VARIANTS if name not in TURNED), rates
+    assert all(rates[name] == (1.0 if orientations == 8 else 0.0) for name in TURNED), rates
     # No two distinct photos end in one cluster.
     assert len({cluster_of[sha] for sha in originals.values()}) == len(photos)
-    assert summary.clusters == len(photos)
+    # With 2 orientations the upside-down copy is the mirror image of the 180° one: they pair up alone.
+    assert summary.clusters == len(photos) * (1 if orientations == 8 else 2)
+    if orientations == 2:
+        assert all(cluster_of[copies[(p, "rot180")]] == cluster_of[copies[(p, "vflip")]] for p in photos)
     # Each cluster keeps exactly one representative; copies not caught stand alone.
     reps_per_cluster: dict[str, int] = {}
     for sha, row in rows.items():
@@ -171,12 +186,17 @@ def test_edited_copies_are_found_at_the_default_threshold(catalog, tmp_path):
             row.status == cat.REPRESENTATIVE
         )
     assert set(reps_per_cluster.values()) == {1}
-    assert len(reps_per_cluster) == len(photos) + sum(len(photos) - n for n in caught.values())
+    paired_turned = len(photos) if orientations == 2 else 0
+    assert len(reps_per_cluster) == len(photos) + sum(len(photos) - n for n in caught.values()) - paired_turned
     with catalog.session() as session:
         links = session.scalars(select(cat.DuplicateLink).where(cat.DuplicateLink.reference.is_(None))).all()
         assert {link.sha256 for link in links} == {sha for sha, row in rows.items() if row.status == cat.DUPLICATE}
         assert all(rows[link.other].status == cat.REPRESENTATIVE for link in links)
         assert any(link.hash_kind == "phash_mirror" for link in links)
+        turned_kinds = {link.hash_kind for link in links} - {"phash", "phash_mirror"}
+        assert turned_kinds == (
+            set() if orientations == 2 else {"phash_rot90", "phash_rot180", "phash_rot270", "phash_vflip"}
+        )
 
 
 def test_no_two_distinct_shared_photos_are_merged_and_rerun_is_idempotent(catalog_url, tmp_path, run_cli):
@@ -265,6 +285,102 @@ def test_label_conflict_and_incremental_runs(catalog, tmp_path):
         assert all(link.distance <= DEFAULT_MAX_DISTANCE and link.reference is None for link in links)
 
 
+def _turned_copies(path: Path) -> tuple[bytes, bytes, bytes]:
+    """A photo as a JPEG, turned by 90° (counter-clockwise) and flipped upside down, each saved anew."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    return (
+        jpeg(rgb, 95),
+        jpeg(rgb.transpose(Image.Transpose.ROTATE_90), 90),
+        jpeg(rgb.transpose(Image.Transpose.FLIP_TOP_BOTTOM), 90),
+    )
+
+
+def test_turned_and_upside_down_copies_join_the_original_with_8_orientations(catalog_url, tmp_path, run_cli):
+    catalog = cat.open_catalog(catalog_url)
+    original, turned, upside_down = _turned_copies(VAL / "ILSVRC2012_val_00000347.JPEG")
+    t0 = datetime(2026, 1, 1)
+    with catalog.session() as session:
+        shas = [
+            add_image(session, tmp_path, data, found=t0 + timedelta(days=k))
+            for k, data in enumerate((original, turned, upside_down))
+        ]
+        other = add_image(session, tmp_path, (SAMPLES / "n01498041.JPEG").read_bytes(), found=t0)
+    cli = ["--db", catalog_url, "--data-dir", str(tmp_path)]
+    two = run_cli(*cli, "dedup")  # the default: the image and its mirror only
+    assert two.returncode == 0, two.stderr
+    assert "0 near-duplicate clusters, 4 representatives" in two.stdout
+
+    (tmp_path / "curation.toml").write_text("[dedup]\norientations = 8\n")
+    eight = run_cli(*cli, "dedup")
+    assert eight.returncode == 0, eight.stderr
+    assert "0 hashed now, 4 given rotated hashes" in eight.stdout
+    assert "1 near-duplicate clusters, 2 representatives, 2 duplicates" in eight.stdout
+    rows = statuses(catalog)
+    assert rows[shas[0]].status == cat.REPRESENTATIVE and rows[other].status == cat.REPRESENTATIVE
+    assert all(rows[s].status == cat.DUPLICATE and rows[s].cluster_id == shas[0] for s in shas[1:])
+    with catalog.session() as session:
+        kinds = dict(session.execute(select(cat.DuplicateLink.sha256, cat.DuplicateLink.hash_kind)).all())
+    # The 90° copy is the original once turned by 270°; the upside-down copy, once flipped back.
+    assert kinds == {shas[1]: "phash_rot270", shas[2]: "phash_vflip"}
+
+    (tmp_path / "curation.toml").write_text("[dedup]\norientations = 4\n")
+    bad = run_cli(*cli, "dedup")
+    assert bad.returncode == 1 and bad.stderr.strip() == "curation: error: [dedup] orientations must be 2 or 8, got 4"
+
+
+def _downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    engine = cat.make_engine(url)
+    config = cat._alembic_config(engine)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
+def test_hashes_from_before_0004_gain_the_rotated_orientations_and_keep_their_statuses(catalog_url, tmp_path, run_cli):
+    catalog = cat.open_catalog(catalog_url)
+    original, turned, _ = _turned_copies(VAL / "ILSVRC2012_val_00000347.JPEG")
+    with catalog.session() as session:
+        first = add_image(session, tmp_path, original)
+        copy = add_image(session, tmp_path, jpeg(Image.open(io.BytesIO(original)).resize((200, 150)), 80))
+        rotated = add_image(session, tmp_path, turned)
+        other = add_image(session, tmp_path, (SAMPLES / "n01498041.JPEG").read_bytes())
+    assert dedup(catalog, tmp_path).clusters == 1  # the original and its smaller copy
+    with catalog.session() as session:
+        hashes_before = session.execute(
+            select(cat.PerceptualHash.sha256, cat.PerceptualHash.phash, cat.PerceptualHash.dhash_mirror)
+        ).all()
+        before = {
+            row.sha256: (row.status, row.cluster_id, row.updated_at) for row in session.scalars(select(cat.DedupStatus))
+        }
+    catalog.engine.dispose()
+    _downgrade(catalog_url, "0003")  # as a catalog hashed before revision 0004: no rotated hashes
+    assert cat.current_revision(cat.make_engine(catalog_url)) == "0003"
+
+    result = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup", "--orientations", "8")
+    assert result.returncode == 0, result.stderr
+    assert "upgrading catalog schema 0003" in result.stderr
+    assert "4 images, 0 hashed now, 4 given rotated hashes, 0 unreadable; 1 near-duplicate clusters" in result.stdout
+    catalog = cat.open_catalog(catalog_url)
+    with catalog.session() as session:
+        assert (
+            session.execute(
+                select(cat.PerceptualHash.sha256, cat.PerceptualHash.phash, cat.PerceptualHash.dhash_mirror)
+            ).all()
+            == hashes_before
+        )
+        assert all(len(h) == 96 for h in session.scalars(select(cat.PerceptualHash.orientation_hashes)))
+    rows = statuses(catalog)
+    # The turned copy joins the cluster; the others keep their rows untouched.
+    assert rows[rotated].status == cat.DUPLICATE and rows[rotated].cluster_id == first
+    for sha in (first, copy, other):
+        assert (rows[sha].status, rows[sha].cluster_id, rows[sha].updated_at) == before[sha]
+    again = run_cli("--db", catalog_url, "--data-dir", str(tmp_path), "dedup", "--orientations", "8")
+    assert "0 hashed now, 0 unreadable" in again.stdout
+
+
 # --------------------------------------------------------------------------- reference sets
 
 
@@ -315,6 +431,33 @@ def test_leaks_against_a_reference_set_and_export_import(catalog_url, tmp_path, 
     assert "val60\t60\tcomplete" in listing and "copy\t60\tcomplete\t(imported)" in listing
     again = run_cli(*cli, "dedup", "--against", "copy")
     assert "1 leaked (against copy)" in again.stdout
+
+
+def test_a_turned_copy_of_a_reference_image_is_leaked_without_rehashing_the_reference(catalog_url, tmp_path, run_cli):
+    data = tmp_path / "data"
+    ref_root = tmp_path / "imagenet_like"
+    reference_photos = sorted(VAL.glob("*.JPEG"))[:30]
+    _reference_folder(ref_root, reference_photos)
+    cli = ["--db", catalog_url, "--data-dir", str(data)]
+    assert run_cli(*cli, "dedup", "reference", "add", "val30", str(ref_root), "--workers", "2").returncode == 0
+    hash_file_path = data / "references" / "val30" / "hashes.npz"
+    stored = hash_file_path.read_bytes()
+
+    catalog = cat.open_catalog(catalog_url)
+    _, turned, _ = _turned_copies(reference_photos[7])
+    with catalog.session() as session:
+        leak = add_image(session, data, turned, WNIDS[0])
+        clean = [add_image(session, data, p.read_bytes(), WNIDS[1]) for p in sorted(SAMPLES.glob("*.JPEG"))[:5]]
+    assert "0 leaked (against val30)" in run_cli(*cli, "dedup", "--against", "val30").stdout
+    result = run_cli(*cli, "dedup", "--against", "val30", "--orientations", "8")
+    assert result.returncode == 0, result.stderr
+    assert "1 leaked (against val30)" in result.stdout
+    rows = statuses(catalog)
+    assert rows[leak].status == cat.LEAKED and all(rows[s].status == cat.REPRESENTATIVE for s in clean)
+    with catalog.session() as session:
+        link = session.scalars(select(cat.DuplicateLink).where(cat.DuplicateLink.reference == "val30")).one()
+    assert link.sha256 == leak and link.other.endswith(reference_photos[7].name) and link.hash_kind == "phash_rot270"
+    assert hash_file_path.read_bytes() == stored  # the reference set was not hashed again
 
 
 def test_kill_9_while_hashing_a_reference_folder_then_resume(catalog_url, tmp_path):
