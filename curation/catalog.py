@@ -190,7 +190,7 @@ class PerceptualHash(Base):
     phash_mirror: Mapped[int] = mapped_column(BigInteger)  # of the horizontally mirrored image
     dhash_mirror: Mapped[int] = mapped_column(BigInteger)
     # (pHash, dHash) of the six other orientations (rotations, their mirrors): 12 big-endian uint64
-    # (curation.hashing.pack_extra); NULL for rows hashed before revision 0004, filled by the next dedup.
+    # (curation.hashing.pack_extra); NULL until `dedup --orientations 8` hashes them (rows before 0004 too).
     orientation_hashes: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -329,7 +329,7 @@ def find_matches(
     index = HammingIndex(index_phash, max_distance)
     best: dict[tuple[int, int], _Match] = {}
     for k in range(query_hashes.shape[1] // 2):
-        kind, p_col, d_col = ORIENTATIONS[k][0], 2 * k, 2 * k + 1
+        kind, p_col, d_col = ORIENTATIONS[k].kind, 2 * k, 2 * k + 1
         q, c, dist = index.search(query_hashes[:, p_col])
         if len(q) == 0:
             continue
@@ -503,7 +503,7 @@ def run_stage(
                     "sha256": sha,
                     "other": rep_sha,
                     "reference": None,
-                    "hash_kind": ORIENTATIONS[nearest][0],
+                    "hash_kind": ORIENTATIONS[nearest].kind,
                     "distance": int(distances[nearest]),
                 }
         summary.representatives += not leaked

@@ -22,7 +22,15 @@ from sqlalchemy import func, select
 from curation import catalog as cat
 from curation.dedup import DEFAULT_DHASH_MARGIN, DEFAULT_MAX_DISTANCE, licence_rank, run_stage
 from curation.hamming_index import HammingIndex, brute_force_search
-from curation.hashing import bits_to_int, hash_file
+from curation.hashing import (
+    ORIENTATIONS,
+    bits_to_int,
+    hash_file,
+    hash_image,
+    load_for_hashing,
+    pack_extra,
+    unpack_extra,
+)
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from dedup_thresholds import VARIANTS, shared_photos, variant_bytes  # noqa: E402
@@ -130,6 +138,22 @@ def test_draft_decode_hashes_stay_close_to_imagehash_on_full_decodes():
             full = bits_to_int(imagehash.phash(img.convert("RGB")).hash)
         distances.append(bin(hash_file(path).phash ^ full).count("1"))
     assert np.median(distances) <= 2 and max(distances) <= 8
+
+
+def test_each_orientation_hashes_as_imagehash_does_on_the_transposed_image():
+    import imagehash
+
+    for path in sorted(VAL.glob("*.JPEG"))[:40]:
+        grey = load_for_hashing(path)
+        row = hash_image(grey).orientation_row()
+        for k, orientation in enumerate(ORIENTATIONS):
+            turned = grey if orientation.transpose is None else grey.transpose(orientation.transpose)
+            small = turned.resize((32, 32), Image.Resampling.LANCZOS)
+            want = [bits_to_int(imagehash.phash(small).hash), bits_to_int(imagehash.dhash(turned).hash)]
+            assert row[2 * k : 2 * k + 2] == want, (path.name, orientation.kind)
+        two = hash_image(grey, orientations=2)
+        assert two.orientation_row()[:4] == row[:4] and two.extra == ()
+        assert unpack_extra(pack_extra(tuple(row[4:]))) == tuple(row[4:])
 
 
 def test_licence_ranking():
