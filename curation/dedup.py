@@ -4,7 +4,7 @@ Every downloaded image is hashed once (pHash and dHash of the image and of its m
 with ``--orientations 8`` also of its rotations by 90°, 180° and 270° and their mirrors,
 :mod:`curation.hashing`). Two images are near-duplicates when, in one orientation of one of them,
 their pHashes differ in at most ``max_distance`` bits and their dHashes in at most ``max_distance +
-dhash_margin`` bits; the defaults (10 and 4, 2 orientations) come from
+dhash_margin`` bits; the defaults (2 orientations, 10 and 4; 8 and 4 with 8 orientations) come from
 ``benchmarks/dedup_thresholds.py``. Pairs are found with a multi-index-hashing range search
 (:mod:`curation.hamming_index`), never all pairs. Near-duplicates form clusters (union-find); in
 each, one representative survives: the largest resolution, then the most open licence, then the
@@ -36,9 +36,13 @@ if TYPE_CHECKING:
 
     from curation.catalog import Catalog
 
-DEFAULT_MAX_DISTANCE = 10
-DEFAULT_DHASH_MARGIN = 4
 DEFAULT_ORIENTATIONS = 2
+# The loosest pHash distance with no false pair among 30.4 M pairs of distinct photos
+# (benchmarks/dedup_thresholds.py): 10 matching each image as itself and its mirror; 8 in all 8
+# orientations, where 10 merges 4 pairs of distinct photos.
+DEFAULT_MAX_DISTANCES = {2: 10, 8: 8}
+DEFAULT_MAX_DISTANCE = DEFAULT_MAX_DISTANCES[DEFAULT_ORIENTATIONS]
+DEFAULT_DHASH_MARGIN = 4
 ORIENTATION_CHOICES = (2, 8)
 MAX_ALLOWED_DISTANCE = 16
 HASH_BATCH = 500
@@ -79,8 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-distance",
         type=int,
-        help=f"largest pHash Hamming distance of a near-duplicate (default {DEFAULT_MAX_DISTANCE}; "
-        f"dHash may differ by {DEFAULT_DHASH_MARGIN} more)",
+        help=f"largest pHash Hamming distance of a near-duplicate (default {DEFAULT_MAX_DISTANCES[2]}, "
+        f"{DEFAULT_MAX_DISTANCES[8]} with --orientations 8; dHash may differ by {DEFAULT_DHASH_MARGIN} more)",
     )
     parser.add_argument(
         "--orientations",
@@ -168,15 +172,15 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     """`curation dedup [--max-distance N] [--orientations 2|8] [--against NAME ...]`."""
     from curation.catalog import open_catalog
 
-    max_distance = args.max_distance
-    if max_distance is None:
-        max_distance = int(settings.get("dedup", "max_distance", DEFAULT_MAX_DISTANCE))
-    if not 0 <= max_distance <= MAX_ALLOWED_DISTANCE:
-        raise CurationError(f"--max-distance must be between 0 and {MAX_ALLOWED_DISTANCE}, got {max_distance}")
-    margin = int(settings.get("dedup", "dhash_margin", DEFAULT_DHASH_MARGIN))
     orientations = args.orientations or settings.get("dedup", "orientations", DEFAULT_ORIENTATIONS)
     if orientations not in ORIENTATION_CHOICES:
         raise CurationError(f"[dedup] orientations must be 2 or 8, got {orientations!r}")
+    max_distance = args.max_distance
+    if max_distance is None:
+        max_distance = int(settings.get("dedup", "max_distance", DEFAULT_MAX_DISTANCES[orientations]))
+    if not 0 <= max_distance <= MAX_ALLOWED_DISTANCE:
+        raise CurationError(f"--max-distance must be between 0 and {MAX_ALLOWED_DISTANCE}, got {max_distance}")
+    margin = int(settings.get("dedup", "dhash_margin", DEFAULT_DHASH_MARGIN))
     against = list(dict.fromkeys(args.against or settings.get("dedup", "against", [])))
     catalog = open_catalog(settings.db_url)
     summary = run_stage(
@@ -203,6 +207,7 @@ class Summary:
     label_conflicts: int = 0
     leaked_representatives: int = 0
     against: list[str] = field(default_factory=list)
+    rule: str = ""  # the match rule in force, e.g. "pHash <= 10, dHash <= 14, 2 orientations"
 
     def line(self) -> str:
         refs = f" (against {', '.join(self.against)})" if self.against else ""
@@ -211,6 +216,7 @@ class Summary:
             f"dedup: {self.images} images, {self.hashed_now} hashed now, {rehashed}{self.failed} unreadable; "
             f"{self.clusters} near-duplicate clusters, {self.representatives} representatives, "
             f"{self.duplicates} duplicates, {self.leaked} leaked{refs}, {self.label_conflicts} in label conflicts"
+            + (f" ({self.rule})" if self.rule else "")
         )
 
     def funnel(self) -> str:
@@ -472,7 +478,12 @@ def run_stage(
     status_rows: dict[str, dict[str, Any]] = {}
     crawl_links: dict[str, dict[str, Any]] = {}
     summary = Summary(
-        images=n_images or 0, hashed_now=hashed_now, rehashed=rehashed, failed=len(failures), against=list(against)
+        images=n_images or 0,
+        hashed_now=hashed_now,
+        rehashed=rehashed,
+        failed=len(failures),
+        against=list(against),
+        rule=f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations",
     )
     for group in members.values():
         ordered = sorted(group, key=survival_order)
