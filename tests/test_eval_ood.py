@@ -183,3 +183,68 @@ def test_eval_ood_lite0_on_real_val_photos(run_cli, lite0_checkpoint, ood_folder
         assert report[key] == pytest.approx(value, abs=TOL), key
     # Photos of other classes get less confident 200-way predictions than photos of the targets.
     assert report["auroc"] > 0.75 and report["aupr"] > 2 * report["chance_aupr"]
+
+
+def small_folders(tmp_path: Path, broken_only: bool = False) -> tuple[Path, Path]:
+    """OOD_DIR: 3 val photos of other classes in a folder plus a truncated JPEG; ID_DIR: 3 target photos, flat."""
+    targets = set(SHARED_TARGETS.read_text().split())
+    photos = sorted(val_photos(), key=lambda row: row["file"])
+    ood, in_dist = tmp_path / "ood" / "anything", tmp_path / "in-dist"
+    ood.mkdir(parents=True)
+    in_dist.mkdir()
+    for row in [r for r in photos if r["wnid"] not in targets][: 0 if broken_only else 3]:
+        (ood / row["file"]).symlink_to(VAL / row["file"])
+    for row in [r for r in photos if r["wnid"] in targets][:3]:
+        (in_dist / row["file"]).symlink_to(VAL / row["file"])
+    (ood / "broken.jpg").write_bytes((VAL / photos[0]["file"]).read_bytes()[:300])
+    return ood.parent, in_dist
+
+
+def test_eval_ood_text_report_and_an_unreadable_image(run_cli, lite0_checkpoint, tmp_path):
+    ood, in_dist = small_folders(tmp_path)
+    as_json = eval_ood(run_cli, lite0_checkpoint, ood, in_dist, "--json")
+    as_text = eval_ood(run_cli, lite0_checkpoint, ood, in_dist)
+    assert as_json.returncode == 0 and as_text.returncode == 0, as_json.stderr + as_text.stderr
+    report = json.loads(as_json.stdout)
+    assert (report["n_ood"], report["n_in_dist"], report["n_unreadable"]) == (3, 3, 1)
+    assert "broken.jpg" in as_json.stderr and "eval --ood: 3 out-of-distribution vs 3" in as_json.stderr
+    for key in ("aupr", "auroc", "fpr95", "fpr95_first", "chance_aupr"):
+        assert f"{100 * report[key]:6.2f} %" in as_text.stdout, key
+    assert "AUPR (canonical)" in as_text.stdout and " 50.00 %" in as_text.stdout  # chance at 3 : 3
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no --in-dist", "--ood needs --in-dist"),
+        ("--in-dist without --ood", "--in-dist only goes with --ood"),
+        ("empty OOD folder", "no images under"),
+        ("missing ID folder", "folder not found"),
+        ("same folder twice", "are the same"),
+        ("label space", "leave out --label-space"),
+    ],
+)
+def test_eval_ood_bad_arguments_give_one_line(run_cli, tmp_path, case, message):
+    ood, in_dist = small_folders(tmp_path)
+    empty = tmp_path / "empty"
+    (empty / "n01443537").mkdir(parents=True)
+    args = {
+        "no --in-dist": [str(ood), "--ood"],
+        "--in-dist without --ood": [str(ood), "--in-dist", str(in_dist)],
+        "empty OOD folder": [str(empty), "--ood", "--in-dist", str(in_dist)],
+        "missing ID folder": [str(ood), "--ood", "--in-dist", str(tmp_path / "nowhere")],
+        "same folder twice": [str(ood), "--ood", "--in-dist", str(ood / "anything" / "..")],
+        "label space": [str(ood), "--ood", "--in-dist", str(in_dist), "--label-space", "folder"],
+    }[case]
+    result = run_cli("eval", *args, "--model", "tf_efficientnet_lite0")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_eval_ood_unreadable_set_gives_one_line(run_cli, lite0_checkpoint, tmp_path):
+    ood, in_dist = small_folders(tmp_path, broken_only=True)
+    result = eval_ood(run_cli, lite0_checkpoint, ood, in_dist)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()  # after the progress bar: one line
+    assert lines[-1] == f"curation: error: no image under {ood} could be read", result.stderr
+    assert sum("error" in line for line in lines) == 1
