@@ -1,7 +1,9 @@
-"""ImageNet-A metrics, computed exactly as the authors' ``eval.py`` and ``calibration_tools.py``.
+"""ImageNet-A and ImageNet-O metrics, computed exactly as the authors' ``eval.py``,
+``eval_many_models.py`` and ``calibration_tools.py``.
 
 Pure numpy. The canonical accuracy restricts the logits to the dataset's classes; confidence is
-the maximum softmax over those restricted logits.
+the maximum softmax over those restricted logits. Out-of-distribution detection scores each image
+by -MSP; the out-of-distribution photos are the positives.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 CALIBRATION_BIN_SIZE = 100
+RECALL_LEVEL = 0.95  # the authors' recall_level_default
 
 
 @dataclass
@@ -115,3 +118,125 @@ def score(logits: np.ndarray, labels: np.ndarray, class_indices: list[int] | np.
         rms_calib_error_all_bins=float(calib_err(confidence, correct, skip_last_bin=False)),
         aurra=aurra(confidence, correct),
     )
+
+
+# --------------------------------------------------------------------------- out-of-distribution detection
+
+
+@dataclass
+class OodScores:
+    """Everything `curation eval --ood` reports: OOD photos are the positives, score = -MSP."""
+
+    n_ood: int
+    n_in_dist: int
+    aupr: float
+    auroc: float
+    fpr95: float  # the authors': the threshold whose recall is closest to 95 %
+    fpr95_first: float  # the first threshold (from the most anomalous down) reaching 95 % recall
+    chance_aupr: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass
+class DetectionCurve:
+    """Counts at each distinct score, from the highest (most anomalous) down, as sklearn's
+    ``_binary_clf_curve``: positives and negatives scoring at or above it."""
+
+    true_positives: np.ndarray
+    false_positives: np.ndarray
+
+    @property
+    def n_positive(self) -> float:
+        return float(self.true_positives[-1])
+
+    @property
+    def n_negative(self) -> float:
+        return float(self.false_positives[-1])
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.true_positives / self.true_positives[-1]
+
+
+def detection_curve(positive_scores: np.ndarray, negative_scores: np.ndarray) -> DetectionCurve:
+    """The curve of ``positive_scores`` (label 1) against ``negative_scores`` (label 0)."""
+    positive = np.asarray(positive_scores, dtype=np.float64).ravel()
+    negative = np.asarray(negative_scores, dtype=np.float64).ravel()
+    if len(positive) == 0 or len(negative) == 0:
+        raise ValueError("detection metrics need at least one positive and one negative")
+    scores = np.concatenate([positive, negative])
+    if not np.isfinite(scores).all():
+        raise ValueError("detection scores must be finite")
+    labels = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    scores, labels = scores[order], labels[order]
+    threshold_idxs = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(labels)[threshold_idxs]
+    return DetectionCurve(true_positives, 1 + threshold_idxs - true_positives)
+
+
+def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Area under the ROC curve (trapezoids between distinct scores: a tie counts one half), as
+    ``sklearn.metrics.roc_auc_score``."""
+    curve = detection_curve(positive_scores, negative_scores)
+    tps = np.r_[0.0, curve.true_positives]
+    fps = np.r_[0.0, curve.false_positives]
+    area = np.sum(np.diff(fps) * (tps[1:] + tps[:-1])) / 2
+    return float(area / (curve.n_positive * curve.n_negative))
+
+
+def aupr(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Average precision, sum of (recall step) x precision over distinct scores, as
+    ``sklearn.metrics.average_precision_score`` (no interpolation)."""
+    curve = detection_curve(positive_scores, negative_scores)
+    precision = curve.true_positives / (curve.true_positives + curve.false_positives)
+    return float(np.sum(np.diff(np.r_[0.0, curve.recall]) * precision))
+
+
+def fpr_at_recall(
+    positive_scores: np.ndarray, negative_scores: np.ndarray, recall_level: float = RECALL_LEVEL, closest: bool = True
+) -> float:
+    """False positive rate at ``recall_level`` of the positives.
+
+    ``closest`` (the authors' ``fpr_and_fdr_at_recall``): among the thresholds down to the first
+    that reaches full recall, the one whose recall is closest to the level; on a tie the lowest
+    threshold wins (their ``np.argmin`` runs over the reversed curve). Their curve also ends with a
+    sentinel point (recall 1, 0 false positives) that never wins: the lowest threshold before it
+    already has recall exactly 1. Otherwise: the first threshold, from the highest down, whose
+    recall reaches the level.
+    """
+    curve = detection_curve(positive_scores, negative_scores)
+    recall = curve.recall
+    if closest:
+        last = int(curve.true_positives.searchsorted(curve.true_positives[-1]))
+        reversed_recall = recall[last::-1]
+        cutoff = last - int(np.argmin(np.abs(reversed_recall - recall_level)))
+    else:
+        cutoff = int(np.argmax(recall >= recall_level))
+    return float(curve.false_positives[cutoff] / curve.n_negative)
+
+
+def chance_aupr(n_ood: int, n_in_dist: int) -> float:
+    """AUPR of a detector that ranks at random: the share of positives."""
+    return n_ood / (n_ood + n_in_dist)
+
+
+def ood_scores(ood: np.ndarray, in_dist: np.ndarray) -> OodScores:
+    """All detection metrics from the anomaly scores (-MSP) of the OOD and in-distribution photos."""
+    n_ood, n_in_dist = len(ood), len(in_dist)
+    return OodScores(
+        n_ood=n_ood,
+        n_in_dist=n_in_dist,
+        aupr=aupr(ood, in_dist),
+        auroc=auroc(ood, in_dist),
+        fpr95=fpr_at_recall(ood, in_dist),
+        fpr95_first=fpr_at_recall(ood, in_dist, closest=False),
+        chance_aupr=chance_aupr(n_ood, n_in_dist),
+    )
+
+
+def anomaly_scores(logits: np.ndarray, class_indices: list[int] | np.ndarray) -> np.ndarray:
+    """-MSP: minus the largest softmax probability over the logits of ``class_indices``."""
+    return -softmax(np.asarray(logits)[:, np.asarray(class_indices)]).max(axis=1)
