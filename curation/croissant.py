@@ -1,0 +1,196 @@
+"""``croissant.json``: the release described in MLCommons Croissant 1.1 JSON-LD.
+
+A FileObject for ``manifest.csv`` (with its sha256) and a FileSet of the images; a RecordSet
+``manifest`` over the CSV and the RecordSet ``images``: the image, its ``label`` (the folder name),
+its ``file`` (joined to the manifest's ``file`` column) and every other manifest column through that
+join. Nothing comes from the clock: ``datePublished`` is the day of the last vote (or of the last
+crawl) recorded for the released images, so the same catalog writes the same bytes.
+``mlcroissant validate --jsonld croissant.json`` passes with no warning (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from curation.release_card import CITATION, IMAGES_GLOB, licence_summary
+
+CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
+# The @context of Croissant 1.1, as mlcroissant 1.1 writes it (a different one draws a warning).
+CONTEXT: dict[str, Any] = {
+    "@language": "en",
+    "@vocab": "https://schema.org/",
+    "arrayShape": "cr:arrayShape",
+    "citeAs": "cr:citeAs",
+    "column": "cr:column",
+    "conformsTo": "dct:conformsTo",
+    "containedIn": "cr:containedIn",
+    "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/",
+    "description": {"@container": "@language"},
+    "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract",
+    "field": "cr:field",
+    "fileProperty": "cr:fileProperty",
+    "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet",
+    "format": "cr:format",
+    "includes": "cr:includes",
+    "isArray": "cr:isArray",
+    "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath",
+    "key": "cr:key",
+    "md5": "cr:md5",
+    "name": {"@container": "@language"},
+    "parentField": "cr:parentField",
+    "path": "cr:path",
+    "recordSet": "cr:recordSet",
+    "references": "cr:references",
+    "regex": "cr:regex",
+    "repeated": "cr:repeated",
+    "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator",
+    "source": "cr:source",
+    "subField": "cr:subField",
+    "transform": "cr:transform",
+}
+COLUMN_TYPES = {
+    "width": "sc:Integer",
+    "height": "sc:Integer",
+    "votes_accept": "sc:Integer",
+    "votes_total": "sc:Integer",
+    "filter_confidence": "sc:Float",
+}
+# Relative path of an image ("n01498041/<sha256>.jpg") and its class folder, from the path mlcroissant reads.
+FILE_REGEX = r"^(?:.*/)?([^/]+/[^/]+)$"
+LABEL_REGEX = r"^(?:.*/)?([^/]+)/[^/]+$"
+
+
+def _field(record_set: str, name: str, data_type: str, source: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "@type": "cr:Field",
+        "@id": f"{record_set}/{name}",
+        "name": name,
+        "dataType": data_type,
+        "source": source,
+        **extra,
+    }
+
+
+def _from_images(extract: str, regex: str | None = None) -> dict[str, Any]:
+    source: dict[str, Any] = {"fileSet": {"@id": "image-files"}, "extract": {"fileProperty": extract}}
+    if regex:
+        source["transform"] = {"regex": regex}
+    return source
+
+
+def record_sets(columns: list[str]) -> list[dict[str, Any]]:
+    """``manifest`` (the CSV as it is) and ``images`` (image, label, file, then the manifest joined on file)."""
+    manifest = [
+        _field(
+            "manifest",
+            c,
+            COLUMN_TYPES.get(c, "sc:Text"),
+            {"fileObject": {"@id": "manifest.csv"}, "extract": {"column": c}},
+        )
+        for c in columns
+    ]
+    images = [
+        _field("images", "image", "sc:ImageObject", _from_images("content")),
+        _field("images", "label", "sc:Text", _from_images("fullpath", LABEL_REGEX)),
+        _field(
+            "images",
+            "file",
+            "sc:Text",
+            _from_images("fullpath", FILE_REGEX),
+            references={"field": {"@id": "manifest/file"}},
+        ),
+        *[
+            _field("images", c, COLUMN_TYPES.get(c, "sc:Text"), {"field": {"@id": f"manifest/{c}"}})
+            for c in columns
+            if c != "file"
+        ],
+    ]
+    return [
+        {
+            "@type": "cr:RecordSet",
+            "@id": "manifest",
+            "name": "manifest",
+            "description": "manifest.csv: one row per image with its provenance, licence, filter prediction and votes.",
+            "key": {"@id": "manifest/file"},
+            "field": manifest,
+        },
+        {
+            "@type": "cr:RecordSet",
+            "@id": "images",
+            "name": "images",
+            "description": "Each image with its label (the WordNet ID of its folder) and its manifest row.",
+            "field": images,
+        },
+    ]
+
+
+def publication_date(items: list[Any], context: dict[str, Any]) -> datetime | None:
+    """The day of the last recorded vote, else of the last crawl of a released image."""
+    if context.get("annotation_dates"):
+        return context["annotation_dates"][1]
+    crawled = [i.crawled_at for i in items if i.crawled_at is not None]
+    return max(crawled) if crawled else None
+
+
+def croissant(root: Path, items: list[Any], columns: list[str], context: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-LD document for the release folder ``root`` (manifest.csv already written)."""
+    n_classes = len({i.wnid for i in items})
+    doc: dict[str, Any] = {
+        "@context": CONTEXT,
+        "@type": "sc:Dataset",
+        "conformsTo": CONFORMS_TO,
+        "name": context["name"],
+        "description": (
+            f"{len(items)} natural adversarial examples in {n_classes} classes: real photos that the filter model "
+            "misclassified and that annotation accepted, one folder per WordNet ID (the ImageNet-A layout). "
+            "A test set only."
+        ),
+        "version": context["version"],
+        "license": f"Each image keeps its own licence (manifest.csv, ATTRIBUTION.md): {licence_summary(items)}",
+        "citeAs": CITATION,
+        "keywords": ["natural adversarial examples", "robustness", "ImageNet", "image classification"],
+    }
+    published = publication_date(items, context)
+    if published is not None:
+        doc["datePublished"] = f"{published:%Y-%m-%d}"
+    doc["distribution"] = [
+        {
+            "@type": "cr:FileObject",
+            "@id": "manifest.csv",
+            "name": "manifest.csv",
+            "contentUrl": "manifest.csv",
+            "encodingFormat": "text/csv",
+            "sha256": hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest(),
+        },
+        {
+            "@type": "cr:FileSet",
+            "@id": "image-files",
+            "name": "image-files",
+            "description": "The images, <wnid>/<sha256>.jpg.",
+            "encodingFormat": "image/jpeg",
+            "includes": IMAGES_GLOB,
+        },
+    ]
+    doc["recordSet"] = record_sets(columns)
+    return doc
+
+
+def write_croissant(root: Path, items: list[Any], columns: list[str], context: dict[str, Any]) -> None:
+    """Write ``root/croissant.json``."""
+    text = json.dumps(croissant(root, items, columns, context), indent=2, ensure_ascii=False)
+    (root / "croissant.json").write_text(text + "\n", encoding="utf-8")
