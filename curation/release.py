@@ -43,7 +43,7 @@ from curation.annotate import votes_needed as votes_needed_setting
 from curation.config import Settings
 from curation.croissant import write_croissant
 from curation.errors import CurationError
-from curation.release_card import check_layout, check_wnid_folder, dataset_card
+from curation.release_card import auto_accept_warning, check_layout, check_wnid_folder, dataset_card
 
 MANIFEST_COLUMNS = [
     "file",
@@ -571,6 +571,7 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
         f"max {max(Counter(i.wnid for i in items).values())}.",
         "- Each image is a natural photo that the filter model(s) misclassified and that human annotators accepted "
         "as a clear example of its class.",
+        *[f"- {line}" for line in auto_accept_warning(context)],
         "",
         "## Collection",
         "",

@@ -122,11 +122,23 @@ def card_header(items: list[Any], context: dict[str, Any]) -> list[str]:
     ]
 
 
+def auto_accept_warning(context: dict[str, Any]) -> list[str]:
+    """A warning line when some votes come from `curation annotate auto-accept` (empty otherwise)."""
+    from curation.annotate.auto_accept import AUTO_ACCEPT_ANNOTATOR
+
+    n = context["agreement"]["annotators"].get(AUTO_ACCEPT_ANNOTATOR, 0)
+    if not n:
+        return []
+    return [
+        f"**Not a human review:** {n} votes by `{AUTO_ACCEPT_ANNOTATOR}` come from `curation annotate auto-accept`, "
+        "which accepts every image unseen (the offline demo). Do not use this release as a dataset."
+    ]
+
+
 def dataset_card(items: list[Any], context: dict[str, Any]) -> str:
     """README.md: the Hugging Face dataset card, with how to load the release in every tool."""
     per_class = Counter(i.wnid for i in items)
     names = {i.wnid: i.class_name for i in items}
-    auto = [a for a in context["agreement"]["annotators"] if a.startswith("auto-accept")]
     name = context["name"]
     lines = [
         *card_header(items, context),
@@ -137,13 +149,8 @@ def dataset_card(items: list[Any], context: dict[str, Any]) -> str:
         "model misclassified and that annotation accepted, in the layout of ImageNet-A (Hendrycks et al., "
         "CVPR 2021): one folder of JPEGs per WordNet ID. A test set only, with no train split.",
     ]
-    if auto:
-        lines += [
-            "",
-            f"**Not a human review:** votes by {', '.join(f'`{a}`' for a in auto)} come from "
-            "`curation annotate auto-accept`, which accepts every image unseen (the offline demo). "
-            "Do not use this release as a dataset.",
-        ]
+    if warning := auto_accept_warning(context):
+        lines += ["", *warning]
     lines += [
         "",
         "## Load it",
