@@ -3,20 +3,20 @@
 A FileObject for ``manifest.csv`` (with its sha256) and a FileSet of the images; a RecordSet
 ``manifest`` over the CSV and the RecordSet ``images``: the image, its ``label`` (the folder name),
 its ``file`` (joined to the manifest's ``file`` column) and every other manifest column through that
-join. Nothing comes from the clock: ``datePublished`` is the day of the last vote (or of the last
-crawl) recorded for the released images, so the same catalog writes the same bytes.
+join (the columns are read from the written manifest's header). Nothing comes from the clock:
+``datePublished`` is the day of the catalog's last vote, so the same catalog writes the same bytes.
 ``mlcroissant validate --jsonld croissant.json`` passes with no warning (tested).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from curation.release_card import CITATION, IMAGES_GLOB, licence_summary
+from curation.release_card import CITATION, IMAGES_GLOB, licence_summary, summary
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 # The @context of Croissant 1.1, as mlcroissant 1.1 writes it (a different one draws a warning).
@@ -139,35 +139,23 @@ def record_sets(columns: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def publication_date(items: list[Any], context: dict[str, Any]) -> datetime | None:
-    """The day of the last recorded vote, else of the last crawl of a released image."""
-    if context.get("annotation_dates"):
-        return context["annotation_dates"][1]
-    crawled = [i.crawled_at for i in items if i.crawled_at is not None]
-    return max(crawled) if crawled else None
-
-
-def croissant(root: Path, items: list[Any], columns: list[str], context: dict[str, Any]) -> dict[str, Any]:
+def croissant(root: Path, rows: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
     """The JSON-LD document for the release folder ``root`` (manifest.csv already written)."""
-    n_classes = len({i.wnid for i in items})
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        columns = next(csv.reader(fh))
     doc: dict[str, Any] = {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
         "conformsTo": CONFORMS_TO,
         "name": context["name"],
-        "description": (
-            f"{len(items)} natural adversarial examples in {n_classes} classes: real photos that the filter model "
-            "misclassified and that annotation accepted, one folder per WordNet ID (the ImageNet-A layout). "
-            "A test set only."
-        ),
+        "description": summary(rows, context),
         "version": context["version"],
-        "license": f"Each image keeps its own licence (manifest.csv, ATTRIBUTION.md): {licence_summary(items)}",
+        "license": f"Each image keeps its own licence (manifest.csv, ATTRIBUTION.md): {licence_summary(rows)}",
         "citeAs": CITATION,
         "keywords": ["natural adversarial examples", "robustness", "ImageNet", "image classification"],
     }
-    published = publication_date(items, context)
-    if published is not None:
-        doc["datePublished"] = f"{published:%Y-%m-%d}"
+    if context.get("annotation_dates"):  # a release needs accepted votes, so there always are some
+        doc["datePublished"] = f"{context['annotation_dates'][1]:%Y-%m-%d}"
     doc["distribution"] = [
         {
             "@type": "cr:FileObject",
@@ -190,7 +178,7 @@ def croissant(root: Path, items: list[Any], columns: list[str], context: dict[st
     return doc
 
 
-def write_croissant(root: Path, items: list[Any], columns: list[str], context: dict[str, Any]) -> None:
+def write_croissant(root: Path, rows: list[dict[str, Any]], context: dict[str, Any]) -> None:
     """Write ``root/croissant.json``."""
-    text = json.dumps(croissant(root, items, columns, context), indent=2, ensure_ascii=False)
+    text = json.dumps(croissant(root, rows, context), indent=2, ensure_ascii=False)
     (root / "croissant.json").write_text(text + "\n", encoding="utf-8")

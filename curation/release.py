@@ -43,7 +43,7 @@ from curation.annotate import votes_needed as votes_needed_setting
 from curation.config import Settings
 from curation.croissant import write_croissant
 from curation.errors import CurationError
-from curation.release_card import auto_accept_warning, check_layout, check_wnid_folder, dataset_card
+from curation.release_card import auto_accept_warning, check_layout, check_wnid_folder, dataset_card, folder_of
 
 MANIFEST_COLUMNS = [
     "file",
@@ -344,8 +344,8 @@ def write_release(
     """
     from tqdm import tqdm
 
-    for wnid in sorted({i.wnid for i in items}):
-        check_wnid_folder(wnid)
+    for folder in sorted({i.file.split("/", 1)[0] for i in items}):
+        check_wnid_folder(folder)
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -444,9 +444,9 @@ def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], co
         writer.writerows(sorted(rows, key=lambda r: r["file"]))
     (root / "ATTRIBUTION.md").write_text(attribution(context["name"], items), encoding="utf-8")
     (root / "DATASHEET.md").write_text(datasheet(items, context), encoding="utf-8")
-    (root / "README.md").write_text(dataset_card(items, context), encoding="utf-8")
-    write_croissant(root, items, MANIFEST_COLUMNS, context)
-    check_layout(root, {i.wnid for i in items})
+    (root / "README.md").write_text(dataset_card(rows, context), encoding="utf-8")
+    write_croissant(root, rows, context)
+    check_layout(root, {folder_of(row) for row in rows})
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     sums = [f"{hashlib.sha256((root / f).read_bytes()).hexdigest()}  {f}" for f in files if f != "SHA256SUMS"]
     (root / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")

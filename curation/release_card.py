@@ -67,9 +67,18 @@ def size_category(n: int) -> str:
     return next((label for limit, label in SIZE_CATEGORIES if n < limit), "n>1M")
 
 
-def licence_summary(items: list[Any]) -> str:
+def folder_of(row: dict[str, Any]) -> str:
+    """The class folder (the label) of a manifest row: the first part of its ``file``."""
+    return str(row["file"]).split("/", 1)[0]
+
+
+def licence_counts(rows: list[dict[str, Any]]) -> Counter:
+    return Counter(row["license"] or "unknown" for row in rows)
+
+
+def licence_summary(rows: list[dict[str, Any]]) -> str:
     """``"CC BY 2.0: 3, CC0 1.0: 7"``: each image keeps its own licence."""
-    counts = Counter(i.license or "unknown" for i in items)
+    counts = licence_counts(rows)
     return ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
 
 
@@ -81,22 +90,22 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def card_header(items: list[Any], context: dict[str, Any]) -> list[str]:
+def card_header(rows: list[dict[str, Any]], context: dict[str, Any]) -> list[str]:
     """The YAML header: licence, task, size, the ``test`` split over the wnid folders and the labels."""
-    wnids = sorted({i.wnid for i in items})
+    wnids = sorted({folder_of(row) for row in rows})
     title = f"{context['name']} {context['version']}"
     return [
         "---",
         f"pretty_name: {_yaml(title)}",
         "license: other",
         "license_name: per-image",
-        f"license_details: {_yaml('Each image keeps its own licence (manifest.csv, ATTRIBUTION.md): ' + licence_summary(items))}",
+        f"license_details: {_yaml('Each image keeps its own licence (manifest.csv, ATTRIBUTION.md): ' + licence_summary(rows))}",
         "task_categories:",
         "- image-classification",
         "task_ids:",
         "- multi-class-image-classification",
         "size_categories:",
-        f"- {size_category(len(items))}",
+        f"- {size_category(len(rows))}",
         "tags:",
         "- natural-adversarial-examples",
         "- robustness",
@@ -117,7 +126,7 @@ def card_header(items: list[Any], context: dict[str, Any]) -> list[str]:
         *[f"          '{k}': {wnid}" for k, wnid in enumerate(wnids)],
         "  splits:",
         "  - name: test",
-        f"    num_examples: {len(items)}",
+        f"    num_examples: {len(rows)}",
         "---",
     ]
 
@@ -135,19 +144,34 @@ def auto_accept_warning(context: dict[str, Any]) -> list[str]:
     ]
 
 
-def dataset_card(items: list[Any], context: dict[str, Any]) -> str:
+def summary(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
+    """One paragraph: what the release holds."""
+    n_classes = len({folder_of(row) for row in rows})
+    if context.get("ood"):
+        what = (
+            f"{len(rows)} out-of-distribution photos filed under {n_classes} ImageNet-1k classes: real photos of "
+            "other synsets that the filter model confidently took for the class of their folder, accepted in "
+            "annotation, in the layout of ImageNet-O"
+        )
+    else:
+        what = (
+            f"{len(rows)} natural adversarial examples in {n_classes} classes: real photos that the filter model "
+            "misclassified and that annotation accepted, in the layout of ImageNet-A"
+        )
+    return f"{what} (Hendrycks et al., CVPR 2021): one folder of JPEGs per WordNet ID. A test set only."
+
+
+def dataset_card(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
     """README.md: the Hugging Face dataset card, with how to load the release in every tool."""
-    per_class = Counter(i.wnid for i in items)
-    names = {i.wnid: i.class_name for i in items}
+    per_class = Counter(folder_of(row) for row in rows)
+    names = {folder_of(row): row["class_name"] for row in rows}
     name = context["name"]
     lines = [
-        *card_header(items, context),
+        *card_header(rows, context),
         "",
         f"# {name} {context['version']}",
         "",
-        f"{len(items)} natural adversarial examples in {len(per_class)} classes: real photos that the filter "
-        "model misclassified and that annotation accepted, in the layout of ImageNet-A (Hendrycks et al., "
-        "CVPR 2021): one folder of JPEGs per WordNet ID. A test set only, with no train split.",
+        summary(rows, context),
     ]
     if warning := auto_accept_warning(context):
         lines += ["", *warning]
@@ -178,7 +202,7 @@ def dataset_card(items: list[Any], context: dict[str, Any]) -> str:
         "",
         "| licence | images |",
         "|---|---:|",
-        *[f"| {_cell(lic)} | {n} |" for lic, n in sorted(Counter(i.license or "unknown" for i in items).items())],
+        *[f"| {_cell(lic)} | {n} |" for lic, n in sorted(licence_counts(rows).items())],
         "",
         "## Files",
         "",
