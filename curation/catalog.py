@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from curation.dialect import catalog_lock, fit_object
 from curation.errors import CurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,13 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+@event.listens_for(Base, "before_insert", propagate=True)
+@event.listens_for(Base, "before_update", propagate=True)
+def _fit_strings(_mapper: Any, _connection: Any, target: Base) -> None:
+    """Web-sourced strings are cut to their ``String(n)`` columns (PostgreSQL enforces the length)."""
+    fit_object(target)
 
 
 # --------------------------------------------------------------------------- classes
@@ -322,10 +331,10 @@ TABLES: dict[str, type[Base]] = {
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL needs the lock it waits for
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
@@ -338,12 +347,31 @@ def make_engine(url: str) -> Engine:
         except OSError as exc:
             raise CurationError(f"cannot create the catalog folder {db_path.parent}: {exc.strerror}") from None
     try:
-        engine = create_engine(url, future=True)
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise CurationError(f"bad catalog URL {url!r}: {exc}") from None
+        engine = create_engine(url, future=True, pool_pre_ping=url.startswith("postgresql"))
+    except ImportError as exc:
+        hint = " (pip install 'curation[postgres]')" if url.startswith("postgresql") else ""
+        raise CurationError(f"cannot use the catalog URL {_hide_password(url)}: {exc}{hint}") from None
+    except (SQLAlchemyError, ValueError) as exc:
+        raise CurationError(f"bad catalog URL {_hide_password(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name != "postgresql":
+        raise CurationError(f"the catalog must be SQLite or PostgreSQL, not {engine.dialect.name}")
     return engine
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(unparsable URL)"
+
+
+def database_error(engine: Engine, exc: SQLAlchemyError) -> CurationError:
+    """One line naming the catalog (password hidden) and the database's own first line of reason."""
+    reason = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc)
+    first = next((line.strip() for line in reason.splitlines() if line.strip()), type(exc).__name__)
+    return CurationError(f"cannot open the catalog {engine.url.render_as_string()}: {first}")
 
 
 def _alembic_config(engine: Engine | None = None) -> Any:
@@ -352,10 +380,11 @@ def _alembic_config(engine: Engine | None = None) -> Any:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if engine is not None:
-        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return cfg
 
 
+@cache
 def head_revision() -> str:
     """The newest migration revision shipped with this code."""
     from alembic.script import ScriptDirectory
@@ -374,13 +403,9 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the Alembic migrations up to ``revision``."""
-    from alembic import command
-
-    cfg = _alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    """Run the Alembic migrations up to ``revision``, holding the catalog's migration lock."""
+    with catalog_lock(engine, "migrate"):
+        _upgrade_locked(engine, revision)
 
 
 class Catalog:
@@ -402,42 +427,38 @@ class Catalog:
                 raise
 
 
-def open_catalog(url: str, *, auto_upgrade: bool = True, seed: bool = True) -> Catalog:
-    """Open (creating and migrating if needed) the catalog at ``url``.
-
-    A new catalog is seeded with the shipped ImageNet-A class recipe. An older catalog is
-    upgraded automatically; if that is switched off, the error names the one command to run.
-    """
+def open_catalog(url: str, *, auto_upgrade: bool = True) -> Catalog:
+    """Open the catalog at ``url``, creating or upgrading its schema if needed (a new catalog's
+    migrations seed the shipped class recipe). Race-free: any number of processes may open one
+    fresh catalog at once; the first migrates under the catalog's migration lock, the others wait
+    and find it done. With ``auto_upgrade`` off, an old catalog's error names the command to run."""
     engine = make_engine(url)
     try:
-        current = current_revision(engine)
         head = head_revision()
-        if current != head:
-            if current is not None and not auto_upgrade:
-                raise CurationError(
-                    f"the catalog is at schema {current}, this code needs {head}: run `curation db upgrade`"
-                )
-            if current is not None:
-                print(f"curation: upgrading catalog schema {current} -> {head}", file=sys.stderr)
-            upgrade(engine)
-        catalog = Catalog(engine)
-        if seed:
-            seed_default_classes(catalog)
-        return catalog
+        if current_revision(engine) != head:
+            with catalog_lock(engine, "migrate"):
+                current = current_revision(engine)
+                if current != head:
+                    if current is not None and not auto_upgrade:
+                        raise CurationError(
+                            f"the catalog is at schema {current}, this code needs {head}: run `curation db upgrade`"
+                        )
+                    if current is not None:
+                        print(f"curation: upgrading catalog schema {current} -> {head}", file=sys.stderr)
+                    _upgrade_locked(engine)
     except SQLAlchemyError as exc:
-        reason = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc).splitlines()[0]
-        raise CurationError(f"cannot open the catalog {engine.url.render_as_string()}: {reason}") from None
+        engine.dispose()
+        raise database_error(engine, exc) from None
+    return Catalog(engine)
 
 
-def seed_default_classes(catalog: Catalog) -> None:
-    """Load the shipped class recipe into a catalog the first time it is opened."""
-    with catalog.session() as session:
-        if session.get(Meta, "seeded") is not None:
-            return
-        from curation.classes import DEFAULT_RECIPE, import_recipe
+def _upgrade_locked(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
 
-        import_recipe(session, DEFAULT_RECIPE, only_missing=True)
-        session.add(Meta(key="seeded", value=utcnow().isoformat()))
+    cfg = _alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
 
 
 # --------------------------------------------------------------------------- reading helpers

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from curation.catalog import ImageClass, Meta, SearchQuery, open_catalog, utcnow
+from curation.dialect import insert_ignore
 from curation.errors import CurationError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data" / "classes" / "imagenet_a.csv"
@@ -77,37 +80,67 @@ def describe_synset(wnid: str) -> dict[str, Any]:
     }
 
 
-def upsert_class(
-    session: Session,
+def class_rows(
     wnid: str,
     name: str | None = None,
     gloss: str | None = None,
     queries: list[str] | None = None,
     index_1k: int | None = None,
     origin: str = "user",
-) -> None:
-    """Add or update a class; missing name, gloss, queries and index come from WordNet via timm."""
-    from curation.catalog import ImageClass, SearchQuery
-
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``classes`` row of a synset and its ``search_queries`` rows; missing name, gloss, queries
+    and index come from WordNet via timm."""
     info = describe_synset(wnid)
     queries = [q.strip() for q in (queries or info["lemmas"]) if q.strip()]
     if name and name not in queries:
         queries.insert(0, name)
-    row = session.get(ImageClass, wnid)
-    if row is None:
-        row = ImageClass(wnid=wnid, origin=origin)
-        session.add(row)
-    row.name = name or info["name"]
-    row.gloss = gloss if gloss is not None else info["gloss"]
-    row.index_1k = index_1k if index_1k is not None else info["index_1k"]
+    row = {
+        "wnid": wnid,
+        "name": name or info["name"],
+        "gloss": gloss if gloss is not None else info["gloss"],
+        "index_1k": index_1k if index_1k is not None else info["index_1k"],
+        "origin": origin,
+    }
+    seen: set[str] = set()
+    query_rows = []
+    for position, query in enumerate(queries):
+        if query.lower() not in seen:
+            seen.add(query.lower())
+            query_rows.append({"wnid": wnid, "query": query, "position": position})
+    return row, query_rows
+
+
+def upsert_class(session: Session, wnid: str, origin: str = "user", **fields: Any) -> None:
+    """Add or update a class (``class_rows`` fills what ``fields`` leaves out)."""
+    row, query_rows = class_rows(wnid, origin=origin, **fields)
+    existing = session.get(ImageClass, wnid)
+    if existing is None:
+        session.add(ImageClass(**row))
+    else:
+        for key, value in row.items():
+            if key != "origin":
+                setattr(existing, key, value)
     session.flush()
     session.execute(delete(SearchQuery).where(SearchQuery.wnid == wnid))
-    seen: set[str] = set()
-    for position, query in enumerate(queries):
-        if query.lower() in seen:
-            continue
-        seen.add(query.lower())
-        session.add(SearchQuery(wnid=wnid, query=query, position=position))
+    session.add_all(SearchQuery(**q) for q in query_rows)
+
+
+def seed_default_classes(bind: Session | Connection) -> int:
+    """Load the shipped class recipe into a new catalog (the migration that creates a catalog runs
+    it); adds only missing classes, with insert-or-ignore, so concurrent or repeated runs are safe.
+    Returns how many classes were new (0 once the catalog says it was seeded)."""
+    if bind.scalar(select(Meta.value).where(Meta.key == "seeded")) is not None:
+        return 0
+    now = utcnow()
+    new = 0
+    for recipe_row in read_recipe(DEFAULT_RECIPE):
+        row, query_rows = class_rows(origin="imagenet_a", **recipe_row)
+        added = insert_ignore(bind, ImageClass.__table__, [{**row, "created_at": now}], count=True)
+        if added:
+            insert_ignore(bind, SearchQuery.__table__, query_rows)
+        new += added
+    insert_ignore(bind, Meta.__table__, [{"key": "seeded", "value": now.isoformat()}])
+    return new
 
 
 def read_recipe(path: Path) -> list[dict[str, Any]]:
@@ -139,16 +172,11 @@ def read_recipe(path: Path) -> list[dict[str, Any]]:
     return recipe
 
 
-def import_recipe(session: Session, path: Path, origin: str = "imagenet_a", only_missing: bool = False) -> int:
-    """Add or update every class of a recipe CSV (only add, with ``only_missing``); returns
-    how many classes it held."""
-    from curation.catalog import ImageClass
-
+def import_recipe(session: Session, path: Path, origin: str = "imagenet_a") -> int:
+    """Add or update every class of a recipe CSV; returns how many classes it held."""
     recipe = read_recipe(path)
-    existing = set(session.scalars(select(ImageClass.wnid))) if only_missing else set()
     for row in recipe:
-        if row["wnid"] not in existing:
-            upsert_class(session, origin=origin, **row)
+        upsert_class(session, origin=origin, **row)
     return len(recipe)
 
 
@@ -171,8 +199,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    from curation.catalog import ImageClass, SearchQuery, open_catalog
-
     catalog = open_catalog(settings.db_url)
     if args.classes_command == "add":
         with catalog.session() as session:

@@ -50,6 +50,7 @@ from curation.catalog import (
     utcnow,
 )
 from curation.config import Settings
+from curation.dialect import catalog_lock, insert_ignore
 from curation.errors import CurationError
 from curation.netguard import AddressGuard, Resolver
 from curation.sources import DEFAULT_SOURCES, LIST_SOURCES, WEB_SOURCES, Found, Skip, SourceError
@@ -148,7 +149,7 @@ def crawl(
         raise CurationError(f"unknown source(s) {', '.join(unknown)}; sources: {', '.join(WEB_SOURCES)}")
     catalog = open_catalog(settings.db_url)
     summary = Summary()
-    with _crawl_lock(settings.data_dir):
+    with _crawl_lock(settings.data_dir), _catalog_crawl_lock(catalog):
         wnids = _select_classes(catalog, classes or [])
         try:
             if urls is not None:
@@ -196,6 +197,16 @@ def _crawl_lock(data_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+@contextmanager
+def _catalog_crawl_lock(catalog: Catalog) -> Iterator[None]:
+    """One crawl at a time per catalog, whatever its data directory (drivers on several machines
+    sharing a PostgreSQL catalog): a second driver stops before fetching anything."""
+    with catalog_lock(catalog.engine, "crawl", wait=False) as held:
+        if not held:
+            raise CurationError("another crawl is running on this catalog; wait for it or stop it")
+        yield
+
+
 def _select_classes(catalog: Catalog, wanted: list[str]) -> list[str]:
     with catalog.session() as session:
         known = list(session.scalars(select(ImageClass.wnid).order_by(ImageClass.wnid)))
@@ -221,20 +232,6 @@ def _make_downloader(settings: Settings, resolver: Resolver | None) -> Any:
 # --------------------------------------------------------------------------- discover
 
 
-def _insert_ignore(session: Session, model: type, rows: list[dict[str, Any]]) -> None:
-    """Insert rows, skipping those that break a unique constraint (already known)."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        raise CurationError(f"the crawl stage supports SQLite and PostgreSQL catalogs, not {dialect}")
-    session.execute(insert(model).on_conflict_do_nothing(), rows)
-
-
 def _save_found(catalog: Catalog, found: list[Found]) -> int:
     """Add candidates; returns how many were new."""
     if not found:
@@ -244,7 +241,7 @@ def _save_found(catalog: Catalog, found: list[Found]) -> int:
     ]
     with catalog.session() as session:
         before = session.scalar(select(func.count()).select_from(Candidate))
-        _insert_ignore(session, Candidate, rows)
+        insert_ignore(session, Candidate, rows)
         after = session.scalar(select(func.count()).select_from(Candidate))
     return int(after - before)
 
@@ -534,7 +531,7 @@ class _OutcomeWriter:
             )
         with self.catalog.session() as session:
             stored = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(list(images)))))
-            _insert_ignore(
+            insert_ignore(
                 session,
                 Image,
                 [

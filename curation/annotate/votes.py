@@ -14,11 +14,15 @@ from sqlalchemy.orm import Session
 
 from curation.annotate.queue import is_sha256
 from curation.catalog import VERDICTS, Annotation, Image, ImageClass, utcnow
+from curation.dialect import upsert
 from curation.errors import CurationError
 
 CSV_COLUMNS = ("sha256", "wnid", "annotator", "verdict", "note", "created_at")
 ANNOTATOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 MAX_NOTE = 2000
+# One row per (image, class, annotator); a new vote replaces these fields of the old one.
+VOTE_KEY = ["sha256", "wnid", "annotator"]
+VOTE_FIELDS = ["verdict", "note", "created_at"]
 
 
 def check_annotator(name: str) -> str:
@@ -38,31 +42,14 @@ def check_verdict(verdict: str) -> str:
     return verdict
 
 
-def _upsert(session: Session, values: dict) -> None:
-    """INSERT ... ON CONFLICT (sha256, wnid, annotator) DO UPDATE: one atomic statement."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        raise CurationError(f"annotation votes need SQLite or PostgreSQL, not {dialect}")
-    stmt = insert(Annotation).values(**values)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["sha256", "wnid", "annotator"],
-            set_={"verdict": stmt.excluded.verdict, "note": stmt.excluded.note, "created_at": stmt.excluded.created_at},
-        )
-    )
-
-
 def record_vote(
     session: Session, sha256: str, wnid: str, annotator: str, verdict: str, note: str | None = None
 ) -> None:
     """Set ``annotator``'s verdict on (sha256, wnid), replacing an earlier one."""
     note = (note or "").strip()[:MAX_NOTE] or None
-    _upsert(
+    upsert(
         session,
+        Annotation,
         {
             "sha256": sha256,
             "wnid": wnid,
@@ -71,6 +58,8 @@ def record_vote(
             "note": note,
             "created_at": utcnow(),
         },
+        keys=VOTE_KEY,
+        update=VOTE_FIELDS,
     )
 
 
@@ -151,7 +140,7 @@ def import_csv(session: Session, source: IO[str]) -> ImportResult:
             continue
         else:
             result.updated += 1
-        _upsert(session, values)
+        upsert(session, Annotation, values, keys=VOTE_KEY, update=VOTE_FIELDS)
         existing[key] = Annotation(**values)
     return result
 
