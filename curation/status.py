@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from curation.catalog import (
     current_revision,
+    database_error,
     export_table,
     funnel,
     head_revision,
@@ -35,9 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     export.set_defaults(func=run_export)
 
-    db = subparsers.add_parser("db", help="catalog schema: show or upgrade the migration revision")
-    db.add_argument("db_command", choices=["upgrade", "current"])
-    db.set_defaults(func=run_db)
+    db = subparsers.add_parser("db", help="catalog schema (show, upgrade) and moving a catalog (copy)")
+    db_commands = db.add_subparsers(dest="db_command", metavar="{current,upgrade,copy}", parser_class=type(db))
+    db_commands.required = True
+    db_commands.add_parser("current", help="print the catalog's schema revision").set_defaults(func=run_db)
+    db_commands.add_parser("upgrade", help="migrate the catalog to this code's schema").set_defaults(func=run_db)
+    copy = db_commands.add_parser(
+        "copy", help="copy every row of one catalog into a new, empty one (e.g. SQLite -> PostgreSQL)"
+    )
+    copy.add_argument("source", metavar="SOURCE_URL", help="catalog to read (SQLAlchemy URL or SQLite path)")
+    copy.add_argument("target", metavar="TARGET_URL", help="empty database to fill (SQLAlchemy URL or SQLite path)")
+    copy.set_defaults(func=run_db_copy)
 
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,7 +94,22 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_db(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings.db_url)
-    if args.db_command == "upgrade":
-        upgrade(engine)
-    print(f"catalog schema {current_revision(engine)} (code expects {head_revision()})")
+    try:
+        if args.db_command == "upgrade":
+            upgrade(engine)
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise database_error(engine, exc) from None
+    print(f"catalog schema {revision} (code expects {head_revision()})")
+    return 0
+
+
+def run_db_copy(args: argparse.Namespace, settings: Settings) -> int:
+    from curation.dbcopy import copy_catalog
+
+    as_url = lambda text: text if "://" in text else f"sqlite:///{text}"  # noqa: E731 - as for --db
+    result = copy_catalog(as_url(args.source), as_url(args.target))
+    print(
+        f"db copy: {result.rows} rows in {result.tables} tables copied, every count checked, in {result.seconds:.1f} s"
+    )
     return 0
