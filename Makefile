@@ -19,7 +19,7 @@ DEMO_CURATION = $(BIN)/curation --db $(DEMO_DIR)/catalog.sqlite --data-dir $(DEM
 DEMO_MODEL = --model tf_efficientnet_lite0 --checkpoint $(DEMO_WEIGHTS)
 OFFLINE_HINT := no web or no weights? `make demo` runs every stage offline on the shared photos; for the real filter give local ResNet-50 weights: make filter ARGS="--checkpoint resnet50_tv_in1k.pth"
 
-.PHONY: install crawl filter dedup annotate release eval report status test lint demo demo-release chromium bench-crawl bench-eval bench-filter bench-dedup
+.PHONY: install crawl filter dedup annotate release eval report status test lint demo demo-release chromium postgresql bench-catalog bench-crawl bench-eval bench-filter bench-dedup
 
 install: $(STAMP)
 
@@ -56,7 +56,11 @@ report: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) chromium
+# Debian's PostgreSQL server: the tests run every catalog test on SQLite and on a throwaway server.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: $(STAMP) chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -109,3 +113,7 @@ bench-eval: $(STAMP)
 
 bench-filter bench-dedup: $(STAMP)
 	$(BIN)/python benchmarks/$(@:bench-%=%).py $(ARGS)
+
+# Catalog write rates, `status` and the review page, SQLite vs PostgreSQL, e.g. ARGS="--rows 1000000".
+bench-catalog: $(STAMP) postgresql
+	$(BIN)/python benchmarks/catalog.py $(ARGS)
