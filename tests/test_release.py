@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import func, select
 from test_release_catalog import CLASSES, build_catalog
 
 from curation import catalog as cat
@@ -138,7 +139,13 @@ def test_release_never_replaces_the_data_dir_or_the_catalog(run_cli, catalog_url
         result = release(run_cli, catalog_url, built, target, "--force")
         assert result.returncode != 0 and "refusing" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
-    assert (tmp_path / "catalog.sqlite").is_file() and any((built.data_dir / "images").iterdir())
+    assert any((built.data_dir / "images").iterdir())
+    if catalog_url.startswith("sqlite"):  # the SQLite catalog file lives in tmp_path
+        assert (tmp_path / "catalog.sqlite").is_file()
+    with cat.open_catalog(catalog_url).session() as s:
+        assert s.scalar(select(func.count()).select_from(cat.Image)) == len(
+            list((built.data_dir / "images").rglob("*.*"))
+        )
 
 
 def test_a_killed_release_leaves_only_a_partial_folder_that_the_rerun_removes(run_cli, catalog_url, built, tmp_path):
