@@ -11,11 +11,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import column, delete, select, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from curation.catalog import ImageClass, Meta, SearchQuery, open_catalog, utcnow
+from curation.catalog import ImageClass, SearchQuery, open_catalog, utcnow
 from curation.dialect import insert_ignore
 from curation.errors import CurationError
 
@@ -110,9 +110,17 @@ def class_rows(
     return row, query_rows
 
 
-def upsert_class(session: Session, wnid: str, origin: str = "user", **fields: Any) -> None:
-    """Add or update a class (``class_rows`` fills what ``fields`` leaves out)."""
-    row, query_rows = class_rows(wnid, origin=origin, **fields)
+def upsert_class(
+    session: Session,
+    wnid: str,
+    name: str | None = None,
+    gloss: str | None = None,
+    queries: list[str] | None = None,
+    index_1k: int | None = None,
+    origin: str = "user",
+) -> None:
+    """Add or update a class; missing name, gloss, queries and index come from WordNet via timm."""
+    row, query_rows = class_rows(wnid, name, gloss, queries, index_1k, origin)
     existing = session.get(ImageClass, wnid)
     if existing is None:
         session.add(ImageClass(**row))
@@ -125,21 +133,28 @@ def upsert_class(session: Session, wnid: str, origin: str = "user", **fields: An
     session.add_all(SearchQuery(**q) for q in query_rows)
 
 
+# The seed writes these columns only (as of migration 0005, which runs it), so that a later migration
+# adding a column to these tables (with a server default) does not break seeding a new catalog.
+_SEED_CLASSES = table("classes", *map(column, ("wnid", "index_1k", "name", "gloss", "origin", "created_at")))
+_SEED_QUERIES = table("search_queries", *map(column, ("wnid", "query", "position")))
+_SEED_META = table("catalog_meta", column("key"), column("value"))
+
+
 def seed_default_classes(bind: Session | Connection) -> int:
     """Load the shipped class recipe into a new catalog (the migration that creates a catalog runs
     it); adds only missing classes, with insert-or-ignore, so concurrent or repeated runs are safe.
     Returns how many classes were new (0 once the catalog says it was seeded)."""
-    if bind.scalar(select(Meta.value).where(Meta.key == "seeded")) is not None:
+    if bind.scalar(select(_SEED_META.c.value).where(_SEED_META.c.key == "seeded")) is not None:
         return 0
     now = utcnow()
     new = 0
     for recipe_row in read_recipe(DEFAULT_RECIPE):
         row, query_rows = class_rows(origin="imagenet_a", **recipe_row)
-        added = insert_ignore(bind, ImageClass.__table__, [{**row, "created_at": now}], count=True)
+        added = insert_ignore(bind, _SEED_CLASSES, [{**row, "created_at": now}], count=True)
         if added:
-            insert_ignore(bind, SearchQuery.__table__, query_rows)
+            insert_ignore(bind, _SEED_QUERIES, query_rows)
         new += added
-    insert_ignore(bind, Meta.__table__, [{"key": "seeded", "value": now.isoformat()}])
+    insert_ignore(bind, _SEED_META, [{"key": "seeded", "value": now.isoformat()}])
     return new
 
 

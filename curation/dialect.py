@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, Table, text
+from sqlalchemy import String, Table, literal_column, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -42,9 +42,7 @@ def insert_ignore(bind: Session | Connection, table: Any, rows: list[dict[str, A
     if not count:
         bind.execute(stmt, rows)
         return 0
-    core = getattr(table, "__table__", table)
-    returning = stmt.returning(next(iter(core.primary_key.columns)))
-    return len(bind.execute(returning, rows).all())
+    return len(bind.execute(stmt.returning(literal_column("1")), rows).all())
 
 
 def upsert(bind: Session | Connection, table: Any, values: dict[str, Any], keys: list[str], update: list[str]) -> None:
@@ -58,6 +56,8 @@ def upsert(bind: Session | Connection, table: Any, values: dict[str, Any], keys:
 
 def _string_lengths(table: Any) -> dict[str, int]:
     core: Table = getattr(table, "__table__", table)
+    if not isinstance(core, Table):
+        return {}  # a lightweight table() names no types
     cached = core.info.get("string_lengths")
     if cached is None:
         cached = {
