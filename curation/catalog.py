@@ -405,7 +405,7 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the Alembic migrations up to ``revision``, holding the catalog's migration lock."""
     with catalog_lock(engine, "migrate"):
-        _upgrade_locked(engine, revision)
+        upgrade_locked(engine, revision)
 
 
 class Catalog:
@@ -445,14 +445,18 @@ def open_catalog(url: str, *, auto_upgrade: bool = True) -> Catalog:
                         )
                     if current is not None:
                         print(f"curation: upgrading catalog schema {current} -> {head}", file=sys.stderr)
-                    _upgrade_locked(engine)
+                    upgrade_locked(engine)
     except SQLAlchemyError as exc:
         engine.dispose()
         raise database_error(engine, exc) from None
+    except CurationError:
+        engine.dispose()
+        raise
     return Catalog(engine)
 
 
-def _upgrade_locked(engine: Engine, revision: str = "head") -> None:
+def upgrade_locked(engine: Engine, revision: str = "head") -> None:
+    """``upgrade`` for a caller that already holds the migration lock (``catalog_lock(engine, "migrate")``)."""
     from alembic import command
 
     cfg = _alembic_config(engine)

@@ -20,11 +20,11 @@ from tqdm import tqdm
 from curation.catalog import (
     Base,
     ImageClass,
-    _upgrade_locked,
     current_revision,
     database_error,
     head_revision,
     make_engine,
+    upgrade_locked,
 )
 from curation.dialect import catalog_lock
 from curation.errors import CurationError
@@ -51,7 +51,7 @@ def copy_catalog(source_url: str, target_url: str, batch_rows: int = BATCH_ROWS)
         with catalog_lock(target, "migrate"):
             _check_empty(target)
             if current_revision(target) is None:
-                _upgrade_locked(target)  # the schema; its seed rows go below, the source's come instead
+                upgrade_locked(target)  # the schema; its seed rows go below, the source's come instead
             with target.begin() as dst, source.connect() as src:
                 _clear(dst)
                 with tqdm(total=sum(counts.values()), desc="copy", unit=" rows", disable=None) as bar:
