@@ -108,6 +108,7 @@ class Candidate(Base):
     __table_args__ = (
         UniqueConstraint("wnid", "url"),
         Index("ix_candidates_status", "status"),
+        Index("ix_candidates_url_status", "url", "status"),  # the crawl's known-URL check
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
