@@ -549,27 +549,30 @@ def table_names() -> list[str]:
     return list(TABLES)
 
 
+EXPORT_PAGE = 1000  # rows per fetch from the cursor while exporting
+
+
 def export_table(catalog: Catalog, table: str, fmt: str, out: io.TextIOBase) -> int:
-    """Write every row of ``table`` to ``out`` as CSV or JSON lines; returns the row count."""
+    """Write every row of ``table`` to ``out`` as CSV or JSON lines; returns the row count.
+
+    Rows stream from a server-side cursor in pages of ``EXPORT_PAGE``: memory holds a page, not the table."""
     if table not in TABLES:
         raise CurationError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     model = TABLES[table]
     columns = [c.key for c in inspect(model).columns]
-    query = select(*[getattr(model, c) for c in columns])
+    query = select(*[getattr(model, c) for c in columns]).execution_options(yield_per=EXPORT_PAGE)
     if model is Meta:
         query = query.where(Meta.key.not_like("%secret"))
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(columns)
     n = 0
     with catalog.session() as session:
-        rows = session.execute(query).all()
-    if fmt == "csv":
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
-            n += 1
-    else:
-        for row in rows:
-            record = {c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(columns, row, strict=True)}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for row in session.execute(query):
+            values = [v.isoformat() if isinstance(v, datetime) else v for v in row]
+            if writer is not None:
+                writer.writerow(["" if v is None else v for v in values])
+            else:
+                out.write(json.dumps(dict(zip(columns, values, strict=True)), ensure_ascii=False) + "\n")
             n += 1
     return n
