@@ -406,7 +406,7 @@ def _download(
         progress = tqdm(total=total, desc="download", unit=" img", disable=None)
         pipeline = _Pipeline(settings, downloader, journal, writer, progress)
         try:
-            for jobs in _pending_jobs(catalog, wnids, used, retry_failed):
+            for jobs in _pending_jobs(catalog, wnids, used, retry_failed, JOB_PAGE):
                 with catalog.session() as session:
                     reused = _known_urls(session, sorted({j.url for j in jobs if j.source != "folder"}))
                 pipeline.run(jobs, reused)

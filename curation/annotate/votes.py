@@ -135,6 +135,8 @@ def import_csv(session: Session, source: IO[str]) -> ImportResult:
 def _import_chunk(
     session: Session, chunk: list[tuple[int, dict[str, str | None]]], classes: set[str], result: ImportResult
 ) -> None:
+    if not chunk:
+        return
     shas = list({(row.get("sha256") or "").strip().lower() for _line, row in chunk})
     images = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(shas))))
     existing = {
