@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from curation import __version__
+from curation import __version__, options
 from curation.config import resolve_settings
 from curation.errors import CurationError
 
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", help="catalog SQLAlchemy URL or SQLite path (default: $CURATION_DB or db/catalog.sqlite)"
     )
     parser.add_argument("--data-dir", help="where images and releases go (default: $CURATION_DATA_DIR or data/)")
+    parser.add_argument("--engine", dest="engine_kind", help="execution engine: local (default) or ray ([engine] kind)")
+    parser.add_argument(
+        "--ray-address", help="Ray cluster to join: auto (a local `ray start` cluster) or HOST:PORT ([engine] address)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -65,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = resolve_settings(config=args.config, db=args.db, data_dir=args.data_dir)
+        options.check_tables(settings.toml, f"config {settings.config_path}")
+        settings.engine_flags = {"kind": args.engine_kind, "address": args.ray_address}
         return int(args.func(args, settings) or 0)
     except CurationError as exc:
         print(f"curation: error: {exc}", file=sys.stderr)

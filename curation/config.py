@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curation import options
 from curation.errors import CurationError
 
 DEFAULT_CONFIG_NAME = "curation.toml"
 DEFAULT_DB_URL = "sqlite:///db/catalog.sqlite"
 DEFAULT_DATA_DIR = "data"
+
+
+@options.table("catalog")
+@dataclass(frozen=True)
+class CatalogTable:
+    """The ``[catalog]`` keys (resolved by :func:`resolve_settings`, with their own variable names)."""
+
+    db: str | None = None
+    data_dir: str | None = None
 
 
 @dataclass
@@ -28,6 +38,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
     config_path: Path | None = None
     toml: dict[str, Any] = field(default_factory=dict)
+    engine_flags: dict[str, Any] = field(default_factory=dict)  # --engine and --ray-address
 
     def section(self, name: str) -> dict[str, Any]:
         """The ``[name]`` table of the config file (empty when absent)."""

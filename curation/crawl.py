@@ -35,7 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from curation import storage
+from curation import options, storage
 from curation.catalog import (
     DOWNLOADED,
     FAILED,
@@ -128,6 +128,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 130 if summary.interrupted else 0
 
 
+@options.table("crawl")
+@dataclass(frozen=True)
+class CrawlOptions:
+    """The crawl loop's keys of ``[crawl]`` (the downloader's are :class:`curation.downloader.FetchConfig`)."""
+
+    per_class: int = 100
+    sources: tuple[str, ...] = tuple(DEFAULT_SOURCES)
+    min_side: int = 64
+    max_pixels: int = 40_000_000
+    max_bytes: int = 20 * 1024 * 1024
+    concurrency: int = 32
+    check_threads: int = 2
+
+
 def crawl(
     settings: Settings,
     *,
@@ -141,13 +155,12 @@ def crawl(
 ) -> Summary:
     """Discover and download; returns the summary (also printed). ``resolver`` replaces DNS (tests)."""
     started = time.monotonic()
-    config = settings.section("crawl")
-    per_class = int(per_class if per_class is not None else config.get("per_class", 100))
+    config = options.resolve(CrawlOptions, settings, {"per_class": per_class})
+    per_class = config.per_class
     if per_class < 0:
         raise CurationError("--per-class must be 0 or more")
     if sources is None:
-        configured = config.get("sources", DEFAULT_SOURCES)
-        sources = [] if (urls or folder) else _csv_arg(configured) if isinstance(configured, str) else list(configured)
+        sources = [] if (urls or folder) else [s for item in config.sources for s in _csv_arg(item)]
     unknown = [s for s in sources if s not in WEB_SOURCES]
     if unknown:
         raise CurationError(f"unknown source(s) {', '.join(unknown)}; sources: {', '.join(WEB_SOURCES)}")
@@ -462,18 +475,14 @@ class _Pipeline:
     def __init__(
         self, settings: Settings, downloader: Any, journal: storage.WriteJournal, writer: _OutcomeWriter, progress: tqdm
     ) -> None:
-        config = settings.section("crawl")
-        self.min_side = int(config.get("min_side", 64))
-        self.max_pixels = int(config.get("max_pixels", 40_000_000))
-        self.max_bytes = int(config.get("max_bytes", 20 * 1024 * 1024))
-        self.concurrency = max(1, int(config.get("concurrency", 32)))
+        config = options.resolve(CrawlOptions, settings)
+        self.min_side, self.max_pixels, self.max_bytes = config.min_side, config.max_pixels, config.max_bytes
+        self.concurrency = max(1, config.concurrency)
         self.data_dir, self.downloader, self.journal = settings.data_dir, downloader, journal
         self.writer, self.progress = writer, progress
         self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self.fetchers = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="crawl-fetch")
-        self.checkers = ThreadPoolExecutor(
-            max_workers=max(1, int(config.get("check_threads", 2))), thread_name_prefix="crawl-check"
-        )
+        self.checkers = ThreadPoolExecutor(max_workers=max(1, config.check_threads), thread_name_prefix="crawl-check")
         self.same_url: dict[str, list[_Job]] = {}
         self.unfinished = 0
 

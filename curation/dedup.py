@@ -29,12 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curation import options
 from curation.errors import CurationError
 
 if TYPE_CHECKING:
     import numpy as np
 
     from curation.catalog import Catalog
+    from curation.engine import Executor
 
 DEFAULT_ORIENTATIONS = 2
 # The loosest pHash distance with no false pair among 30.4 M pairs of distinct photos
@@ -45,7 +47,8 @@ DEFAULT_MAX_DISTANCE = DEFAULT_MAX_DISTANCES[DEFAULT_ORIENTATIONS]
 DEFAULT_DHASH_MARGIN = 4
 ORIENTATION_CHOICES = (2, 8)
 MAX_ALLOWED_DISTANCE = 16
-HASH_BATCH = 500
+HASH_BATCH = 500  # rows per transaction
+HASH_CHUNK = 16  # images per task: 16 x ~5 ms hashing outweighs a task's scheduling cost
 
 # Licence openness, most open first: public domain, attribution, share-alike, then restrictions.
 _LICENCE_RANKS = (
@@ -69,6 +72,35 @@ def licence_rank(licence: str | None) -> int:
         if pattern.search(text):
             return rank
     return UNKNOWN_LICENCE_RANK
+
+
+@options.table("dedup")
+@dataclass(frozen=True)
+class DedupOptions:
+    """The ``[dedup]`` table; flags of the same name win."""
+
+    workers: int | None = None  # hashing processes (None: the CPU count)
+    orientations: int = DEFAULT_ORIENTATIONS
+    max_distance: int | None = None  # None: DEFAULT_MAX_DISTANCES[orientations]
+    dhash_margin: int = DEFAULT_DHASH_MARGIN
+    against: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.orientations not in ORIENTATION_CHOICES:
+            raise ValueError(f"[dedup] orientations must be 2 or 8, got {self.orientations!r}")
+        if self.max_distance is not None and not 0 <= self.max_distance <= MAX_ALLOWED_DISTANCE:
+            raise ValueError(f"--max-distance must be between 0 and {MAX_ALLOWED_DISTANCE}, got {self.max_distance}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+
+    @property
+    def distance(self) -> int:
+        """The pHash threshold in force."""
+        return DEFAULT_MAX_DISTANCES[self.orientations] if self.max_distance is None else self.max_distance
+
+    @property
+    def processes(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- CLI
@@ -121,13 +153,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions.choices["list"].set_defaults(func=run_reference)
 
 
-def _workers(args: argparse.Namespace, settings: Any) -> int:
-    workers = args.workers or settings.get("dedup", "workers", None) or os.cpu_count() or 1
-    if int(workers) < 1:
-        raise CurationError("--workers must be at least 1")
-    return int(workers)
-
-
 def run_reference(args: argparse.Namespace, settings: Any) -> int:
     """`curation dedup reference add|import|export|list`."""
     from curation import reference_sets
@@ -155,7 +180,12 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
     if args.chunk_size < 1:
         raise CurationError("--chunk-size must be at least 1")
     summary = reference_sets.add_folder(
-        catalog, settings.data_dir, args.name, path, workers=_workers(args, settings), chunk_size=args.chunk_size
+        catalog,
+        settings.data_dir,
+        args.name,
+        path,
+        workers=options.resolve(DedupOptions, settings, {"workers": args.workers}).processes,
+        chunk_size=args.chunk_size,
     )
     failed_note = ""
     if summary.failed:
@@ -171,21 +201,21 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
 def run(args: argparse.Namespace, settings: Any) -> int:
     """`curation dedup [--max-distance N] [--orientations 2|8] [--against NAME ...]`."""
     from curation.catalog import open_catalog
+    from curation.engine import open_executor
 
-    orientations = args.orientations or settings.get("dedup", "orientations", DEFAULT_ORIENTATIONS)
-    if orientations not in ORIENTATION_CHOICES:
-        raise CurationError(f"[dedup] orientations must be 2 or 8, got {orientations!r}")
-    max_distance = args.max_distance
-    if max_distance is None:
-        max_distance = int(settings.get("dedup", "max_distance", DEFAULT_MAX_DISTANCES[orientations]))
-    if not 0 <= max_distance <= MAX_ALLOWED_DISTANCE:
-        raise CurationError(f"--max-distance must be between 0 and {MAX_ALLOWED_DISTANCE}, got {max_distance}")
-    margin = int(settings.get("dedup", "dhash_margin", DEFAULT_DHASH_MARGIN))
-    against = list(dict.fromkeys(args.against or settings.get("dedup", "against", [])))
-    catalog = open_catalog(settings.db_url)
-    summary = run_stage(
-        catalog, settings.data_dir, max_distance, margin, against, _workers(args, settings), orientations
-    )
+    opts = options.resolve(DedupOptions, settings, args)
+    with open_executor(settings, settings.data_dir) as executor:
+        catalog = open_catalog(settings.db_url)
+        summary = run_stage(
+            catalog,
+            settings.data_dir,
+            opts.distance,
+            opts.dhash_margin,
+            list(dict.fromkeys(opts.against)),
+            opts.processes,
+            opts.orientations,
+            executor,
+        )
     print(summary.line())
     print(summary.funnel())
     return 0
@@ -228,31 +258,44 @@ class Summary:
         )
 
 
-def _hash_task(task: tuple[str, str, int]) -> tuple[str, Any, str | None]:
-    from curation.hashing import hash_file
+class HashTask:
+    """Hashes a batch of (sha256, absolute path) on a worker: (sha256, hashes, None) or (sha256,
+    None, reason) per image."""
 
-    sha, path, orientations = task
-    try:
-        return sha, hash_file(path, orientations=orientations), None
-    except FileNotFoundError:
-        return sha, None, f"file missing: {path}"
-    except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-image failure
-        return sha, None, f"{type(exc).__name__}: {exc}"
+    resource = "cpu"
+
+    def __init__(self, orientations: int) -> None:
+        self.orientations = orientations
+
+    def setup(self) -> None:
+        pass
+
+    def run(self, batch: list[tuple[str, str]]) -> list[tuple[str, Any, str | None]]:
+        from curation.hashing import hash_file
+
+        records: list[tuple[str, Any, str | None]] = []
+        for sha, path in batch:
+            try:
+                records.append((sha, hash_file(path, orientations=self.orientations), None))
+            except FileNotFoundError:
+                records.append((sha, None, f"file missing: {path}"))
+            except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-image failure
+                records.append((sha, None, f"{type(exc).__name__}: {exc}"))
+        return records
 
 
 def _hash_new_images(
-    catalog: Catalog, data_dir: Path, workers: int, orientations: int
+    catalog: Catalog, data_dir: Path, workers: int, orientations: int, executor: Executor
 ) -> tuple[int, int, dict[str, str]]:
     """Hash every image without hashes in ``orientations`` orientations; with 8, also add the rotated
     ones to rows hashed without them (with 2, or before revision 0004). Returns (hashed now, rows
     completed, {sha: reason} of failures); a row that cannot be read again keeps its hashes and is
     not a failure."""
-    from multiprocessing import Pool
-
     from sqlalchemy import insert, select, update
     from tqdm import tqdm
 
     from curation.catalog import Image, PerceptualHash
+    from curation.engine import Sink
     from curation.hashing import pack_extra, to_signed
 
     missing = PerceptualHash.sha256 if orientations == 2 else PerceptualHash.orientation_hashes
@@ -266,48 +309,43 @@ def _hash_new_images(
     failures: dict[str, str] = {}
     if not todo:
         return 0, 0, failures
-    hashed = completed = 0
-    new_rows: list[dict[str, Any]] = []
-    completed_rows: list[dict[str, Any]] = []
+    has_row = {sha: bool(known) for sha, _, known in todo}
 
-    def flush() -> None:
+    def write(records: list[tuple[str, Any]]) -> None:
+        new_rows = [
+            {
+                "sha256": sha,
+                "phash": to_signed(hashes.phash),
+                "dhash": to_signed(hashes.dhash),
+                "phash_mirror": to_signed(hashes.phash_mirror),
+                "dhash_mirror": to_signed(hashes.dhash_mirror),
+                "orientation_hashes": pack_extra(hashes.extra) if hashes.extra else None,
+            }
+            for sha, hashes in records
+            if not has_row[sha]
+        ]
+        # Rows hashed before get only the new orientations: their hashes (and statuses) stay.
+        completed_rows = [
+            {"sha256": sha, "orientation_hashes": pack_extra(hashes.extra)} for sha, hashes in records if has_row[sha]
+        ]
         with catalog.session() as session:
             if new_rows:
                 session.execute(insert(PerceptualHash), new_rows)
             if completed_rows:
                 session.execute(update(PerceptualHash), completed_rows)
-        new_rows.clear()
-        completed_rows.clear()
 
-    has_row = {sha: bool(known) for sha, _, known in todo}
-    tasks = [(sha, str(data_dir / path), orientations) for sha, path, _ in todo]
-    with Pool(max(1, min(workers, len(tasks)))) as pool:
-        for sha, hashes, error in tqdm(
-            pool.imap(_hash_task, tasks, chunksize=16), total=len(tasks), desc="hashing", unit="img", file=sys.stderr
-        ):
+    items = [(sha, str((data_dir / path).absolute())) for sha, path, _ in todo]
+    hashed = completed = 0
+    with Sink(write, key=lambda record: record[0], rows=HASH_BATCH) as sink:
+        records = executor.map(HashTask(orientations), items, batch_size=HASH_CHUNK, workers=workers)
+        for sha, hashes, error in tqdm(records, total=len(items), desc="hashing", unit="img", file=sys.stderr):
             if error is not None:
                 if not has_row[sha]:
                     failures[sha] = error
                 continue
-            if has_row[sha]:
-                # Only the new orientations: the stored hashes (and the statuses made from them) stay.
-                completed_rows.append({"sha256": sha, "orientation_hashes": pack_extra(hashes.extra)})
-                completed += 1
-            else:
-                new_rows.append(
-                    {
-                        "sha256": sha,
-                        "phash": to_signed(hashes.phash),
-                        "dhash": to_signed(hashes.dhash),
-                        "phash_mirror": to_signed(hashes.phash_mirror),
-                        "dhash_mirror": to_signed(hashes.dhash_mirror),
-                        "orientation_hashes": pack_extra(hashes.extra) if hashes.extra else None,
-                    }
-                )
-                hashed += 1
-            if len(new_rows) + len(completed_rows) >= HASH_BATCH:
-                flush()
-    flush()
+            if sink.add((sha, hashes)):  # False: a batch that ran twice (its worker died)
+                completed += has_row[sha]
+                hashed += not has_row[sha]
     return hashed, completed, failures
 
 
@@ -374,6 +412,7 @@ def run_stage(
     against: list[str],
     workers: int,
     orientations: int = DEFAULT_ORIENTATIONS,
+    executor: Executor | None = None,
 ) -> Summary:
     """Hash new images, cluster near-duplicates (each image queried in ``orientations`` orientations,
     2 or 8), check reference sets, and write statuses and links."""
@@ -387,7 +426,11 @@ def run_stage(
     references = {name: reference_sets.load(catalog, data_dir, name) for name in against}  # fail before work
     if orientations not in ORIENTATION_CHOICES:
         raise CurationError(f"orientations must be 2 or 8, got {orientations!r}")
-    hashed_now, rehashed, failures = _hash_new_images(catalog, data_dir, workers, orientations)
+    if executor is None:
+        from curation.engine.local import LocalExecutor
+
+        executor = LocalExecutor()
+    hashed_now, rehashed, failures = _hash_new_images(catalog, data_dir, workers, orientations, executor)
 
     with catalog.session() as session:
         images = session.execute(

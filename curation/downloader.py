@@ -38,7 +38,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import Retry, Timeout, connection
 
-from curation import __version__
+from curation import __version__, options
 from curation.netguard import AddressGuard, BlockedAddress, ResolutionFailed
 
 UA_TOKEN = "curation-crawler"
@@ -70,6 +70,7 @@ class Fetched:
     content_type: str
 
 
+@options.table("crawl", extra_keys=("timeout",))
 @dataclass
 class FetchConfig:
     """Politeness and safety limits, from the ``[crawl]`` table."""

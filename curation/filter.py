@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curation import options
 from curation.errors import CurationError
 
 DEFAULT_MODEL = "resnet50.tv_in1k"
@@ -31,6 +32,39 @@ class Pair:
     sha256: str
     wnid: str
     path: Path
+
+
+@options.table("filter")
+@dataclass(frozen=True)
+class FilterOptions:
+    """The ``[filter]`` table; flags of the same name win."""
+
+    model: tuple[str, ...] = (DEFAULT_MODEL,)
+    checkpoint: tuple[str, ...] = ()  # one timm state dict file per model (empty: the hub)
+    rule: str = "restricted"
+    keep: str = "all-wrong"
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None  # None: 256 on GPU, 32 on CPU
+    workers: int | None = None  # decode processes
+    margin_recheck: float | None = None  # None: the measured default of curation.inference
+    commit_every: int | None = None  # None: 512 images on CPU, 16384 on GPU
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES or self.keep not in KEEP_RULES:
+            raise ValueError(f"[filter] rule must be one of {RULES} and keep one of {KEEP_RULES}")
+        for name, value in (("--batch-size", self.batch_size), ("--commit-every", self.commit_every)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("--workers must be 0 or more")
+        if self.checkpoint and len(self.checkpoint) != len(self.model):
+            raise ValueError(
+                f"{len(self.checkpoint)} checkpoint(s) for {len(self.model)} model(s): give one per --model"
+            )
+
+    def models_and_checkpoints(self) -> list[tuple[str, str | None]]:
+        return list(zip(self.model, self.checkpoint or [None] * len(self.model), strict=True))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,21 +108,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on large runs)")
     parser.set_defaults(func=run)
-
-
-def _setting(args: argparse.Namespace, settings: Any, name: str, default: Any) -> Any:
-    value = getattr(args, name)
-    return value if value is not None else settings.get("filter", name, default)
-
-
-def _models_and_checkpoints(args: argparse.Namespace, settings: Any) -> list[tuple[str, str | None]]:
-    models = args.model or settings.get("filter", "model", [DEFAULT_MODEL])
-    models = [models] if isinstance(models, str) else list(models)
-    checkpoints = args.checkpoint or settings.get("filter", "checkpoint", [])
-    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
-    if checkpoints and len(checkpoints) != len(models):
-        raise CurationError(f"{len(checkpoints)} checkpoint(s) for {len(models)} model(s): give one per --model")
-    return list(zip(models, checkpoints or [None] * len(models), strict=True))
 
 
 def _class_set(session: Any, classes_arg: str | None) -> list[str]:
@@ -203,7 +222,7 @@ def _score_model(
     rule: str,
     columns: list[int],
     pairs: list[Pair],
-    options: dict[str, Any],
+    pipeline: dict[str, Any],
     chunk: int,
     bar: Any,
 ) -> tuple[set[str], int]:
@@ -222,7 +241,7 @@ def _score_model(
     paths = [by_image[sha][0].path for sha in images]
     failed: set[str] = set()
     rechecked = 0
-    for part in iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **options):
+    for part in iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **pipeline):
         shas = images[part.start : part.start + len(part.logits)]
         errors = {position - part.start: error for position, error in part.errors.items()}
         ok = [position for position in range(len(shas)) if position not in errors]
@@ -293,26 +312,18 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
     from curation.catalog import open_catalog
 
-    rule = _setting(args, settings, "rule", "restricted")
-    keep = _setting(args, settings, "keep", "all-wrong")
-    if rule not in RULES or keep not in KEEP_RULES:
-        raise CurationError(f"[filter] rule must be one of {RULES} and keep one of {KEEP_RULES}")
-    batch_size = _setting(args, settings, "batch_size", None)
-    workers = _setting(args, settings, "workers", None)
-    commit_every = _setting(args, settings, "commit_every", None)
-    for name, value in (("--batch-size", batch_size), ("--limit", args.limit), ("--commit-every", commit_every)):
-        if value is not None and value < 1:
-            raise CurationError(f"{name} must be at least 1")
-    if workers is not None and workers < 0:
-        raise CurationError("--workers must be 0 or more")
-    specs = _models_and_checkpoints(args, settings)
+    opts = options.resolve(FilterOptions, settings, args)
+    rule, keep, batch_size, commit_every = opts.rule, opts.keep, opts.batch_size, opts.commit_every
+    if args.limit is not None and args.limit < 1:
+        raise CurationError("--limit must be at least 1")
+    specs = opts.models_and_checkpoints()
     catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
         wnids = _class_set(session, args.classes)
         pairs = _pairs(session, wnids, settings.data_dir)
     from curation.inference import class_indices, default_batch_size, load_model, resolve_device
 
-    device = resolve_device(_setting(args, settings, "device", "auto"))
+    device = resolve_device(opts.device)
     models = []
     for name, checkpoint in specs:
         loaded = load_model(name, checkpoint, device=str(device))
@@ -326,11 +337,11 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         done = {key: _scored(session, *key, rule) for key in keys}
     pending = [p for p in pairs if any((p.sha256, p.wnid) not in done[key] for key in keys)]
     todo = pending if args.limit is None else pending[: args.limit]
-    options = {
+    pipeline = {
         "batch_size": batch_size,
-        "workers": workers,
-        "precision": _setting(args, settings, "precision", "auto"),
-        "margin_recheck": _setting(args, settings, "margin_recheck", None),
+        "workers": opts.workers,
+        "precision": opts.precision,
+        "margin_recheck": opts.margin_recheck,
     }
     # Images per committed chunk (what a killed run loses; one input pipeline serves all chunks): by
     # default seconds of work on a GPU, ~15 s on a CPU; always bounded by the logits buffer (<= 256 MB
@@ -349,7 +360,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
         n_images = len({p.sha256 for p in mine})
         with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
-            failed, model_rechecked = _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+            failed, model_rechecked = _score_model(catalog, loaded, rule, columns, mine, pipeline, chunk, bar)
         failed_images |= failed
         rechecked += model_rechecked
     counts = _update_verdicts(catalog, pairs, keys, rule, keep)

@@ -13,8 +13,10 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from curation import options
 from curation.annotate.agreement import agreement_stats, summary_line
 from curation.annotate.votes import check_annotator, export_csv, import_csv
 from curation.catalog import open_catalog
@@ -57,12 +59,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     auto.set_defaults(func=run_auto_accept)
 
 
+@options.table("annotate")
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """The ``[annotate]`` table."""
+
+    votes_needed: int = 1  # accepting votes a pair needs to enter a release
+    crop_fraction: float = 224 / 256  # the review page's centre crop, as the model sees it
+
+    def __post_init__(self) -> None:
+        if self.votes_needed < 1:
+            raise ValueError(f"[annotate] votes_needed must be a positive integer, not {self.votes_needed!r}")
+
+
 def votes_needed(settings: Settings) -> int:
     """``[annotate] votes_needed`` (default 1), checked."""
-    value = settings.get("annotate", "votes_needed", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CurationError(f"[annotate] votes_needed must be a positive integer, not {value!r}")
-    return value
+    return options.resolve(AnnotateOptions, settings).votes_needed
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,7 +97,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         votes_needed=votes_needed(settings),
         token=token,
         default_annotator=default_annotator,
-        crop_fraction=float(settings.get("annotate", "crop_fraction", 224 / 256)),
+        crop_fraction=options.resolve(AnnotateOptions, settings).crop_fraction,
     )
     try:
         server = make_server(create_app(cfg), args.host, args.port)

@@ -1,0 +1,65 @@
+"""The local executor: worker processes (CPU-bound tasks) or threads (I/O-bound ones) on this machine."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from curation.engine.base import Task
+
+_WORKER_TASK: Task | None = None  # the task of this worker process, set up once
+
+
+def _init_worker(task: Task) -> None:
+    global _WORKER_TASK
+    task.setup()
+    _WORKER_TASK = task
+
+
+def _run_batch(batch: Sequence[Any]) -> list[Any]:
+    assert _WORKER_TASK is not None
+    return _WORKER_TASK.run(batch)
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class LocalExecutor:
+    """``map`` over a process pool (``threads=False``) or a thread pool sharing one set-up task."""
+
+    name = "local"
+
+    def __init__(self, threads: bool = False) -> None:
+        self.threads = threads
+
+    @classmethod
+    def connect(cls, _opts: Any = None, _data_dir: Path | None = None) -> LocalExecutor:
+        return cls()
+
+    def map(self, task: Task, items: Sequence[Any], *, batch_size: int, workers: int) -> Iterator[Any]:
+        if not items:
+            return
+        workers = max(1, min(workers, -(-len(items) // batch_size)))
+        if self.threads:
+            task.setup()
+            with ThreadPoolExecutor(workers, thread_name_prefix=f"{type(task).__name__}") as pool:
+                for records in pool.map(task.run, batches(items, batch_size)):
+                    yield from records
+            return
+        with multiprocessing.Pool(workers, _init_worker, (task,)) as pool:
+            for records in pool.imap_unordered(_run_batch, batches(items, batch_size)):
+                yield from records
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

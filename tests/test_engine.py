@@ -1,0 +1,54 @@
+"""The engine seam on this machine: the local executor, the sink, choosing a back-end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from curation.config import resolve_settings
+from curation.engine import Sink, open_executor
+from curation.engine.local import LocalExecutor
+from curation.errors import CurationError
+from tests.engine_tasks import SquareTask
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_local_map_sets_up_once_per_worker_and_returns_every_record(threads: bool) -> None:
+    records = list(LocalExecutor(threads=threads).map(SquareTask(), list(range(100)), batch_size=7, workers=2))
+    assert sorted((n, square) for n, square, _, _ in records) == [(n, n * n) for n in range(100)]
+    assert {setups for *_, setups in records} == {1}  # each worker set up exactly once
+    assert len({pid for _, _, pid, _ in records}) == (1 if threads else 2)
+
+
+def test_sink_commits_in_batches_and_keeps_one_record_per_key() -> None:
+    written: list[list[int]] = []
+    with Sink(written.append, key=lambda r: r % 10, rows=3, seconds=3600) as sink:
+        taken = [sink.add(n) for n in [1, 2, 3, 11, 4, 5, 12]]
+    assert taken == [True, True, True, False, True, True, False]
+    assert written == [[1, 2, 3], [4, 5]] and sink.written == 5
+
+
+def test_engine_choice_from_flags_and_file(tmp_path: Path) -> None:
+    (tmp_path / "curation.toml").write_text('[engine]\nkind = "local"\n')
+    settings = resolve_settings(environ={}, cwd=tmp_path)
+    with open_executor(settings) as executor:
+        assert executor.name == "local"
+    settings.engine_flags = {"kind": "spark", "address": None}
+    with pytest.raises(CurationError, match="kind must be one of local, ray, not 'spark'"):
+        open_executor(settings)
+
+
+def test_unreachable_ray_address_is_one_line_and_writes_nothing(tmp_path: Path, run_cli) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = tmp_path / "c.sqlite"
+    result = run_cli("--db", str(db), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", "dedup", timeout=120)
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert result.stderr == f"curation: error: cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused\n"
+    assert not db.exists()
+    bad = run_cli("--db", str(db), "--engine", "ray", "--ray-address", "nowhere", "dedup", timeout=120)
+    assert bad.stderr == "curation: error: Ray address must be auto or HOST:PORT, not 'nowhere'\n"
