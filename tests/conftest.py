@@ -106,3 +106,40 @@ def lite0_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from curation.wheel_weights import write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("weights") / "tf_efficientnet_lite0.pth")[1]
+
+
+# --------------------------------------------------------------------------- Ray
+# A test marked `ray` starts a real Ray cluster; it re-runs itself inside a loopback-only network
+# namespace (tests/ray_harness.py), so `pytest` alone runs it safely. Its timeout: marker kwarg.
+RAY_TEST_TIMEOUT = 600
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    from ray_harness import IN_NETNS, rerun_inside_netns
+
+    marker = pyfuncitem.get_closest_marker("ray")
+    if marker is None or os.environ.get(IN_NETNS):
+        return None
+    timeout = marker.kwargs.get("timeout", RAY_TEST_TIMEOUT)
+    nodeid = f"{REPO / pyfuncitem.nodeid}"
+    try:
+        result = rerun_inside_netns(nodeid, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Ray test timed out after {timeout}s inside the network namespace", pytrace=False)
+    if result.returncode != 0:
+        pytest.fail(f"inside the network namespace:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}", pytrace=False)
+    return True
+
+
+@pytest.fixture
+def ray_cluster(request: pytest.FixtureRequest):
+    """A 2-node loopback cluster, the second node with a fake GPU; None outside the namespace (the
+    test then re-runs inside it)."""
+    from ray_harness import IN_NETNS, LoopbackCluster
+
+    if not os.environ.get(IN_NETNS):
+        yield None
+        return
+    with LoopbackCluster(nodes=2, gpu_nodes=1) as cluster:
+        yield cluster

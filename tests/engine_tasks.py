@@ -28,4 +28,23 @@ class GpuTask(SquareTask):
     def run(self, batch: Sequence[int]) -> list[Any]:
         import ray
 
-        return [(n, ray.get_gpu_ids()) for n in batch]
+        return [(n, ray.get_runtime_context().get_node_id(), ray.get_gpu_ids()) for n in batch]
+
+
+class WhereTask(Task):
+    """Where each item ran: (item, node id, pid, setups)."""
+
+    def __init__(self) -> None:
+        self.setups = 0
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def run(self, batch: Sequence[int]) -> list[tuple[int, str, int, int]]:
+        import time
+
+        import ray
+
+        time.sleep(0.05)  # long enough that both nodes get batches
+        node = ray.get_runtime_context().get_node_id()
+        return [(n, node, os.getpid(), self.setups) for n in batch]

@@ -52,3 +52,19 @@ def test_unreachable_ray_address_is_one_line_and_writes_nothing(tmp_path: Path, 
     assert not db.exists()
     bad = run_cli("--db", str(db), "--engine", "ray", "--ray-address", "nowhere", "dedup", timeout=120)
     assert bad.stderr == "curation: error: Ray address must be auto or HOST:PORT, not 'nowhere'\n"
+
+
+def test_ray_not_installed_is_one_line(tmp_path: Path, run_cli) -> None:
+    from conftest import REPO
+
+    fake = tmp_path / "no-ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    db = tmp_path / "c.sqlite"
+    env = {"PYTHONPATH": f"{tmp_path / 'no-ray'}:{REPO}"}
+    result = run_cli("--db", str(db), "--engine", "ray", "dedup", env=env, timeout=120)
+    assert result.returncode == 1 and not db.exists()
+    assert (
+        result.stderr
+        == "curation: error: engine ray: Ray is not installed here; pip install 'curation[ray]' on every node\n"
+    )

@@ -1,0 +1,135 @@
+"""The engine on a real 2-node Ray cluster on loopback (one node with a fake GPU): the same catalog
+as the local engine. Each test re-runs itself inside a loopback-only network namespace."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES
+
+from curation.engine import EngineOptions
+from tests.engine_tasks import GpuTask, WhereTask
+
+pytestmark = pytest.mark.ray
+
+
+def ray_executor(cluster):
+    from curation.engine.ray_executor import RayExecutor
+
+    return RayExecutor.connect(EngineOptions(kind="ray", address=cluster.address))
+
+
+@pytest.mark.ray(timeout=300)
+def test_map_uses_both_nodes_sets_up_once_per_worker_and_places_gpu_tasks(ray_cluster) -> None:
+    import ray
+
+    with ray_executor(ray_cluster) as executor:
+        records = list(executor.map(WhereTask(), list(range(120)), batch_size=4, workers=1))
+        assert sorted(n for n, *_ in records) == list(range(120))
+        assert len({node for _, node, _, _ in records}) == 2
+        assert {setups for *_, setups in records} == {1}
+        gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
+        placed = list(executor.map(GpuTask(), list(range(6)), batch_size=2, workers=1))
+        assert {node for _, node, _ in placed} == {gpu_node} and all(ids == [0] for *_, ids in placed)
+
+
+def _photo_catalog(root: Path) -> tuple[str, Path]:
+    """A catalog of 30 shared photos, 3 re-encoded and 1 mirrored copies, and 1 unreadable file."""
+    import hashlib
+    import io
+
+    from PIL import Image, ImageOps
+    from test_dedup import add_image
+
+    from curation import catalog as cat
+
+    url, data_dir = f"sqlite:///{root / 'c.sqlite'}", root / "data"
+    photos = sorted(SAMPLES.glob("*.JPEG"))[:30]
+    catalog = cat.open_catalog(url)
+    with catalog.session() as session:
+        for path in photos:
+            add_image(session, data_dir, path.read_bytes(), wnid=path.stem)
+        for k, path in enumerate(photos[:4]):
+            with Image.open(path) as img:
+                copy = ImageOps.mirror(img) if k == 3 else img.copy()
+                out = io.BytesIO()
+                copy.convert("RGB").save(out, "JPEG", quality=60)
+            add_image(session, data_dir, out.getvalue(), wnid=photos[-1 - k].stem)  # label conflicts too
+        junk = b"not an image"
+        sha = hashlib.sha256(junk).hexdigest()
+        (data_dir / f"{sha}.jpg").write_bytes(junk)
+        session.add(cat.Image(sha256=sha, path=f"{sha}.jpg", width=9, height=9, format="JPEG", bytes=12, mode="RGB"))
+    catalog.engine.dispose()
+    return url, data_dir
+
+
+def _dedup_tables(root: Path) -> dict[str, list[tuple]]:
+    """The dedup tables without timestamps; paths in failure reasons relative to ``root``."""
+    con = sqlite3.connect(root / "c.sqlite")
+    con.create_function("unroot", 1, lambda text: text and text.replace(str(root), "ROOT"))
+    try:
+        return {
+            "hashes": con.execute(
+                "SELECT sha256, phash, dhash, phash_mirror, dhash_mirror, orientation_hashes FROM perceptual_hashes "
+                "ORDER BY sha256"
+            ).fetchall(),
+            "statuses": con.execute(
+                "SELECT sha256, status, cluster_id, label_conflict, unroot(reason) FROM dedup_status ORDER BY sha256"
+            ).fetchall(),
+            "links": con.execute(
+                "SELECT sha256, other, reference, hash_kind, distance FROM duplicate_links ORDER BY sha256, other"
+            ).fetchall(),
+        }
+    finally:
+        con.close()
+
+
+@pytest.mark.ray(timeout=400)
+def test_dedup_on_ray_writes_the_same_catalog_as_local(ray_cluster, tmp_path: Path, run_cli) -> None:
+    _photo_catalog(tmp_path / "local")
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    runs = {}
+    for name, engine in (("local", ()), ("ray", ("--engine", "ray", "--ray-address", ray_cluster.address))):
+        root = tmp_path / name
+        cli = ("--db", str(root / "c.sqlite"), "--data-dir", str(root / "data"), *engine)
+        runs[name] = run_cli(*cli, "dedup", "--orientations", "8", timeout=300)
+        assert runs[name].returncode == 0, runs[name].stderr
+    assert runs["ray"].stdout == runs["local"].stdout
+    assert (
+        "35 images, 34 hashed now, 1 unreadable" in runs["ray"].stdout
+        and "4 near-duplicate clusters" in runs["ray"].stdout
+    )
+    local, ray = _dedup_tables(tmp_path / "local"), _dedup_tables(tmp_path / "ray")
+    assert len(local["hashes"]) == 34 and len(local["links"]) == 4
+    assert sum(status == "failed" for _, status, *_ in local["statuses"]) == 1
+    assert ray == local
+
+
+@pytest.mark.ray(timeout=300)
+def test_a_node_that_cannot_see_the_data_directory_stops_the_run_before_anything_is_written(
+    ray_cluster, tmp_path: Path, run_cli
+) -> None:
+    import time
+
+    import ray
+
+    (tmp_path / "data").mkdir()
+    ray_cluster.add_node_blind_to(tmp_path / "data")
+    ray.init(address=ray_cluster.address)
+    deadline = time.monotonic() + 60
+    while sum(node["Alive"] for node in ray.nodes()) < 3:
+        assert time.monotonic() < deadline, "the third node did not join"
+        time.sleep(0.5)
+    ray.shutdown()
+    db = tmp_path / "c.sqlite"
+    cli = ("--db", str(db), "--data-dir", str(tmp_path / "data"), "--engine", "ray")
+    result = run_cli(*cli, "--ray-address", ray_cluster.address, "dedup", timeout=200)
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    line = result.stderr.strip()
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert line.startswith("curation: error: Ray node 127.0.0.1 (") and "cannot see the data directory" in line
+    assert f"{tmp_path / 'data'}: every node needs it at the same path (a shared mount)" in line
+    assert not db.exists() and list((tmp_path / "data").iterdir()) == []
