@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 
@@ -14,6 +14,8 @@ class Task:
     # Resources one worker of this task holds: "cpu" (one core) or "gpu" (one accelerator; a
     # back-end without one falls back to a CPU worker).
     resource = "cpu"
+    # Threads one keyed worker may use (Executor.map_by_key sets it: its share of the total).
+    shard_workers = 1
 
     def setup(self) -> None:
         """Open what every batch reuses (an HTTP pool, a model)."""
@@ -31,6 +33,15 @@ class Executor(Protocol):
         """Yield the records of every item, in any order, as batches finish. At most ``workers``
         workers (a cluster back-end may use each of its nodes' share); memory stays bounded by a
         few batches per worker in flight."""
+        ...
+
+    def map_by_key(
+        self, task: Task, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int, workers: int
+    ) -> Iterator[Any]:
+        """Like :meth:`map`, but every item of one ``key`` goes to the same long-lived worker, so
+        state kept per key (a host's connection limit, request rate, Retry-After pause and
+        robots.txt) holds across all workers. ``workers`` is the total: each of the back-end's
+        keyed workers gets a share."""
         ...
 
     def close(self) -> None:

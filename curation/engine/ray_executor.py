@@ -8,10 +8,12 @@ keeps one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ MAX_RETRIES = 3
 # Seconds to wait for a TCP answer from HOST:PORT before saying it is unreachable.
 PROBE_SECONDS = 3.0
 STORAGE_CHECK_SECONDS = 60
+# A keyed actor mostly waits on the network: a quarter CPU lets a node host four, and the actors of
+# a removed node restart on the nodes left.
+KEYED_ACTOR_CPUS = 0.25
 
 _READY: dict[str, Task] = {}  # the set-up task of each map, per worker process
 
@@ -41,6 +46,17 @@ def _run_batch(token: str, task: Task, batch: Sequence[Any]) -> list[Any]:
         task.setup()
         _READY[token] = ready = task
     return ready.run(batch)
+
+
+class _KeyedWorker:
+    """A long-lived actor: its task is set up once and keeps the state of every key sharded to it."""
+
+    def __init__(self, task: Task) -> None:
+        task.setup()
+        self.task = task
+
+    def run(self, batch: Sequence[Any]) -> list[Any]:
+        return self.task.run(batch)
 
 
 def _read_marker(path: str) -> str | None:
@@ -136,6 +152,48 @@ class RayExecutor:
                 return
             done, in_flight = ray.wait(in_flight, num_returns=1)
             yield from ray.get(done[0])
+
+    def map_by_key(
+        self, task: Task, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int, workers: int
+    ) -> Iterator[Any]:
+        """One actor per cluster CPU (spread over the nodes), each owning the keys that hash to it and
+        ``workers / actors`` of the threads. An actor whose node died restarts elsewhere and its
+        unfinished batches run again there (their records reach the driver twice: see Sink)."""
+        if not items:
+            return
+        shards = min(self.slots(task), max(1, workers))
+        task.shard_workers = -(-workers // shards)
+        actor_class = ray.remote(_KeyedWorker).options(
+            num_cpus=KEYED_ACTOR_CPUS,
+            max_restarts=-1,
+            max_task_retries=-1,
+            max_concurrency=IN_FLIGHT_PER_SLOT,
+            scheduling_strategy="SPREAD",
+        )
+        # By value, not ray.put: an actor restarted on another node must not depend on an object
+        # that lived on the dead one (ray#53727).
+        actors = [actor_class.remote(task) for _ in range(shards)]
+        queues: list[list[Any]] = [[] for _ in range(shards)]
+        for item in items:
+            queues[zlib.crc32(key(item).encode()) % shards].append(item)
+        pending = [iter(range(0, len(queue), batch_size)) for queue in queues]
+        in_flight: dict[Any, int] = {}
+        try:
+            for shard in range(shards):
+                self._submit(actors, queues, pending, in_flight, shard, batch_size, IN_FLIGHT_PER_SLOT)
+            while in_flight:
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                shard = in_flight.pop(done[0])
+                self._submit(actors, queues, pending, in_flight, shard, batch_size, 1)
+                yield from ray.get(done[0])
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+    @staticmethod
+    def _submit(actors, queues, pending, in_flight, shard: int, batch_size: int, count: int) -> None:  # noqa: ANN001
+        for start in itertools.islice(pending[shard], count):
+            in_flight[actors[shard].run.remote(queues[shard][start : start + batch_size])] = shard
 
     def close(self) -> None:
         if ray.is_initialized():
