@@ -12,17 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curation import options
+from curation.engine import Task, open_cluster
 from curation.errors import CurationError
 
 DEFAULT_MODEL = "resnet50.tv_in1k"
 RULES = ("restricted", "top1")
 KEEP_RULES = ("all-wrong", "any-wrong")
 FAILED = "failed"
+# Images per cluster task: a few seconds of CPU inference, so chunks spread over the workers while
+# each still commits (and a lost worker repeats) little.
+CLUSTER_CHUNK = 128
 
 
 @dataclass
@@ -216,6 +221,56 @@ def judge(logits: Any, label_wnids: list[str], columns: list[int] | None) -> lis
     ]
 
 
+class ScoreTask(Task):
+    """Logits of chunks of images on a cluster worker: the model loaded once per worker (on its GPU
+    when it has one), the same input pipeline and exact fp32 re-check as the local run."""
+
+    resource = "gpu"
+
+    def __init__(
+        self, name: str, checkpoint: str | None, weights_hash: str, pipeline: dict, argmax_over: list[int] | None
+    ) -> None:
+        self.name, self.checkpoint, self.weights_hash = name, checkpoint, weights_hash
+        self.pipeline, self.argmax_over = pipeline, argmax_over
+
+    def setup(self) -> None:
+        from curation.inference import load_model
+
+        self.loaded = load_model(self.name, self.checkpoint)
+        if self.loaded.weights_hash != self.weights_hash:
+            raise CurationError(
+                f"{self.name} on this worker has weights {self.loaded.weights_hash}, the driver's "
+                f"{self.weights_hash}: every node needs the same checkpoint at the same path"
+            )
+
+    def run(self, batch: list[tuple[int, list[str]]]) -> list[Any]:
+        from dataclasses import replace
+
+        from curation.inference import iter_logits
+
+        pipeline = dict(self.pipeline)
+        if self.loaded.device.type == "cpu":
+            pipeline["workers"] = 0  # a CPU task holds one core: decode in it
+        parts = []
+        for start, paths in batch:
+            for part in iter_logits(
+                self.loaded, [Path(p) for p in paths], chunk_size=len(paths), argmax_over=self.argmax_over, **pipeline
+            ):
+                errors = {start + position: error for position, error in part.errors.items()}
+                parts.append(replace(part, start=start + part.start, errors=errors))
+        return parts
+
+
+def _cluster_logits(cluster: Any, task: ScoreTask, paths: list[Path], chunk: int, bar: Any) -> Iterator[Any]:
+    """Chunks of logits from a cluster, in the order they finish."""
+    items = [
+        (start, [str(p.absolute()) for p in paths[start : start + chunk]]) for start in range(0, len(paths), chunk)
+    ]
+    for part in cluster.map(task, items, batch_size=1, workers=1):
+        bar.update(len(part.logits))
+        yield part
+
+
 def _score_model(
     catalog: Any,
     loaded: Any,
@@ -225,6 +280,7 @@ def _score_model(
     pipeline: dict[str, Any],
     chunk: int,
     bar: Any,
+    cluster_task: tuple[Any, ScoreTask] | None = None,
 ) -> tuple[set[str], int]:
     """Score ``pairs`` with one model through one input pipeline, committing one chunk of images at a
     time; returns the images that failed and how many were re-checked in fp32."""
@@ -241,7 +297,11 @@ def _score_model(
     paths = [by_image[sha][0].path for sha in images]
     failed: set[str] = set()
     rechecked = 0
-    for part in iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **pipeline):
+    if cluster_task is None:
+        parts = iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **pipeline)
+    else:
+        parts = _cluster_logits(*cluster_task, paths, min(chunk, CLUSTER_CHUNK), bar)
+    for part in parts:
         shas = images[part.start : part.start + len(part.logits)]
         errors = {position - part.start: error for position, error in part.errors.items()}
         ok = [position for position in range(len(shas)) if position not in errors]
@@ -308,15 +368,25 @@ def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]
 
 def run(args: argparse.Namespace, settings: Any) -> int:
     """Score every downloaded pair not yet scored by each model; write predictions and verdicts."""
+    opts = options.resolve(FilterOptions, settings, args)
+    if args.limit is not None and args.limit < 1:
+        raise CurationError("--limit must be at least 1")
+    specs = opts.models_and_checkpoints()
+    cluster = open_cluster(settings, settings.data_dir)  # first: a cluster problem writes nothing
+    try:
+        return _run(args, settings, opts, specs, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(args: argparse.Namespace, settings: Any, opts: FilterOptions, specs: list, cluster: Any) -> int:
+    """The stage on the local engine (``cluster`` None) or on a cluster."""
     from tqdm import tqdm
 
     from curation.catalog import open_catalog
 
-    opts = options.resolve(FilterOptions, settings, args)
     rule, keep, batch_size, commit_every = opts.rule, opts.keep, opts.batch_size, opts.commit_every
-    if args.limit is not None and args.limit < 1:
-        raise CurationError("--limit must be at least 1")
-    specs = opts.models_and_checkpoints()
     catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
         wnids = _class_set(session, args.classes)
@@ -327,8 +397,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     models = []
     for name, checkpoint in specs:
         loaded = load_model(name, checkpoint, device=str(device))
-        models.append((loaded, class_indices(loaded, wnids)))
-    keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
+        models.append((loaded, class_indices(loaded, wnids), checkpoint))
+    keys = [(loaded.name, loaded.weights_hash) for loaded, _, _ in models]
     if len(set(keys)) < len(keys):
         raise CurationError("the same model with the same weights is given twice")
     with catalog.session() as session:
@@ -348,11 +418,11 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     # even for 21k-class heads).
     batches_per_chunk = 64 if device.type == "cuda" else 16
     default_chunk = max(512, batches_per_chunk * (batch_size or default_batch_size(device)))
-    widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
+    widest = max(len(loaded.label_wnids) for loaded, _, _ in models) or 1000
     chunk = min(commit_every or default_chunk, 2**26 // widest)
     failed_images: set[str] = set()
     rechecked = 0
-    for loaded, columns in models:
+    for loaded, columns, checkpoint in models:
         if args.compile:
             import torch
 
@@ -360,7 +430,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
         n_images = len({p.sha256 for p in mine})
         with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
-            failed, model_rechecked = _score_model(catalog, loaded, rule, columns, mine, pipeline, chunk, bar)
+            cluster_task = None
+            if cluster is not None:
+                restricted_to = columns if rule == "restricted" else None
+                task = ScoreTask(loaded.name, checkpoint, loaded.weights_hash, pipeline, restricted_to)
+                cluster_task = (cluster, task)
+            failed, model_rechecked = _score_model(
+                catalog, loaded, rule, columns, mine, pipeline, chunk, bar, cluster_task
+            )
         failed_images |= failed
         rechecked += model_rechecked
     counts = _update_verdicts(catalog, pairs, keys, rule, keep)

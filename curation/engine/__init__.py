@@ -22,7 +22,7 @@ from curation import options
 from curation.engine.base import Executor, Task
 from curation.engine.sink import Sink
 
-__all__ = ["EXECUTORS", "EngineOptions", "Executor", "Sink", "Task", "open_executor"]
+__all__ = ["EXECUTORS", "EngineOptions", "Executor", "Sink", "Task", "open_cluster", "open_executor"]
 
 EXECUTORS = {
     "local": "curation.engine.local:LocalExecutor",
@@ -50,3 +50,10 @@ def open_executor(settings: Any, data_dir: Path | None = None) -> Executor:
     module_name, _, class_name = EXECUTORS[opts.kind].partition(":")
     executor_class = getattr(importlib.import_module(module_name), class_name)
     return executor_class.connect(opts, data_dir)
+
+
+def open_cluster(settings: Any, data_dir: Path | None = None) -> Executor | None:
+    """The executor of a cluster engine; None for the local engine, with which a stage keeps its own
+    tuned loop (crawl's two thread pools, the filter's DataLoader) in this process."""
+    opts = options.resolve(EngineOptions, settings, getattr(settings, "engine_flags", None))
+    return None if opts.kind == "local" else open_executor(settings, data_dir)

@@ -151,7 +151,7 @@ class RayExecutor:
             if not in_flight:
                 return
             done, in_flight = ray.wait(in_flight, num_returns=1)
-            yield from ray.get(done[0])
+            yield from _get(done[0])
 
     def map_by_key(
         self, task: Task, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int, workers: int
@@ -185,7 +185,7 @@ class RayExecutor:
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 shard = in_flight.pop(done[0])
                 self._submit(actors, queues, pending, in_flight, shard, batch_size, 1)
-                yield from ray.get(done[0])
+                yield from _get(done[0])
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -204,6 +204,15 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _get(ref: Any) -> list[Any]:
+    """A batch's records; a task that raised (not a lost node: Ray retries those) is one line."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if exc.cause is not None else exc
+        raise CurationError(f"a Ray worker failed: {type(cause).__name__}: {cause}") from None
 
 
 def _probe(address: str) -> str:
