@@ -68,3 +68,15 @@ def test_ray_not_installed_is_one_line(tmp_path: Path, run_cli) -> None:
         result.stderr
         == "curation: error: engine ray: Ray is not installed here; pip install 'curation[ray]' on every node\n"
     )
+
+
+def test_shard_by_key_keeps_each_key_on_one_shard_balanced_and_interleaved() -> None:
+    from curation.engine.base import shard_by_key
+
+    items = [(host, i) for host, count in (("a", 40), ("b", 30), ("c", 20), ("d", 10), ("e", 10)) for i in range(count)]
+    queues = shard_by_key(items, key=lambda item: item[0], shards=2)
+    hosts = [{host for host, _ in queue} for queue in queues]
+    assert hosts[0].isdisjoint(hosts[1]) and sorted(map(len, queues)) == [50, 60]  # greedy: a+d+e, b+c
+    assert sorted(queues[0] + queues[1]) == sorted(items)
+    first = queues[0][:4]
+    assert len({host for host, _ in first}) == min(4, len(hosts[0]))  # keys interleaved, not in runs

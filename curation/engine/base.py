@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -51,3 +52,18 @@ class Executor(Protocol):
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def shard_by_key(items: Sequence[Any], key: Callable[[Any], str], shards: int) -> list[list[Any]]:
+    """``items`` in ``shards`` queues, all items of a key in one, balanced: the keys with the most
+    items first, each to the queue holding fewest (a hash of the key would put two busy hosts on
+    one worker as often as not)."""
+    by_key: dict[str, list[Any]] = {}
+    for item in items:
+        by_key.setdefault(key(item), []).append(item)
+    groups: list[list[list[Any]]] = [[] for _ in range(shards)]
+    for _, group in sorted(by_key.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        min(groups, key=lambda gs: sum(map(len, gs))).append(group)
+    # Keys interleaved in each queue, so a batch spans all of a worker's hosts (one host's batch
+    # could use only its per-host connections).
+    return [[item for row in itertools.zip_longest(*gs) for item in row if item is not None] for gs in groups]

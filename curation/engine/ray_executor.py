@@ -12,12 +12,11 @@ import itertools
 import logging
 import socket
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from curation.engine.base import Task
+from curation.engine.base import Task, shard_by_key
 from curation.errors import CurationError
 
 try:
@@ -156,12 +155,13 @@ class RayExecutor:
     def map_by_key(
         self, task: Task, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int, workers: int
     ) -> Iterator[Any]:
-        """One actor per cluster CPU (spread over the nodes), each owning the keys that hash to it and
-        ``workers / actors`` of the threads. An actor whose node died restarts elsewhere and its
-        unfinished batches run again there (their records reach the driver twice: see Sink)."""
+        """One actor per cluster CPU (spread over the nodes), each owning a balanced share of the keys
+        (:func:`shard_by_key`) and ``workers / actors`` of the threads. An actor whose node died
+        restarts elsewhere and its unfinished batches run again there (their records reach the
+        driver twice: see Sink)."""
         if not items:
             return
-        shards = min(self.slots(task), max(1, workers))
+        shards = min(self.slots(task), max(1, workers), len({key(item) for item in items}))
         task.shard_workers = -(-workers // shards)
         actor_class = ray.remote(_KeyedWorker).options(
             num_cpus=KEYED_ACTOR_CPUS,
@@ -173,9 +173,7 @@ class RayExecutor:
         # By value, not ray.put: an actor restarted on another node must not depend on an object
         # that lived on the dead one (ray#53727).
         actors = [actor_class.remote(task) for _ in range(shards)]
-        queues: list[list[Any]] = [[] for _ in range(shards)]
-        for item in items:
-            queues[zlib.crc32(key(item).encode()) % shards].append(item)
+        queues = shard_by_key(items, key, shards)
         pending = [iter(range(0, len(queue), batch_size)) for queue in queues]
         in_flight: dict[Any, int] = {}
         try:
