@@ -19,7 +19,7 @@ DEMO_CURATION = $(BIN)/curation --db $(DEMO_DIR)/catalog.sqlite --data-dir $(DEM
 DEMO_MODEL = --model tf_efficientnet_lite0 --checkpoint $(DEMO_WEIGHTS)
 OFFLINE_HINT := no web or no weights? `make demo` runs every stage offline on the shared photos; for the real filter give local ResNet-50 weights: make filter ARGS="--checkpoint resnet50_tv_in1k.pth"
 
-.PHONY: install crawl filter dedup annotate release eval report status test lint demo demo-release chromium postgresql bench-catalog bench-crawl bench-eval bench-filter bench-dedup
+.PHONY: install crawl filter dedup annotate release eval report status test lint demo demo-release chromium postgresql bench-catalog bench-crawl bench-eval bench-filter bench-dedup bench-engine
 
 install: $(STAMP)
 
@@ -111,7 +111,7 @@ bench-crawl: $(STAMP)
 bench-eval: $(STAMP)
 	$(BIN)/python benchmarks/eval.py $(ARGS)
 
-bench-filter bench-dedup: $(STAMP)
+bench-filter bench-dedup bench-engine: $(STAMP)
 	$(BIN)/python benchmarks/$(@:bench-%=%).py $(ARGS)
 
 # Catalog write rates, `status` and the review page, SQLite vs PostgreSQL, e.g. ARGS="--rows 1000000".
