@@ -30,6 +30,8 @@ IN_FLIGHT_PER_SLOT = 2
 MAX_RETRIES = 3
 # Seconds to wait for a TCP answer from HOST:PORT before saying it is unreachable.
 PROBE_SECONDS = 3.0
+# Seconds every node gets to read the data-directory marker (a worker starts in 1-3 s; a hung
+# network mount must not hang the run).
 STORAGE_CHECK_SECONDS = 60
 # A keyed actor mostly waits on the network: a quarter CPU lets a node host four, and the actors of
 # a removed node restart on the nodes left.
