@@ -136,13 +136,14 @@ class ReplayServer:
                 )
                 reply = handler(parts.path, parse_qs(parts.query)) if handler else Reply(404, b"not found")
                 time.sleep(server.latency + reply.delay)
+                with server._lock:
+                    # Before the reply: once it has arrived the client may send its next request,
+                    # which must not overlap this one in the count.
+                    server.in_flight -= 1
                 try:
                     self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
 
             def _send(self, reply: Reply) -> None:
                 self.send_response(reply.status)
