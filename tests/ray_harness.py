@@ -164,6 +164,18 @@ class LoopbackCluster:
         finally:
             ray.shutdown()
 
+    def drivers_seen(self) -> int:
+        """How many drivers (``curation --engine ray`` runs) have connected so far, this query's own
+        connection not counted."""
+        import ray
+        from ray._private.state import jobs
+
+        ray.init(address=self.address)
+        try:
+            return len(jobs()) - 1
+        finally:
+            ray.shutdown()
+
     def remove_node(self, node: Any) -> None:
         self.cluster.remove_node(node, allow_graceful=False)
         self.nodes.remove(node)

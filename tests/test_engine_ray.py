@@ -92,12 +92,15 @@ def _dedup_tables(root: Path) -> dict[str, list[tuple]]:
 def test_dedup_on_ray_writes_the_same_catalog_as_local(ray_cluster, tmp_path: Path, run_cli) -> None:
     _photo_catalog(tmp_path / "local")
     shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    config = tmp_path / "ray.toml"  # the engine chosen in the config file this time
+    config.write_text(f'[engine]\nkind = "ray"\naddress = "{ray_cluster.address}"\n')
     runs = {}
-    for name, engine in (("local", ()), ("ray", ("--engine", "ray", "--ray-address", ray_cluster.address))):
+    for name, engine in (("local", ()), ("ray", ("--config", str(config)))):
         root = tmp_path / name
         cli = ("--db", str(root / "c.sqlite"), "--data-dir", str(root / "data"), *engine)
         runs[name] = run_cli(*cli, "dedup", "--orientations", "8", timeout=300)
         assert runs[name].returncode == 0, runs[name].stderr
+    assert ray_cluster.drivers_seen() == 1  # the Ray run did run on the cluster
     assert runs["ray"].stdout == runs["local"].stdout
     assert (
         "35 images, 34 hashed now, 1 unreadable" in runs["ray"].stdout
@@ -177,6 +180,7 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
         runs[name] = run_cli(*db, *engine, *args, timeout=500)
         assert runs[name].returncode == 0, runs[name].stderr
     assert "scored 200 image(s)" in runs["local"].stdout and "1 image(s) failed" in runs["local"].stdout
+    assert ray_cluster.drivers_seen() == 1  # the Ray run did run on the cluster
     local_tables, ray_tables = _filter_tables(tmp_path / "local"), _filter_tables(tmp_path / "ray")
     assert len(local_tables["predictions"]) == 200 and len(local_tables["verdicts"]) == 199
     assert ray_tables == local_tables
