@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="where images and releases go (default: $CURATION_DATA_DIR or data/)")
     parser.add_argument("--engine", dest="engine_kind", help="execution engine: local (default) or ray ([engine] kind)")
     parser.add_argument(
-        "--ray-address", help="Ray cluster to join: auto (a local `ray start` cluster) or HOST:PORT ([engine] address)"
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="Ray cluster to join: auto (a local `ray start` cluster) or HOST:PORT ([engine] address)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     subparsers.required = True
