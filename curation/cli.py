@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", help="catalog SQLAlchemy URL or SQLite path (default: $CURATION_DB or db/catalog.sqlite)"
     )
     parser.add_argument("--data-dir", help="where images and releases go (default: $CURATION_DATA_DIR or data/)")
-    parser.add_argument("--engine", dest="engine_kind", help="execution engine: local (default) or ray ([engine] kind)")
+    parser.add_argument(
+        "--engine", dest="engine_kind", metavar="KIND", help="execution engine: local (default) or ray ([engine] kind)"
+    )
     parser.add_argument(
         "--ray-address",
         metavar="HOST:PORT",
