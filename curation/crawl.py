@@ -52,6 +52,7 @@ from curation.catalog import (
 )
 from curation.config import Settings
 from curation.dialect import catalog_lock, insert_ignore
+from curation.engine import EngineOptions
 from curation.errors import CurationError
 from curation.netguard import AddressGuard, Resolver
 from curation.sources import DEFAULT_SOURCES, LIST_SOURCES, WEB_SOURCES, Found, Skip, SourceError
@@ -164,6 +165,9 @@ def crawl(
     unknown = [s for s in sources if s not in WEB_SOURCES]
     if unknown:
         raise CurationError(f"unknown source(s) {', '.join(unknown)}; sources: {', '.join(WEB_SOURCES)}")
+    engine = options.resolve(EngineOptions, settings, settings.engine_flags).kind
+    if engine != "local":
+        print(f"curation crawl: the {engine} engine does not run crawl yet; crawling on this machine", file=sys.stderr)
     catalog = open_catalog(settings.db_url)
     summary = Summary()
     with _crawl_lock(settings.data_dir), _catalog_crawl_lock(catalog):

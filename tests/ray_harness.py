@@ -133,12 +133,6 @@ class LoopbackCluster:
     def address(self) -> str:
         return self.cluster.address
 
-    def add_node(self, gpu: bool = False) -> Any:
-        node = self.cluster.add_node(**self._node_args(gpu))
-        self.cluster.wait_for_nodes()
-        self.nodes.append(node)
-        return node
-
     def add_node_blind_to(self, hidden: Path) -> subprocess.Popen:
         """A node (`ray start`) in its own mount namespace where ``hidden`` is an empty tmpfs: a
         node that cannot see that directory."""
@@ -153,17 +147,6 @@ class LoopbackCluster:
             stderr=subprocess.DEVNULL,
         )
 
-    def busy_cpus(self, node: Any) -> float:
-        """CPUs in use on ``node`` (by tasks and actors)."""
-        import ray
-        from ray._private.state import available_resources_per_node
-
-        ray.init(address=self.address)
-        try:
-            return CPUS_PER_NODE - available_resources_per_node()[node.node_id].get("CPU", 0)
-        finally:
-            ray.shutdown()
-
     def drivers_seen(self) -> int:
         """How many drivers (``curation --engine ray`` runs) have connected so far, this query's own
         connection not counted."""
@@ -175,10 +158,6 @@ class LoopbackCluster:
             return len(jobs()) - 1
         finally:
             ray.shutdown()
-
-    def remove_node(self, node: Any) -> None:
-        self.cluster.remove_node(node, allow_graceful=False)
-        self.nodes.remove(node)
 
     def stop(self) -> None:
         import ray

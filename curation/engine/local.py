@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,17 +54,6 @@ class LocalExecutor:
         with multiprocessing.Pool(workers, _init_worker, (task,)) as pool:
             for records in pool.imap_unordered(_run_batch, batches(items, batch_size)):
                 yield from records
-
-    def map_by_key(
-        self, task: Task, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int, workers: int
-    ) -> Iterator[Any]:
-        """One worker holds every key: the task is set up once, here, and given all ``workers``."""
-        if not items:
-            return
-        task.shard_workers = workers
-        task.setup()
-        for batch in batches(items, batch_size):
-            yield from task.run(batch)
 
     def close(self) -> None:
         pass

@@ -8,15 +8,14 @@ keeps one.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from curation.engine.base import Task, shard_by_key
+from curation.engine.base import Task
 from curation.errors import CurationError
 
 try:
@@ -33,9 +32,6 @@ PROBE_SECONDS = 3.0
 # Seconds every node gets to read the data-directory marker (a worker starts in 1-3 s; a hung
 # network mount must not hang the run).
 STORAGE_CHECK_SECONDS = 60
-# A keyed actor mostly waits on the network: a quarter CPU lets a node host four, and the actors of
-# a removed node restart on the nodes left.
-KEYED_ACTOR_CPUS = 0.25
 
 _READY: dict[str, Task] = {}  # the set-up task of each map, per worker process
 
@@ -47,17 +43,6 @@ def _run_batch(token: str, task: Task, batch: Sequence[Any]) -> list[Any]:
         task.setup()
         _READY[token] = ready = task
     return ready.run(batch)
-
-
-class _KeyedWorker:
-    """A long-lived actor: its task is set up once and keeps the state of every key sharded to it."""
-
-    def __init__(self, task: Task) -> None:
-        task.setup()
-        self.task = task
-
-    def run(self, batch: Sequence[Any]) -> list[Any]:
-        return self.task.run(batch)
 
 
 def _read_marker(path: str) -> str | None:
@@ -153,47 +138,6 @@ class RayExecutor:
                 return
             done, in_flight = ray.wait(in_flight, num_returns=1)
             yield from _get(done[0])
-
-    def map_by_key(
-        self, task: Task, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int, workers: int
-    ) -> Iterator[Any]:
-        """One actor per cluster CPU (spread over the nodes), each owning a balanced share of the keys
-        (:func:`shard_by_key`) and ``workers / actors`` of the threads. An actor whose node died
-        restarts elsewhere and its unfinished batches run again there (their records reach the
-        driver twice: see Sink)."""
-        if not items:
-            return
-        shards = min(self.slots(task), max(1, workers), len({key(item) for item in items}))
-        task.shard_workers = -(-workers // shards)
-        actor_class = ray.remote(_KeyedWorker).options(
-            num_cpus=KEYED_ACTOR_CPUS,
-            max_restarts=-1,
-            max_task_retries=-1,
-            max_concurrency=IN_FLIGHT_PER_SLOT,
-            scheduling_strategy="SPREAD",
-        )
-        # By value, not ray.put: an actor restarted on another node must not depend on an object
-        # that lived on the dead one (ray#53727).
-        actors = [actor_class.remote(task) for _ in range(shards)]
-        queues = shard_by_key(items, key, shards)
-        pending = [iter(range(0, len(queue), batch_size)) for queue in queues]
-        in_flight: dict[Any, int] = {}
-        try:
-            for shard in range(shards):
-                self._submit(actors, queues, pending, in_flight, shard, batch_size, IN_FLIGHT_PER_SLOT)
-            while in_flight:
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                shard = in_flight.pop(done[0])
-                self._submit(actors, queues, pending, in_flight, shard, batch_size, 1)
-                yield from _get(done[0])
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-
-    @staticmethod
-    def _submit(actors, queues, pending, in_flight, shard: int, batch_size: int, count: int) -> None:  # noqa: ANN001
-        for start in itertools.islice(pending[shard], count):
-            in_flight[actors[shard].run.remote(queues[shard][start : start + batch_size])] = shard
 
     def close(self) -> None:
         if ray.is_initialized():
