@@ -35,6 +35,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -108,6 +109,7 @@ class Candidate(Base):
     __table_args__ = (
         UniqueConstraint("wnid", "url"),
         Index("ix_candidates_status", "status"),
+        Index("ix_candidates_image_wnid_status", "image_sha256", "wnid", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -176,6 +178,15 @@ class FilterVerdict(Base):
     """The filter stage's decision for an (image, class) pair, combining its models."""
 
     __tablename__ = "filter_verdicts"
+    __table_args__ = (
+        Index(
+            "ix_filter_verdicts_kept",
+            "sha256",
+            "wnid",
+            sqlite_where=text("kept"),
+            postgresql_where=text("kept"),
+        ),
+    )
 
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
     wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"), primary_key=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,32 +106,74 @@ def _class_set(session: Any, classes_arg: str | None) -> list[str]:
     return wanted
 
 
-def _pairs(session: Any, wnids: list[str], data_dir: Path) -> list[Pair]:
-    from sqlalchemy import select
-
-    from curation.catalog import DOWNLOADED, Candidate, Image
-
-    rows = session.execute(
-        select(Candidate.image_sha256, Candidate.wnid, Image.path)
-        .join(Image, Image.sha256 == Candidate.image_sha256)
-        .where(Candidate.status == DOWNLOADED, Candidate.wnid.in_(wnids))
-        .distinct()
-        .order_by(Candidate.image_sha256, Candidate.wnid)
-    ).all()
-    return [Pair(sha, wnid, data_dir / path) for sha, wnid, path in rows]
+# Pairs read and scored per page: bounds the driver's memory (~0.3 KB a pair) whatever the catalog's size.
+PAGE_PAIRS = 50_000
 
 
-def _scored(session: Any, model: str, weights_hash: str, rule: str) -> set[tuple[str, str]]:
-    from sqlalchemy import select
+def _scored_by(key: tuple[str, str], rule: str) -> Any:
+    """EXISTS: the candidate's (image, class) pair has a prediction of this model, weights and rule."""
+    from sqlalchemy import exists
 
-    from curation.catalog import Prediction
+    from curation.catalog import Candidate, Prediction
 
-    rows = session.execute(
-        select(Prediction.sha256, Prediction.wnid).where(
-            Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
-        )
+    model, weights_hash = key
+    return exists().where(
+        Prediction.sha256 == Candidate.image_sha256,
+        Prediction.wnid == Candidate.wnid,
+        Prediction.model == model,
+        Prediction.weights_hash == weights_hash,
+        Prediction.rule == rule,
     )
-    return {(sha, wnid) for sha, wnid in rows}
+
+
+def _downloaded_pairs(columns: list[Any], wnids: list[str] | None) -> Any:
+    """SELECT ``columns`` over the distinct downloaded (image, class) pairs, in (sha256, wnid) order
+    (GROUP BY walks ix_candidates_image_wnid); ``wnids`` None means every class."""
+    from sqlalchemy import select
+
+    from curation.catalog import DOWNLOADED, Candidate
+
+    stmt = select(*columns).where(Candidate.status == DOWNLOADED, Candidate.image_sha256.is_not(None))
+    if wnids is not None:
+        stmt = stmt.where(Candidate.wnid.in_(wnids))
+    return stmt.group_by(Candidate.image_sha256, Candidate.wnid).order_by(Candidate.image_sha256, Candidate.wnid)
+
+
+def _pending_page(
+    session: Any,
+    wnids: list[str] | None,
+    keys: list[tuple[str, str]],
+    rule: str,
+    data_dir: Path,
+    limit: int,
+    after: tuple[str, str] | None,
+) -> list[tuple[Pair, list[bool]]]:
+    """The next ``limit`` pairs after ``after`` that some model has not scored, each with whether each
+    model has: an indexed anti-join per model, never the whole table."""
+    from sqlalchemy import and_, func, or_
+
+    from curation.catalog import Candidate, Image
+
+    scored = [_scored_by(key, rule) for key in keys]
+    stmt = _downloaded_pairs([Candidate.image_sha256, Candidate.wnid, func.min(Image.path), *scored], wnids)
+    stmt = stmt.join(Image, Image.sha256 == Candidate.image_sha256).where(or_(*[~s for s in scored]))
+    if after is not None:
+        sha, wnid = after
+        stmt = stmt.where(or_(Candidate.image_sha256 > sha, and_(Candidate.image_sha256 == sha, Candidate.wnid > wnid)))
+    rows = session.execute(stmt.limit(limit)).all()
+    return [(Pair(sha, wnid, data_dir / path), [bool(v) for v in done]) for sha, wnid, path, *done in rows]
+
+
+def _count_pairs(session: Any, wnids: list[str] | None, keys: list[tuple[str, str]], rule: str) -> tuple[int, int]:
+    """(all downloaded pairs, pairs some model has not scored): two aggregate counts."""
+    from sqlalchemy import func, or_, select
+
+    from curation.catalog import Candidate
+
+    pairs = _downloaded_pairs([Candidate.image_sha256], wnids).order_by(None)
+    total = session.scalar(select(func.count()).select_from(pairs.subquery()))
+    pending = pairs.where(or_(*[~_scored_by(key, rule) for key in keys]))
+    return int(total or 0), int(session.scalar(select(func.count()).select_from(pending.subquery())) or 0)
 
 
 def _forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: str, wnids: list[str]) -> None:
@@ -139,7 +181,7 @@ def _forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: 
     restricted run, drop that model's predictions (and the verdicts built on them) to rescore them."""
     import hashlib
 
-    from sqlalchemy import delete, select
+    from sqlalchemy import delete, func, select
 
     from curation.catalog import FilterVerdict, Meta, Prediction
 
@@ -150,15 +192,15 @@ def _forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: 
     meta = session.get(Meta, key)
     if meta is not None and json.loads(meta.value)["class_set"] != class_set:
         scored = Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
-        pairs = session.execute(select(Prediction.sha256, Prediction.wnid).where(*scored)).all()
+        n_pairs = session.scalar(select(func.count()).select_from(Prediction).where(*scored))
         print(
-            f"filter: the class set changed since {model}'s last restricted run: rescoring {len(pairs)} pair(s)",
+            f"filter: the class set changed since {model}'s last restricted run: rescoring {n_pairs} pair(s)",
             file=sys.stderr,
         )
+        session.execute(delete(FilterVerdict).where(FilterVerdict.sha256.in_(select(Prediction.sha256).where(*scored))))
         session.execute(delete(Prediction).where(*scored))
-        shas = sorted({sha for sha, _ in pairs})
-        for start in range(0, len(shas), 500):
-            session.execute(delete(FilterVerdict).where(FilterVerdict.sha256.in_(shas[start : start + 500])))
+        # Deleted ids may be handed out again: the next verdict pass reads every prediction.
+        session.execute(delete(Meta).where(Meta.key == VERDICTS_META))
     value = json.dumps({"model": model, "weights_hash": weights_hash, "class_set": class_set, "classes": len(wnids)})
     session.merge(Meta(key=key, value=value))
 
@@ -247,51 +289,100 @@ def _score_model(
     return failed, rechecked
 
 
-def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]], rule: str, keep: str) -> dict:
-    """Combine the run's models into one verdict per pair; returns counts kept/discarded/failed."""
-    from sqlalchemy import delete, insert, select, tuple_
+VERDICTS_META = "filter:verdicts"  # {"models", "rule", "keep", "through_id": last prediction id judged}
 
-    from curation.catalog import FilterVerdict, Prediction
 
-    counts = {"kept": 0, "discarded": 0, "failed": 0}
-    wanted = {(p.sha256, p.wnid) for p in pairs}
-    models = json.dumps([f"{m}@{h}" for m, h in keys])
+def _verdict_config(keys: list[tuple[str, str]], rule: str, keep: str) -> dict[str, Any]:
+    return {"models": sorted(f"{m}@{h}" for m, h in keys), "rule": rule, "keep": keep}
+
+
+def _update_verdicts(
+    catalog: Any, wnids: list[str] | None, keys: list[tuple[str, str]], rule: str, keep: str
+) -> dict[str, int]:
+    """Combine the models into one verdict per pair, in one INSERT ... SELECT ... ON CONFLICT: for
+    the pairs with predictions newer than the last verdict pass, or for every pair when the models,
+    rule or keep rule changed. A pair some model has not scored yet (``--limit``) keeps its verdict;
+    one a model failed on loses it. Returns counts kept/discarded/failed of the pairs judged now."""
+    from sqlalchemy import and_, case, delete, func, literal, or_, select
+
+    from curation.catalog import FilterVerdict, Meta, Prediction, utcnow
+
+    config = _verdict_config(keys, rule, keep)
+    mine = and_(
+        Prediction.rule == rule,
+        or_(*[and_(Prediction.model == m, Prediction.weights_hash == h) for m, h in keys]),
+        *([Prediction.wnid.in_(wnids)] if wnids is not None else []),
+    )
+    now = utcnow()
     with catalog.session() as session:
-        results: dict[tuple[str, str], dict[str, Any]] = {}
-        for model, weights_hash in keys:
-            rows = session.execute(
-                select(Prediction.sha256, Prediction.wnid, Prediction.status, Prediction.correct).where(
-                    Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
+        meta = session.get(Meta, VERDICTS_META)
+        stored = json.loads(meta.value) if meta is not None else {}
+        through = stored.get("through_id", 0) if {k: stored.get(k) for k in config} == config else 0
+        last_id = session.scalar(select(func.max(Prediction.id))) or 0
+        fresh = select(Prediction.sha256, Prediction.wnid).where(mine, Prediction.id > through).distinct().subquery()
+        failed = func.sum(case((Prediction.status == FAILED, 1), else_=0))
+        right = func.sum(case((Prediction.correct.is_(True), 1), else_=0))
+        kept = (right == 0) if keep == "all-wrong" else (right < len(keys))
+        judged = (
+            select(
+                Prediction.sha256,
+                Prediction.wnid,
+                kept,
+                literal(json.dumps([f"{m}@{h}" for m, h in keys])),
+                literal(keep),
+                literal(now),
+            )
+            .join(fresh, and_(fresh.c.sha256 == Prediction.sha256, fresh.c.wnid == Prediction.wnid))
+            .where(mine)
+            .group_by(Prediction.sha256, Prediction.wnid)
+            .having(func.count() == len(keys))
+        )
+        counts = {"kept": 0, "discarded": 0, "failed": 0}
+        insert = _dialect_insert(session)
+        columns = ["sha256", "wnid", "kept", "models", "keep_rule", "updated_at"]
+        stmt = insert(FilterVerdict).from_select(columns, judged.having(failed == 0))
+        excluded = stmt.excluded
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["sha256", "wnid"],
+                set_={c: getattr(excluded, c) for c in columns[2:]},
+            )
+        )
+        failing = judged.having(failed > 0).with_only_columns(Prediction.sha256, Prediction.wnid).subquery()
+        counts["failed"] = session.scalar(select(func.count()).select_from(failing)) or 0
+        if counts["failed"]:
+            session.execute(
+                delete(FilterVerdict).where(
+                    select(failing.c.sha256)
+                    .where(failing.c.sha256 == FilterVerdict.sha256, failing.c.wnid == FilterVerdict.wnid)
+                    .exists()
                 )
             )
-            for sha, wnid, status, correct in rows:
-                if (sha, wnid) in wanted:
-                    results.setdefault((sha, wnid), {})[f"{model}@{weights_hash}"] = (status, correct)
-        judged, verdicts = [], []
-        for pair, by_model in results.items():
-            if len(by_model) < len(keys):
-                continue  # not scored by every model yet (e.g. --limit)
-            judged.append(pair)
-            if any(status == FAILED for status, _ in by_model.values()):
-                counts["failed"] += 1  # no verdict: it could not be judged
-                continue
-            wrong = [not correct for _, correct in by_model.values()]
-            kept = all(wrong) if keep == "all-wrong" else any(wrong)
-            counts["kept" if kept else "discarded"] += 1
-            verdicts.append({"sha256": pair[0], "wnid": pair[1], "kept": kept, "models": models, "keep_rule": keep})
-        for start in range(0, len(judged), 500):  # replace, in one transaction with the inserts
-            part = judged[start : start + 500]
-            session.execute(delete(FilterVerdict).where(tuple_(FilterVerdict.sha256, FilterVerdict.wnid).in_(part)))
-        if verdicts:
-            session.execute(insert(FilterVerdict), verdicts)
+        for is_kept, n in session.execute(
+            select(FilterVerdict.kept, func.count()).where(FilterVerdict.updated_at == now).group_by(FilterVerdict.kept)
+        ):
+            counts["kept" if is_kept else "discarded"] += n
+        session.merge(Meta(key=VERDICTS_META, value=json.dumps({**config, "through_id": last_id})))
     return counts
+
+
+def _dialect_insert(session: Any) -> Any:
+    """The INSERT construct with ON CONFLICT of the catalog's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise CurationError(f"the filter needs SQLite or PostgreSQL, not {dialect}")
+    return insert
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
     """Score every downloaded pair not yet scored by each model; write predictions and verdicts."""
-    from tqdm import tqdm
+    from sqlalchemy import func, select
 
-    from curation.catalog import open_catalog
+    from curation.catalog import ImageClass, open_catalog
 
     rule = _setting(args, settings, "rule", "restricted")
     keep = _setting(args, settings, "keep", "all-wrong")
@@ -309,23 +400,26 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
         wnids = _class_set(session, args.classes)
-        pairs = _pairs(session, wnids, settings.data_dir)
+        every_class = len(wnids) == session.scalar(select(func.count()).select_from(ImageClass))
     from curation.inference import class_indices, default_batch_size, load_model, resolve_device
 
     device = resolve_device(_setting(args, settings, "device", "auto"))
     models = []
     for name, checkpoint in specs:
         loaded = load_model(name, checkpoint, device=str(device))
+        if args.compile:
+            import torch
+
+            loaded.model = torch.compile(loaded.model)
         models.append((loaded, class_indices(loaded, wnids)))
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
     if len(set(keys)) < len(keys):
         raise CurationError("the same model with the same weights is given twice")
+    in_set = None if every_class else wnids
     with catalog.session() as session:
         for key in keys:
             _forget_other_class_sets(session, *key, rule, wnids)
-        done = {key: _scored(session, *key, rule) for key in keys}
-    pending = [p for p in pairs if any((p.sha256, p.wnid) not in done[key] for key in keys)]
-    todo = pending if args.limit is None else pending[: args.limit]
+        n_pairs, n_pending = _count_pairs(session, in_set, keys, rule)
     options = {
         "batch_size": batch_size,
         "workers": workers,
@@ -339,26 +433,55 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     default_chunk = max(512, batches_per_chunk * (batch_size or default_batch_size(device)))
     widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
     chunk = min(commit_every or default_chunk, 2**26 // widest)
-    failed_images: set[str] = set()
-    rechecked = 0
-    for loaded, columns in models:
-        if args.compile:
-            import torch
-
-            loaded.model = torch.compile(loaded.model)
-        mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
-        n_images = len({p.sha256 for p in mine})
-        with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
-            failed, model_rechecked = _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
-        failed_images |= failed
-        rechecked += model_rechecked
-    counts = _update_verdicts(catalog, pairs, keys, rule, keep)
-    left = f", {len(pending) - len(todo)} left by --limit" if len(todo) < len(pending) else ""
+    todo = n_pending if args.limit is None else min(args.limit, n_pending)
+    scored = _score_pages(catalog, models, (in_set, rule, settings.data_dir), todo, options, chunk)
+    counts = _update_verdicts(catalog, in_set, keys, rule, keep)
+    left = f", {n_pending - todo} left by --limit" if todo < n_pending else ""
     print(
-        f"filter: scored {len({p.sha256 for p in todo})} image(s) ({len(todo)} pair(s), {len(failed_images)} "
-        f"image(s) failed, {rechecked} re-checked in fp32) with "
-        f"{len(models)} model(s), {rule} over {len(wnids)} classes; {len(pairs) - len(pending)} pair(s) already "
+        f"filter: scored {scored.images} image(s) ({scored.pairs} pair(s), {len(scored.failed)} "
+        f"image(s) failed, {scored.rechecked} re-checked in fp32) with "
+        f"{len(models)} model(s), {rule} over {len(wnids)} classes; {n_pairs - n_pending} pair(s) already "
         f"scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
         f"failed {counts['failed']}"
     )
     return 0
+
+
+@dataclass
+class _Scored:
+    """What a run scored: distinct images, pairs, images that failed, images re-checked in fp32."""
+
+    images: int = 0
+    pairs: int = 0
+    failed: set[str] = field(default_factory=set)
+    rechecked: int = 0
+
+
+def _score_pages(
+    catalog: Any, models: list[tuple[Any, list[int]]], where: tuple, todo: int, options: dict, chunk: int
+) -> _Scored:
+    """Score ``todo`` pending pairs, one page of at most PAGE_PAIRS at a time, each pair by the models
+    that have not scored it; ``where`` is (class set or None, rule, data dir)."""
+    from tqdm import tqdm
+
+    wnids, rule, data_dir = where
+    keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
+    scored = _Scored()
+    after: tuple[str, str] | None = None
+    # Images to score, counted as pairs per model (an image found for two classes counts twice).
+    with tqdm(total=todo * len(models), desc="filter", unit="img", file=sys.stderr, leave=False) as bar:
+        while scored.pairs < todo:
+            with catalog.session() as session:
+                page = _pending_page(session, wnids, keys, rule, data_dir, min(PAGE_PAIRS, todo - scored.pairs), after)
+            if not page:
+                break
+            images = {pair.sha256 for pair, _ in page}
+            scored.images += len(images) - (after is not None and after[0] in images)
+            for k, (loaded, columns) in enumerate(models):
+                mine = [pair for pair, done in page if not done[k]]
+                failed, rechecked = _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+                scored.failed |= failed
+                scored.rechecked += rechecked
+            scored.pairs += len(page)
+            after = (page[-1][0].sha256, page[-1][0].wnid)
+    return scored

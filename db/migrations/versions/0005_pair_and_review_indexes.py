@@ -1,0 +1,32 @@
+"""indexes that keep the filter's pages, release provenance and the review queue O(what they return)
+
+- candidates(image_sha256, wnid, status): the filter's pending pairs walk it in (sha256, wnid) order
+  and stop at the page (or ``--limit``); release reads an item's candidates by image through it.
+- filter_verdicts(sha256, wnid) WHERE kept: the review queue walks only kept pairs, not the
+  discarded majority (the filter keeps a few % of what it scores).
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-01 16:50:00.000000
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("ix_candidates_image_wnid_status", "candidates", ["image_sha256", "wnid", "status"])
+    kept = sa.text("kept")
+    op.create_index(
+        "ix_filter_verdicts_kept", "filter_verdicts", ["sha256", "wnid"], sqlite_where=kept, postgresql_where=kept
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_filter_verdicts_kept", table_name="filter_verdicts")
+    op.drop_index("ix_candidates_image_wnid_status", table_name="candidates")
