@@ -205,21 +205,27 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
     Above ``max_per_class`` a class keeps its images with the smallest sha256 (a fixed pseudo-random
     choice); classes below ``min_per_class`` are left out whole.
     """
+    from sqlalchemy import func
+
     dropped: Counter = Counter()
-    rows = session.execute(
-        select(cat.FilterVerdict, cat.DedupStatus, cat.Image)
+    reviewable = (
+        select(cat.FilterVerdict, cat.DedupStatus.label_conflict, cat.Image)
         .join(cat.DedupStatus, cat.DedupStatus.sha256 == cat.FilterVerdict.sha256)
         .join(cat.Image, cat.Image.sha256 == cat.FilterVerdict.sha256)
         .where(cat.FilterVerdict.kept.is_(True), cat.DedupStatus.status == cat.REPRESENTATIVE)
-        .order_by(cat.FilterVerdict.wnid, cat.FilterVerdict.sha256)
+    )
+    total = session.scalar(select(func.count()).select_from(reviewable.subquery())) or 0
+    accepted = cat.accepted_query(votes_needed).subquery()
+    rows = session.execute(
+        reviewable.join(
+            accepted, (accepted.c.sha256 == cat.FilterVerdict.sha256) & (accepted.c.wnid == cat.FilterVerdict.wnid)
+        ).order_by(cat.FilterVerdict.wnid, cat.FilterVerdict.sha256)
     ).all()
-    accepted = cat.accepted_pairs(session, votes_needed)
+    dropped["not accepted"] += total - len(rows)
     names = dict(session.execute(select(cat.ImageClass.wnid, cat.ImageClass.name)).all())
     chosen: list[tuple[cat.FilterVerdict, cat.Image]] = []
-    for verdict, dedup, image in rows:
-        if (verdict.sha256, verdict.wnid) not in accepted:
-            dropped["not accepted"] += 1
-        elif dedup.label_conflict:
+    for verdict, label_conflict, image in rows:
+        if label_conflict:
             dropped["label conflict"] += 1
         else:
             chosen.append((verdict, image))
@@ -264,54 +270,88 @@ def _first_model(models_json: str) -> str:
     return str(models[0]) if isinstance(models, list) and models else ""
 
 
+# Images whose candidates, predictions and votes are read per query (indexed IN look-ups).
+PROVENANCE_BATCH = 500
+
+
 def attach_provenance(session: Session, items: list[Item], names: dict[str, str]) -> None:
-    """Fill each item's source, licence, filter prediction and votes from the catalog."""
-    shas = {i.sha256 for i in items}
-    candidates: dict[tuple[str, str], cat.Candidate] = {}
-    any_class: dict[str, cat.Candidate] = {}
-    for cand in session.scalars(
-        select(cat.Candidate).where(cat.Candidate.status == cat.DOWNLOADED).order_by(cat.Candidate.id)
-    ):
-        if cand.image_sha256 in shas:
-            candidates.setdefault((cand.image_sha256, cand.wnid), cand)
-            any_class.setdefault(cand.image_sha256, cand)
-    predictions: dict[tuple[str, str], dict[str, cat.Prediction]] = defaultdict(dict)
-    for pred in session.scalars(
-        select(cat.Prediction)
-        .where(cat.Prediction.status == "ok")
-        .order_by(cat.Prediction.rule.desc(), cat.Prediction.id)
-    ):  # "top1" before "restricted", so the restricted rule wins when a model ran both
-        if pred.sha256 in shas:
-            predictions[(pred.sha256, pred.wnid)][f"{pred.model}@{pred.weights_hash}"] = pred
-    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for ann in session.scalars(select(cat.Annotation).where(cat.Annotation.verdict != "skip")):
-        if ann.sha256 in shas:
-            votes[(ann.sha256, ann.wnid)][ann.verdict] += 1
+    """Fill each item's source, licence, filter prediction and votes from the catalog: indexed
+    look-ups of the items' images only, memory proportional to the items."""
     from curation.classes import wordnet_lemmas
 
     lemmas = wordnet_lemmas()
-    for item in items:
-        cand = candidates.get((item.sha256, item.wnid)) or any_class.get(item.sha256)
-        if cand is not None:
-            item.source = cand.source
-            item.image_url = cand.url or ""
-            item.page_url = cand.page_url or ""
-            item.title = cand.title or ""
-            item.author = cand.author or ""
-            item.license = cand.license or ""
-            item.crawled_at = cand.created_at
-        by_model = predictions.get((item.sha256, item.wnid), {})
-        if item.filter_model not in by_model and by_model:
-            item.filter_model = min(by_model)
-        pred = by_model.get(item.filter_model)
-        if pred is not None:
-            item.filter_rule = pred.rule
-            item.filter_prediction = pred.pred_wnid or ""
-            item.filter_prediction_name = (
-                names.get(pred.pred_wnid or "") or lemmas.get(pred.pred_wnid or "", "").split(",")[0]
-            )
-            item.filter_confidence = pred.confidence
-        item.votes = votes.get((item.sha256, item.wnid), Counter())
+    for start in range(0, len(items), PROVENANCE_BATCH):
+        part = items[start : start + PROVENANCE_BATCH]
+        shas = sorted({i.sha256 for i in part})
+        candidates, any_class = _first_candidates(session, shas)
+        predictions = _predictions_by_model(session, shas)
+        votes = _votes(session, shas)
+        for item in part:
+            cand = candidates.get((item.sha256, item.wnid)) or any_class.get(item.sha256)
+            if cand is not None:
+                item.source = cand.source
+                item.image_url = cand.url or ""
+                item.page_url = cand.page_url or ""
+                item.title = cand.title or ""
+                item.author = cand.author or ""
+                item.license = cand.license or ""
+                item.crawled_at = cand.created_at
+            by_model = predictions.get((item.sha256, item.wnid), {})
+            if item.filter_model not in by_model and by_model:
+                item.filter_model = min(by_model)
+            pred = by_model.get(item.filter_model)
+            if pred is not None:
+                item.filter_rule = pred.rule
+                item.filter_prediction = pred.pred_wnid or ""
+                item.filter_prediction_name = (
+                    names.get(pred.pred_wnid or "") or lemmas.get(pred.pred_wnid or "", "").split(",")[0]
+                )
+                item.filter_confidence = pred.confidence
+            item.votes = votes.get((item.sha256, item.wnid), Counter())
+
+
+def _first_candidates(session: Session, shas: list[str]) -> tuple[dict, dict]:
+    """The first downloaded candidate of each (image, class) and of each image."""
+    columns = (cat.Candidate.image_sha256, cat.Candidate.wnid, cat.Candidate.source, cat.Candidate.url)
+    columns += (cat.Candidate.page_url, cat.Candidate.title, cat.Candidate.author, cat.Candidate.license)
+    candidates: dict[tuple[str, str], Any] = {}
+    any_class: dict[str, Any] = {}
+    for cand in session.execute(
+        select(*columns, cat.Candidate.created_at)
+        .where(cat.Candidate.image_sha256.in_(shas), cat.Candidate.status == cat.DOWNLOADED)
+        .order_by(cat.Candidate.id)
+    ):
+        candidates.setdefault((cand.image_sha256, cand.wnid), cand)
+        any_class.setdefault(cand.image_sha256, cand)
+    return candidates, any_class
+
+
+def _predictions_by_model(session: Session, shas: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(sha256, wnid) -> "model@weights" -> its successful prediction."""
+    p = cat.Prediction
+    predictions: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    for pred in session.execute(
+        select(p.sha256, p.wnid, p.model, p.weights_hash, p.rule, p.pred_wnid, p.confidence)
+        .where(p.sha256.in_(shas), p.status == "ok")
+        .order_by(p.rule.desc(), p.id)
+    ):  # "top1" before "restricted", so the restricted rule wins when a model ran both
+        predictions[(pred.sha256, pred.wnid)][f"{pred.model}@{pred.weights_hash}"] = pred
+    return predictions
+
+
+def _votes(session: Session, shas: list[str]) -> dict[tuple[str, str], Counter]:
+    """(sha256, wnid) -> verdict counts, skips left out."""
+    from sqlalchemy import func
+
+    a = cat.Annotation
+    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for sha, wnid, verdict, n in session.execute(
+        select(a.sha256, a.wnid, a.verdict, func.count())
+        .where(a.sha256.in_(shas), a.verdict != "skip")
+        .group_by(a.sha256, a.wnid, a.verdict)
+    ):
+        votes[(sha, wnid)][verdict] = n
+    return votes
 
 
 # --------------------------------------------------------------------------- writing

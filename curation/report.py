@@ -111,12 +111,12 @@ def gather(session: Session, votes_needed: int, per_class: int) -> ReportData:
         }
     else:
         release = None
-        pairs = sorted(cat.accepted_pairs(session, votes_needed))
+        accepted = cat.accepted_query(votes_needed).subquery()
+        pairs = _first_per_class(session, select(accepted.c.sha256, accepted.c.wnid), per_class)
         sheet_source = "accepted by annotation (no release yet)"
         if not pairs:
-            pairs = session.execute(
-                select(cat.FilterVerdict.sha256, cat.FilterVerdict.wnid).where(cat.FilterVerdict.kept.is_(True))
-            ).all()
+            kept = select(cat.FilterVerdict.sha256, cat.FilterVerdict.wnid).where(cat.FilterVerdict.kept.is_(True))
+            pairs = _first_per_class(session, kept, per_class)
             sheet_source = "kept by the filter (nothing accepted yet)"
     by_class: dict[str, list[str]] = {}
     for sha, wnid in sorted(pairs):
@@ -175,6 +175,16 @@ def gather(session: Session, votes_needed: int, per_class: int) -> ReportData:
         licences=licences,
         confidences=confidences,
     )
+
+
+def _first_per_class(session: Session, pairs: Any, per_class: int) -> list[tuple[str, str]]:
+    """The ``per_class`` pairs with the smallest sha256 of each class among ``pairs`` (a select of
+    sha256, wnid), ranked in SQL: memory proportional to what the sheets show."""
+    ranked = pairs.subquery()
+    rank = func.row_number().over(partition_by=ranked.c.wnid, order_by=ranked.c.sha256).label("rank")
+    numbered = select(ranked.c.sha256, ranked.c.wnid, rank).subquery()
+    rows = session.execute(select(numbered.c.sha256, numbered.c.wnid).where(numbered.c.rank <= per_class))
+    return [(sha, wnid) for sha, wnid in rows]
 
 
 def _release_sources(session: Session, latest: cat.Release | None) -> tuple[Counter, Counter]:
