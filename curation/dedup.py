@@ -310,6 +310,7 @@ def _hash_new_images(
     return hashed, completed, failures
 
 
+LOAD_BLOCK = 10_000  # hash rows read and turned into arrays at a time
 RULE_META = "dedup:rule"  # the match rule the stored clusters were made with
 # Images whose statuses are decided, compared with the catalog and written at once.
 STATUS_BATCH = 5000
@@ -395,40 +396,42 @@ def _count_new(session: Any) -> int:
 
 
 def _load_table(catalog: Catalog, orientations: int, full: bool) -> _Table:
-    """Stream every hash row into numpy arrays (~0.1 KB an image, no per-image objects kept)."""
+    """Stream every hash row into numpy arrays, a block of rows at a time (~0.2 KB an image with 2
+    orientations; no per-image Python object outlives its block)."""
     import numpy as np
     from sqlalchemy import select
 
     from curation.catalog import DedupStatus, PerceptualHash
-    from curation.hashing import ORIENTATIONS, ImageHashes, to_unsigned, unpack_extra
+    from curation.hashing import ImageHashes, to_unsigned, unpack_extra
 
     columns = [PerceptualHash.phash, PerceptualHash.dhash, PerceptualHash.phash_mirror, PerceptualHash.dhash_mirror]
     extra = [PerceptualHash.orientation_hashes] if orientations > 2 else []
     stmt = select(PerceptualHash.sha256, DedupStatus.status, DedupStatus.cluster_id, *columns, *extra).outerjoin(
         DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256
     )
-    shas, clusters, new, parts, block = [], [], [], [], []
+    empty = np.zeros(0, "S64"), np.zeros((0, 2 * orientations), np.uint64), np.zeros(0, bool), np.zeros(0, "S64")
+    blocks: list[tuple[np.ndarray, ...]] = [empty]
     with catalog.session() as session:
-        for row in session.execute(stmt.execution_options(yield_per=HASH_BATCH * 20)):
-            sha, status, cluster, *values = row
-            shas.append(sha)
-            new.append(status is None or status == "failed")
-            clusters.append(cluster or "")
-            plain = [to_unsigned(v) for v in values[:4]]
-            block.append(ImageHashes(*plain, extra=unpack_extra(values[4]) if extra else ()).orientation_row())
-            if len(block) == HASH_BATCH * 20:
-                parts.append(np.array(block, dtype=np.uint64)[:, : 2 * orientations])
-                block.clear()
-    parts.append(np.array(block, dtype=np.uint64).reshape(-1, 2 * len(ORIENTATIONS))[:, : 2 * orientations])
-    order = np.argsort(np.array(shas, dtype="S64"), kind="stable")
-    table = _Table(
-        shas=np.array(shas, dtype="S64")[order],
-        hashes=np.concatenate(parts)[order],
-        new=np.array(new, dtype=bool)[order],
-        stored_cluster=np.full(len(shas), -1, dtype=np.int64),
-    )
+        for part in session.execute(stmt.execution_options(yield_per=LOAD_BLOCK)).partitions():
+            hashes = [
+                ImageHashes(
+                    *(to_unsigned(v) for v in row[3:7]), extra=unpack_extra(row[7]) if extra else ()
+                ).orientation_row()[: 2 * orientations]
+                for row in part
+            ]
+            blocks.append(
+                (
+                    np.array([row[0] for row in part], dtype="S64"),
+                    np.array(hashes, dtype=np.uint64).reshape(-1, 2 * orientations),
+                    np.array([row[1] is None or row[1] == "failed" for row in part], dtype=bool),
+                    np.array([row[2] or "" for row in part], dtype="S64"),
+                )
+            )
+    shas, hashes, new, cluster_ids = (np.concatenate(column) for column in zip(*blocks, strict=True))
+    order = np.argsort(shas, kind="stable")
+    table = _Table(shas[order], hashes[order], new[order], np.full(len(shas), -1, dtype=np.int64))
     if not full:
-        cluster_ids = np.array(clusters, dtype="S64")[order]
+        cluster_ids = cluster_ids[order]
         members = np.flatnonzero(cluster_ids != b"")
         table.stored_cluster[members] = table.rows(cluster_ids[members])
     return table

@@ -303,7 +303,7 @@ def _update_verdicts(
     the pairs with predictions newer than the last verdict pass, or for every pair when the models,
     rule or keep rule changed. A pair some model has not scored yet (``--limit``) keeps its verdict;
     one a model failed on loses it. Returns counts kept/discarded/failed of the pairs judged now."""
-    from sqlalchemy import and_, case, delete, func, literal, or_, select
+    from sqlalchemy import and_, bindparam, case, delete, func, literal, or_, select
 
     from curation.catalog import FilterVerdict, Meta, Prediction, utcnow
 
@@ -327,7 +327,7 @@ def _update_verdicts(
             select(
                 Prediction.sha256,
                 Prediction.wnid,
-                kept,
+                kept.label("kept"),
                 literal(json.dumps([f"{m}@{h}" for m, h in keys])),
                 literal(keep),
                 literal(now),
@@ -348,19 +348,14 @@ def _update_verdicts(
                 set_={c: getattr(excluded, c) for c in columns[2:]},
             )
         )
-        failing = judged.having(failed > 0).with_only_columns(Prediction.sha256, Prediction.wnid).subquery()
-        counts["failed"] = session.scalar(select(func.count()).select_from(failing)) or 0
-        if counts["failed"]:
-            session.execute(
-                delete(FilterVerdict).where(
-                    select(failing.c.sha256)
-                    .where(failing.c.sha256 == FilterVerdict.sha256, failing.c.wnid == FilterVerdict.wnid)
-                    .exists()
-                )
-            )
-        for is_kept, n in session.execute(
-            select(FilterVerdict.kept, func.count()).where(FilterVerdict.updated_at == now).group_by(FilterVerdict.kept)
-        ):
+        failing = session.execute(judged.having(failed > 0).with_only_columns(Prediction.sha256, Prediction.wnid)).all()
+        counts["failed"] = len(failing)
+        if failing:  # by primary key: a correlated delete would visit every verdict
+            by_key = (FilterVerdict.sha256 == bindparam("pair_sha"), FilterVerdict.wnid == bindparam("pair_wnid"))
+            rows = [{"pair_sha": sha, "pair_wnid": wnid} for sha, wnid in failing]
+            session.execute(delete(FilterVerdict.__table__).where(*by_key), rows)
+        written = judged.having(failed == 0).subquery()
+        for is_kept, n in session.execute(select(written.c.kept, func.count()).group_by(written.c.kept)):
             counts["kept" if is_kept else "discarded"] += n
         session.merge(Meta(key=VERDICTS_META, value=json.dumps({**config, "through_id": last_id})))
     return counts
