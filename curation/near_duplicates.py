@@ -90,12 +90,13 @@ def iter_matches(
         p_col, d_col = query_hashes[:, 2 * k], query_hashes[:, 2 * k + 1]
         begin, batch = 0, FIRST_BATCH
         while begin < len(query_hashes):
-            q, c, dist = index.search(p_col[begin : begin + batch])
-            hits = len(q)
-            keep = np.bitwise_count(d_col[begin + q] ^ index_dhash[c]) <= max_distance + margin
-            if keep.any():
-                q, c, dist = q[keep] + begin, c[keep], dist[keep]
-                yield Matches(q, c, dist, np.full(len(q), k, dtype=np.int8))
+            hits = 0
+            for q, c, dist in index.iter_search(p_col[begin : begin + batch]):
+                hits += len(q)
+                keep = np.bitwise_count(d_col[begin + q] ^ index_dhash[c]) <= max_distance + margin
+                if keep.any():
+                    q, c, dist = q[keep] + begin, c[keep], dist[keep]
+                    yield Matches(q, c, dist, np.full(len(q), k, dtype=np.int8))
             begin += batch
             if hits > HITS_PER_BATCH:
                 batch = max(MIN_BATCH, batch // 2)
