@@ -183,7 +183,7 @@ class FilterVerdict(Base):
             "ix_filter_verdicts_kept",
             "sha256",
             "wnid",
-            sqlite_where=text("kept IS 1"),  # as kept.is_(True) renders: see migration 0005
+            sqlite_where=text("kept IS 1"),  # as kept.is_(True) renders: see migration 0006
             postgresql_where=text("kept IS true"),
         ),
         Index(

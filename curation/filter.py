@@ -306,6 +306,7 @@ def _update_verdicts(
     from sqlalchemy import and_, bindparam, case, delete, func, literal, or_, select
 
     from curation.catalog import FilterVerdict, Meta, Prediction, utcnow
+    from curation.dialect import upsert_from_select
 
     config = _verdict_config(keys, rule, keep)
     mine = and_(
@@ -338,16 +339,9 @@ def _update_verdicts(
             .having(func.count() == len(keys))
         )
         counts = {"kept": 0, "discarded": 0, "failed": 0}
-        insert = _dialect_insert(session)
         columns = ["sha256", "wnid", "kept", "models", "keep_rule", "updated_at"]
-        stmt = insert(FilterVerdict).from_select(columns, judged.having(failed == 0))
-        excluded = stmt.excluded
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["sha256", "wnid"],
-                set_={c: getattr(excluded, c) for c in columns[2:]},
-            )
-        )
+        rows = judged.having(failed == 0)
+        upsert_from_select(session, FilterVerdict, columns, rows, ["sha256", "wnid"], columns[2:])
         failing = session.execute(judged.having(failed > 0).with_only_columns(Prediction.sha256, Prediction.wnid)).all()
         counts["failed"] = len(failing)
         if failing:  # by primary key: a correlated delete would visit every verdict
@@ -359,18 +353,6 @@ def _update_verdicts(
             counts["kept" if is_kept else "discarded"] += n
         session.merge(Meta(key=VERDICTS_META, value=json.dumps({**config, "through_id": last_id})))
     return counts
-
-
-def _dialect_insert(session: Any) -> Any:
-    """The INSERT construct with ON CONFLICT of the catalog's dialect."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        raise CurationError(f"the filter needs SQLite or PostgreSQL, not {dialect}")
-    return insert
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
