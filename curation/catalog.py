@@ -51,7 +51,8 @@ PENDING, DOWNLOADED, FAILED, SKIPPED = "pending", "downloaded", "failed", "skipp
 # Dedup statuses.
 REPRESENTATIVE, DUPLICATE, LEAKED = "representative", "duplicate", "leaked"
 # Annotation verdicts.
-VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip")
+# "in_distribution" (ImageNet-O review: the photo shows one of the 1,000 ImageNet classes) rejects.
+VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip", "in_distribution")
 
 
 def utcnow() -> datetime:

@@ -5,6 +5,11 @@ The prediction is the argmax over the logits restricted to the run's class set (
 200-way rule) or, with ``--rule top1``, over the whole label space. One ``Prediction`` row per pair
 and model (+ weights hash + rule); one ``FilterVerdict`` per pair combining the models with
 ``--keep all-wrong|any-wrong``. Pairs already scored by the same model, weights and rule are skipped.
+
+The catalog's dataset kind (`curation init --kind`) decides the label space and what is kept. An
+ImageNet-O catalog scores its source classes (every class outside the 200 seeded targets) over the 200
+target logits (rule ``msp``) and keeps a pair when the largest softmax probability (MSP) over them is
+at least ``--min-confidence`` T; the prediction is the target the photo is confused with.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ DEFAULT_MODEL = "resnet50.tv_in1k"
 RULES = ("restricted", "top1")
 KEEP_RULES = ("all-wrong", "any-wrong")
 FAILED = "failed"
+# Inexact images (JPEG draft, bf16) whose log-odds(MSP) over the label space lies within this band of
+# log-odds(T) are re-run exactly, so keep-by-MSP decisions equal fp32's. Measured by
+# benchmarks/msp_errors.py on the 1,500 shared photos (EfficientNet-Lite0, draft + bf16 against full
+# decode + fp32, 200 ImageNet-O targets): max |delta log-odds(MSP)| 0.258 (the issue's measurement:
+# 0.31), so 0.75 is 2.9x the largest error; it re-checks 5-9 % of photos at T = 0.3-0.9.
+MSP_RECHECK_BAND = 0.75
+CALIBRATION_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 @dataclass
@@ -73,6 +85,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images per committed chunk, what a killed run loses at most (default 512 on CPU, 16384 on GPU)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on large runs)")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        help="ImageNet-O catalogs (required there, no default): keep a photo when its largest softmax "
+        "probability over the 200 targets is at least this (see --calibrate)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        type=Path,
+        metavar="DIR",
+        help="print the model's MSP quantiles over the label space on the images under DIR (in-distribution "
+        "photos), to choose --min-confidence; scores nothing",
+    )
     parser.set_defaults(func=run)
 
 
@@ -104,6 +129,18 @@ def _class_set(session: Any, classes_arg: str | None) -> list[str]:
     if missing:
         raise CurationError(f"class {missing[0]} is not in the catalog (add it with `curation classes add`)")
     return wanted
+
+
+def _label_space(session: Any, kind: Any, classes_arg: str | None) -> tuple[list[str], list[str]]:
+    """(label wnids the model is judged over, source wnids whose downloads are scored). ImageNet-A:
+    both are the run's classes; ImageNet-O: the kind's 200 targets and the other catalog classes."""
+    wnids = _class_set(session, classes_arg)
+    if not kind.ood:
+        return wnids, wnids
+    from curation.classes import read_recipe
+
+    targets = sorted(row["wnid"] for row in read_recipe(kind.recipe))
+    return targets, [w for w in wnids if w not in set(targets)]
 
 
 def _pairs(session: Any, wnids: list[str], data_dir: Path) -> list[Pair]:
@@ -163,6 +200,62 @@ def _forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: 
     session.merge(Meta(key=key, value=value))
 
 
+def msp_log_odds(logits: Any, columns: list[int]) -> Any:
+    """log(MSP / (1 - MSP)) of each row over ``columns``, computed stably: the largest logit minus the
+    log-sum-exp of the others (NaN rows stay NaN)."""
+    import numpy as np
+
+    sub = np.asarray(logits, dtype=np.float64)[:, columns]
+    top = np.sort(sub, axis=1)
+    best, others = top[:, -1], top[:, :-1]
+    peak = others.max(axis=1, keepdims=True)
+    return best - (peak[:, 0] + np.log(np.exp(others - peak).sum(axis=1)))
+
+
+def log_odds(probability: float) -> float:
+    """log(p / (1 - p)) of a probability strictly between 0 and 1."""
+    import math
+
+    return math.log(probability / (1 - probability))
+
+
+def msp_near_threshold(columns: list[int], threshold: float) -> Any:
+    """A re-check predicate for :func:`curation.inference.iter_logits`: rows whose log-odds(MSP) over
+    ``columns`` is within :data:`MSP_RECHECK_BAND` of log-odds(``threshold``)."""
+    import numpy as np
+
+    target = log_odds(threshold)
+    return lambda logits: np.abs(np.nan_to_num(msp_log_odds(logits, columns), nan=np.inf) - target) < MSP_RECHECK_BAND
+
+
+def _forget_near_new_threshold(session: Any, model: str, weights_hash: str, threshold: float) -> None:
+    """Approximate MSPs were re-checked only near the threshold of their run: when T changed since this
+    model's last run, drop its predictions whose MSP lies within the band of the new T (they are rescored,
+    re-checked against the new T); the others cannot flip."""
+    import hashlib
+    import math
+
+    from sqlalchemy import delete
+
+    from curation.catalog import Meta, Prediction
+
+    key = "filter-msp:" + hashlib.sha256(f"{model}@{weights_hash}".encode()).hexdigest()[:16]
+    meta = session.get(Meta, key)
+    if meta is not None and json.loads(meta.value)["min_confidence"] != threshold:
+        low, high = (1 / (1 + math.exp(-(log_odds(threshold) + s * MSP_RECHECK_BAND))) for s in (-1, 1))
+        gone = session.execute(
+            delete(Prediction).where(
+                Prediction.model == model,
+                Prediction.weights_hash == weights_hash,
+                Prediction.rule == "msp",
+                Prediction.confidence.between(low, high),
+            )
+        ).rowcount
+        print(f"filter: --min-confidence changed: rescoring {gone} pair(s) near the new threshold", file=sys.stderr)
+    value = json.dumps({"model": model, "weights_hash": weights_hash, "min_confidence": threshold})
+    session.merge(Meta(key=key, value=value))
+
+
 def judge(logits: Any, label_wnids: list[str], columns: list[int] | None) -> list[dict[str, Any]]:
     """Prediction fields of each row of ``logits`` [N, classes]: top-5 over the full label space, the
     argmax over ``columns`` (all when None), its softmax confidence over those columns and its
@@ -206,15 +299,19 @@ def _score_model(
     options: dict[str, Any],
     chunk: int,
     bar: Any,
+    min_confidence: float | None = None,
 ) -> tuple[set[str], int]:
     """Score ``pairs`` with one model through one input pipeline, committing one chunk of images at a
-    time; returns the images that failed and how many were re-checked in fp32."""
+    time; returns the images that failed and how many were re-checked in fp32. With ``min_confidence``
+    (ImageNet-O), the re-check band follows the MSP threshold and ``correct`` stays empty."""
     from sqlalchemy import insert
 
     from curation.catalog import Prediction
     from curation.inference import iter_logits
 
-    restricted_to = columns if rule == "restricted" else None
+    restricted_to = columns if rule in ("restricted", "msp") else None
+    if min_confidence is not None:
+        options = {**options, "near_decision": msp_near_threshold(columns, min_confidence)}
     by_image: dict[str, list[Pair]] = {}
     for pair in pairs:
         by_image.setdefault(pair.sha256, []).append(pair)
@@ -237,7 +334,10 @@ def _score_model(
                 fields = (
                     {"status": FAILED, "error": error}
                     if error is not None
-                    else {**judged[position], "correct": judged[position]["pred_wnid"] == pair.wnid}
+                    else {
+                        **judged[position],
+                        "correct": None if min_confidence is not None else judged[position]["pred_wnid"] == pair.wnid,
+                    }
                 )
                 key = {"sha256": sha, "wnid": pair.wnid, "model": loaded.name, "weights_hash": loaded.weights_hash}
                 rows.append({**key, "rule": rule, **fields})
@@ -247,26 +347,31 @@ def _score_model(
     return failed, rechecked
 
 
-def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]], rule: str, keep: str) -> dict:
-    """Combine the run's models into one verdict per pair; returns counts kept/discarded/failed."""
+def _update_verdicts(
+    catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]], rule: str, keep: str, min_confidence: float | None
+) -> dict:
+    """Combine the run's models into one verdict per pair; returns counts kept/discarded/failed. A model
+    "hits" a pair when it gets it wrong (ImageNet-A) or its MSP is at least ``min_confidence`` (ImageNet-O)."""
     from sqlalchemy import delete, insert, select, tuple_
 
     from curation.catalog import FilterVerdict, Prediction
 
     counts = {"kept": 0, "discarded": 0, "failed": 0}
+    keep_label = keep if min_confidence is None else f"{keep[:3]}-msp>={min_confidence:.4g}"
     wanted = {(p.sha256, p.wnid) for p in pairs}
     models = json.dumps([f"{m}@{h}" for m, h in keys])
     with catalog.session() as session:
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for model, weights_hash in keys:
             rows = session.execute(
-                select(Prediction.sha256, Prediction.wnid, Prediction.status, Prediction.correct).where(
-                    Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule
-                )
+                select(
+                    Prediction.sha256, Prediction.wnid, Prediction.status, Prediction.correct, Prediction.confidence
+                ).where(Prediction.model == model, Prediction.weights_hash == weights_hash, Prediction.rule == rule)
             )
-            for sha, wnid, status, correct in rows:
+            for sha, wnid, status, correct, confidence in rows:
                 if (sha, wnid) in wanted:
-                    results.setdefault((sha, wnid), {})[f"{model}@{weights_hash}"] = (status, correct)
+                    hit = not correct if min_confidence is None else status != FAILED and confidence >= min_confidence
+                    results.setdefault((sha, wnid), {})[f"{model}@{weights_hash}"] = (status, hit)
         judged, verdicts = [], []
         for pair, by_model in results.items():
             if len(by_model) < len(keys):
@@ -275,10 +380,12 @@ def _update_verdicts(catalog: Any, pairs: list[Pair], keys: list[tuple[str, str]
             if any(status == FAILED for status, _ in by_model.values()):
                 counts["failed"] += 1  # no verdict: it could not be judged
                 continue
-            wrong = [not correct for _, correct in by_model.values()]
-            kept = all(wrong) if keep == "all-wrong" else any(wrong)
+            hits = [hit for _, hit in by_model.values()]
+            kept = all(hits) if keep == "all-wrong" else any(hits)
             counts["kept" if kept else "discarded"] += 1
-            verdicts.append({"sha256": pair[0], "wnid": pair[1], "kept": kept, "models": models, "keep_rule": keep})
+            verdicts.append(
+                {"sha256": pair[0], "wnid": pair[1], "kept": kept, "models": models, "keep_rule": keep_label}
+            )
         for start in range(0, len(judged), 500):  # replace, in one transaction with the inserts
             part = judged[start : start + 500]
             session.execute(delete(FilterVerdict).where(tuple_(FilterVerdict.sha256, FilterVerdict.wnid).in_(part)))
@@ -291,12 +398,16 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     """Score every downloaded pair not yet scored by each model; write predictions and verdicts."""
     from tqdm import tqdm
 
-    from curation.catalog import open_catalog
+    from curation.catalog import Meta, open_catalog
+    from curation.kinds import catalog_kind
 
-    rule = _setting(args, settings, "rule", "restricted")
+    catalog = open_catalog(settings.db_url)
+    with catalog.session() as session:
+        kind = catalog_kind(session)
+    rule, min_confidence = _rule_and_threshold(args, settings, kind)
     keep = _setting(args, settings, "keep", "all-wrong")
-    if rule not in RULES or keep not in KEEP_RULES:
-        raise CurationError(f"[filter] rule must be one of {RULES} and keep one of {KEEP_RULES}")
+    if keep not in KEEP_RULES:
+        raise CurationError(f"[filter] keep must be one of {KEEP_RULES}")
     batch_size = _setting(args, settings, "batch_size", None)
     workers = _setting(args, settings, "workers", None)
     commit_every = _setting(args, settings, "commit_every", None)
@@ -306,10 +417,9 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if workers is not None and workers < 0:
         raise CurationError("--workers must be 0 or more")
     specs = _models_and_checkpoints(args, settings)
-    catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
-        wnids = _class_set(session, args.classes)
-        pairs = _pairs(session, wnids, settings.data_dir)
+        wnids, sources = _label_space(session, kind, args.classes)
+        pairs = _pairs(session, sources, settings.data_dir)
     from curation.inference import class_indices, default_batch_size, load_model, resolve_device
 
     device = resolve_device(_setting(args, settings, "device", "auto"))
@@ -317,12 +427,18 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     for name, checkpoint in specs:
         loaded = load_model(name, checkpoint, device=str(device))
         models.append((loaded, class_indices(loaded, wnids)))
+    if args.calibrate is not None:
+        return calibrate(args.calibrate, models, _setting(args, settings, "workers", None))
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
     if len(set(keys)) < len(keys):
         raise CurationError("the same model with the same weights is given twice")
     with catalog.session() as session:
         for key in keys:
             _forget_other_class_sets(session, *key, rule, wnids)
+            if min_confidence is not None:
+                _forget_near_new_threshold(session, *key, min_confidence)
+        if min_confidence is not None:
+            session.merge(Meta(key="filter:min_confidence", value=repr(min_confidence)))
         done = {key: _scored(session, *key, rule) for key in keys}
     pending = [p for p in pairs if any((p.sha256, p.wnid) not in done[key] for key in keys)]
     todo = pending if args.limit is None else pending[: args.limit]
@@ -349,16 +465,69 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         mine = [p for p in todo if (p.sha256, p.wnid) not in done[(loaded.name, loaded.weights_hash)]]
         n_images = len({p.sha256 for p in mine})
         with tqdm(total=n_images, desc=f"filter {loaded.name}", unit="img", file=sys.stderr, leave=False) as bar:
-            failed, model_rechecked = _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+            failed, model_rechecked = _score_model(
+                catalog, loaded, rule, columns, mine, options, chunk, bar, min_confidence
+            )
         failed_images |= failed
         rechecked += model_rechecked
-    counts = _update_verdicts(catalog, pairs, keys, rule, keep)
+    counts = _update_verdicts(catalog, pairs, keys, rule, keep, min_confidence)
     left = f", {len(pending) - len(todo)} left by --limit" if len(todo) < len(pending) else ""
     print(
         f"filter: scored {len({p.sha256 for p in todo})} image(s) ({len(todo)} pair(s), {len(failed_images)} "
         f"image(s) failed, {rechecked} re-checked in fp32) with "
-        f"{len(models)} model(s), {rule} over {len(wnids)} classes; {len(pairs) - len(pending)} pair(s) already "
-        f"scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
+        f"{len(models)} model(s), {rule} over {len(wnids)} classes{'' if min_confidence is None else f' (MSP >= {min_confidence:g})'}; "
+        f"{len(pairs) - len(pending)} pair(s) already scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
         f"failed {counts['failed']}"
     )
+    return 0
+
+
+def _rule_and_threshold(args: argparse.Namespace, settings: Any, kind: Any) -> tuple[str, float | None]:
+    """The prediction rule and, for a keep-by-confidence kind, the required MSP threshold."""
+    rule = _setting(args, settings, "rule", None)
+    threshold = _setting(args, settings, "min_confidence", None)
+    if kind.keep_rule != "confident":
+        if threshold is not None and args.calibrate is None:
+            raise CurationError(f"--min-confidence applies to ImageNet-O catalogs; this one is {kind.name}")
+        rule = rule or kind.filter_rule
+        if rule not in RULES:
+            raise CurationError(f"[filter] rule must be one of {RULES}")
+        return rule, None
+    if rule is not None and rule != kind.filter_rule:
+        raise CurationError(f"--rule does not apply to {kind.name} catalogs: they score MSP over the 200 targets")
+    if threshold is None and args.calibrate is None:
+        raise CurationError(
+            f"{kind.name} needs --min-confidence T (or [filter] min_confidence): keep photos whose MSP over the "
+            "targets is >= T; `curation filter --calibrate DIR` prints MSP quantiles on in-distribution photos"
+        )
+    if threshold is not None and not 0 < threshold < 1:
+        raise CurationError(f"--min-confidence must be between 0 and 1 (exclusive), got {threshold}")
+    return kind.filter_rule, threshold
+
+
+def calibrate(folder: Path, models: list[tuple[Any, list[int]]], workers: int | None) -> int:
+    """Print each model's MSP quantiles over the label space on the images under ``folder`` (exact
+    path: full decode, fp32), to help choose ``--min-confidence``."""
+    import numpy as np
+
+    from curation.inference import predict_logits
+
+    if not folder.is_dir():
+        raise CurationError(f"--calibrate {folder}: not a folder")
+    suffixes = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not paths:
+        raise CurationError(f"--calibrate {folder}: no images (.jpg, .png, .webp, ...) found")
+    for loaded, columns in models:
+        result = predict_logits(loaded, paths, precision="fp32", draft=False, workers=workers, progress="calibrate")
+        ok = ~np.isnan(result.logits).any(axis=1)
+        msp = 1 / (1 + np.exp(-msp_log_odds(result.logits[ok], columns)))
+        quantiles = ", ".join(
+            f"{int(q * 100)}%: {v:.4f}"
+            for q, v in zip(CALIBRATION_QUANTILES, np.quantile(msp, CALIBRATION_QUANTILES), strict=True)
+        )
+        print(
+            f"calibrate {loaded.name}: MSP over {len(columns)} classes on {int(ok.sum())} image(s) of {folder} "
+            f"({len(paths) - int(ok.sum())} unreadable): {quantiles}"
+        )
     return 0
