@@ -105,7 +105,9 @@ def test_init_records_the_kind_and_seeds_its_classes(run_cli, catalog_url, tmp_p
 
 def test_pool_recipe_command_writes_an_importable_recipe(run_cli, catalog_url, tmp_path):
     recipe = tmp_path / "pool.csv"
-    result = run_cli("classes", "pool-recipe", str(recipe), "--size", "5", "--seed", "7", "--exclude-lexname", "noun.person")
+    result = run_cli(
+        "classes", "pool-recipe", str(recipe), "--size", "5", "--seed", "7", "--exclude-lexname", "noun.person"
+    )
     assert result.returncode == 0, result.stderr
     rows = read_recipe(recipe)
     assert [r["wnid"] for r in rows] == sample_pool(5, 7, frozenset({"person"}))
@@ -179,6 +181,9 @@ def test_imagenet_o_end_to_end(run_cli, tmp_path, lite0_checkpoint):
     for r in sources:
         (source_dir / r["wnid"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(VAL / r["file"], source_dir / r["wnid"] / r["file"])
+    target_photo = next(r for r in rows if r["wnid"] in TARGETS)  # targets are a label space, not crawled
+    (source_dir / target_photo["wnid"]).mkdir()
+    shutil.copy(VAL / target_photo["file"], source_dir / target_photo["wnid"] / target_photo["file"])
     db, data = f"sqlite:///{tmp_path / 'o.sqlite'}", tmp_path / "data"
     base = ("--db", db, "--data-dir", str(data))
 
@@ -192,7 +197,8 @@ def test_imagenet_o_end_to_end(run_cli, tmp_path, lite0_checkpoint):
     recipe.write_text("wnid\n" + "\n".join(sorted({r["wnid"] for r in sources})) + "\n")
     assert run_cli(*base, "classes", "import", str(recipe)).returncode == 1  # 1k classes: refused
     cli("classes", "import", str(recipe), "--allow-1k-related")
-    cli("crawl", "--folder", str(source_dir))
+    crawled = cli("crawl", "--folder", str(source_dir))
+    assert f"downloaded {len(sources)} " in crawled.stdout + crawled.stderr
     model = ("--model", LITE0, "--checkpoint", str(lite0_checkpoint))
     threshold = 0.2
     result = cli("filter", *model, "--min-confidence", str(threshold), "--precision", "bf16", "--workers", "0")

@@ -70,6 +70,16 @@ def get_kind(name: str) -> DatasetKind:
     return importlib.import_module(module).KIND
 
 
+def label_only_wnids(session: Any) -> set[str]:
+    """Classes that only name the label space and are not crawled by default (ImageNet-O's 200 targets)."""
+    kind = catalog_kind(session)
+    if not kind.ood:
+        return set()
+    from curation.classes import read_recipe
+
+    return {row["wnid"] for row in read_recipe(kind.recipe)}
+
+
 def catalog_kind(session: Any) -> DatasetKind:
     """The kind a catalog was initialised with (ImageNet-A when none was recorded)."""
     from curation.catalog import Meta
