@@ -74,6 +74,22 @@ def test_pool_sample_is_seeded_and_can_leave_out_people():
     assert all(table[w]["relation"] == "pool" for w in first + no_people)
 
 
+def test_msp_log_odds_is_stable_and_exact():
+    from curation.filter import msp_log_odds, msp_near_threshold
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, size=(64, 1000)).astype(np.float32)
+    columns = sorted(rng.choice(1000, 200, replace=False).tolist())
+    sub = logits[:, columns].astype(np.float64)
+    probs = np.exp(sub - sub.max(axis=1, keepdims=True))
+    msp = (probs / probs.sum(axis=1, keepdims=True)).max(axis=1)
+    assert np.allclose(msp_log_odds(logits, columns), np.log(msp / (1 - msp)), atol=1e-9)
+    huge = np.array([[1000.0, 0.0, -5.0], [np.nan, 0.0, 1.0]])
+    assert msp_log_odds(huge, [0, 1, 2])[0] == pytest.approx(1000 - np.log1p(np.exp(-5)), abs=1e-9)
+    near = msp_near_threshold([0, 1, 2], 0.5)(np.array([[0.1, 0.0, -50.0], [9.0, 0.0, 0.0], [np.nan] * 3]))
+    assert near.tolist() == [True, False, False]
+
+
 def test_init_records_the_kind_and_seeds_its_classes(run_cli, catalog_url, tmp_path):
     result = run_cli("--db", catalog_url, "init", "--kind", "imagenet-o")
     assert result.returncode == 0, result.stderr
@@ -200,6 +216,17 @@ def test_imagenet_o_end_to_end(run_cli, tmp_path, lite0_checkpoint):
     crawled = cli("crawl", "--folder", str(source_dir))
     assert f"downloaded {len(sources)} " in crawled.stdout + crawled.stderr
     model = ("--model", LITE0, "--checkpoint", str(lite0_checkpoint))
+    # --calibrate: MSP quantiles on in-distribution photos (val photos of the targets), equal to fp32's.
+    in_dist = [r for r in rows if r["wnid"] in TARGETS][:12]
+    id_dir = tmp_path / "in_dist"
+    id_dir.mkdir()
+    for r in in_dist:
+        shutil.copy(VAL / r["file"], id_dir / r["file"])
+    calibrated = cli("filter", *model, "--calibrate", str(id_dir), "--workers", "0").stdout
+    quantiles = dict(re.findall(r"(\d+)%: ([0-9.]+)", calibrated))
+    reference = np.quantile(fp32_msp(lite0_checkpoint, sorted(id_dir.iterdir())), [0.1, 0.5, 0.9])
+    assert [float(quantiles[q]) for q in ("10", "50", "90")] == pytest.approx(reference, abs=2e-4)
+    assert "on 12 image(s)" in calibrated
     threshold = 0.2
     result = cli("filter", *model, "--min-confidence", str(threshold), "--precision", "bf16", "--workers", "0")
     assert "msp over 200 classes (MSP >= 0.2)" in result.stdout
