@@ -188,8 +188,8 @@ def fp32_msp(checkpoint: Path, paths: list[Path]) -> np.ndarray:
 
 
 def test_imagenet_o_end_to_end(run_cli, tmp_path, lite0_checkpoint):
-    """init -> crawl --folder -> filter -> dedup -> votes import -> release, with val photos of 1k classes
-    outside the 200 targets standing in for the out-of-distribution pool (allowed by flag)."""
+    """init -> crawl --folder -> filter -> dedup -> votes import -> release -> eval --ood, with val photos of
+    1k classes outside the 200 targets standing in for the out-of-distribution pool (allowed by flag)."""
     rows = _val_rows()
     outside = sorted({r["wnid"] for r in rows} - set(TARGETS))[:40]
     sources = [r for r in rows if r["wnid"] in outside][:32]
@@ -282,6 +282,15 @@ def test_imagenet_o_end_to_end(run_cli, tmp_path, lite0_checkpoint):
     assert "softmax probability of at least 0.2" in readme
     datasheet = (root / "DATASHEET.md").read_text()
     assert "MSP) is at least 0.2" in datasheet and "18,838 synsets" in datasheet
+    # eval --ood: the release's photos are the positives, the in-distribution photos the negatives.
+    scored = json.loads(cli("eval", str(root), "--ood", "--in-dist", str(id_dir), *model, "--json").stdout)
+    assert (scored["n_ood"], scored["n_in_dist"]) == (len(released), len(in_dist))
+    from curation import metrics
+
+    ood_msp = fp32_msp(lite0_checkpoint, [root / row["file"] for row in manifest])
+    id_msp = fp32_msp(lite0_checkpoint, sorted(id_dir.iterdir()))
+    assert scored["aupr"] == pytest.approx(metrics.aupr(-ood_msp, -id_msp), abs=0.02)
+    assert scored["chance_aupr"] == pytest.approx(len(released) / (len(released) + len(in_dist)), abs=1e-12)
     # status groups the funnel by target folder.
     status = json.loads(cli("status", "--json").stdout)
     assert status["kind"] == "imagenet-o" and status["sources"]["downloaded"] == len(sources)
