@@ -202,7 +202,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     for sha, reason in sorted(failures.items()):
         print(f"  failed {sha[:16]}: {reason}", file=sys.stderr)
+    print(f"  evaluate: {eval_command(kind, out_dir / args.name)}", file=sys.stderr)
     return 0
+
+
+def eval_command(kind: Any, root: Path) -> str:
+    """The `curation eval` line that scores a model on this kind of release with the kind's metrics."""
+    if kind.metrics == "ood":
+        return f"curation eval {root} --ood --in-dist ID_DIR --model NAME (AUPR, AUROC, FPR95)"
+    return f"curation eval {root} --model NAME (restricted top-1, calibration error, AURRA)"
 
 
 def _refuse_precious(out_dir: Path, settings: Settings) -> None:

@@ -265,7 +265,8 @@ def test_imagenet_o_end_to_end(run_cli, tmp_path, lite0_checkpoint):
     cli("annotate", "import", str(votes))
     released = set(ordered[1:]) if len(ordered) > 1 else set(ordered)
     out = tmp_path / "release"
-    cli("release", str(out))
+    released_log = cli("release", str(out)).stderr
+    assert re.search(r"evaluate: curation eval \S+imagenet-o-rebuilt --ood --in-dist ID_DIR", released_log)
     root = out / "imagenet-o-rebuilt"
     with catalog.session() as s:
         target_of = {(p.sha256, p.wnid): p.pred_wnid for p in s.query(cat.Prediction)}
