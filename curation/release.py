@@ -258,7 +258,11 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
     folders = release_folders(session, [(v.sha256, v.wnid) for v, _ in single])
     by_class: dict[str, list[tuple[cat.FilterVerdict, cat.Image]]] = defaultdict(list)
     for verdict, image in single:
-        by_class[folders.get((verdict.sha256, verdict.wnid), verdict.wnid)].append((verdict, image))
+        folder = verdict.wnid if folders is None else folders.get((verdict.sha256, verdict.wnid))
+        if folder is None:
+            dropped["no filter prediction"] += 1
+            continue
+        by_class[folder].append((verdict, image))
     items: list[Item] = []
     for folder in sorted(by_class):
         pairs = sorted(by_class[folder], key=lambda pair: pair[0].sha256)
@@ -288,13 +292,13 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
     return Selection(items=items, dropped=Counter({k: v for k, v in dropped.items() if v}))
 
 
-def release_folders(session: Session, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+def release_folders(session: Session, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str] | None:
     """(sha256, wnid) -> release folder, for kinds that file images under the model's prediction
-    (ImageNet-O: the predicted target); empty for kinds that use the crawled class."""
+    (ImageNet-O: the predicted target); None for kinds that use the crawled class."""
     from curation.kinds import catalog_kind
 
     if catalog_kind(session).release_folder != "prediction":
-        return {}
+        return None
     from curation.kinds.by_target import predicted_targets
 
     return predicted_targets(session, pairs)
