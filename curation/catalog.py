@@ -52,7 +52,8 @@ PENDING, DOWNLOADED, FAILED, SKIPPED = "pending", "downloaded", "failed", "skipp
 # Dedup statuses.
 REPRESENTATIVE, DUPLICATE, LEAKED = "representative", "duplicate", "leaked"
 # Annotation verdicts.
-VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip")
+# "in_distribution" (ImageNet-O review: the photo shows one of the 1,000 ImageNet classes) rejects.
+VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip", "in_distribution")
 
 
 def utcnow() -> datetime:
@@ -110,6 +111,7 @@ class Candidate(Base):
         UniqueConstraint("wnid", "url"),
         Index("ix_candidates_status", "status"),
         Index("ix_candidates_image_wnid_status", "image_sha256", "wnid", "status"),
+        Index("ix_candidates_url_status", "url", "status"),  # the crawl's known-URL check
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -183,7 +185,7 @@ class FilterVerdict(Base):
             "ix_filter_verdicts_kept",
             "sha256",
             "wnid",
-            sqlite_where=text("kept IS 1"),  # as kept.is_(True) renders: see migration 0006
+            sqlite_where=text("kept IS 1"),  # as kept.is_(True) renders: see migration 0007
             postgresql_where=text("kept IS true"),
         ),
         Index(
@@ -565,27 +567,30 @@ def table_names() -> list[str]:
     return list(TABLES)
 
 
+EXPORT_PAGE = 1000  # rows per fetch from the cursor while exporting
+
+
 def export_table(catalog: Catalog, table: str, fmt: str, out: io.TextIOBase) -> int:
-    """Write every row of ``table`` to ``out`` as CSV or JSON lines; returns the row count."""
+    """Write every row of ``table`` to ``out`` as CSV or JSON lines; returns the row count.
+
+    Rows stream from a server-side cursor in pages of ``EXPORT_PAGE``: memory holds a page, not the table."""
     if table not in TABLES:
         raise CurationError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     model = TABLES[table]
     columns = [c.key for c in inspect(model).columns]
-    query = select(*[getattr(model, c) for c in columns])
+    query = select(*[getattr(model, c) for c in columns]).execution_options(yield_per=EXPORT_PAGE)
     if model is Meta:
         query = query.where(Meta.key.not_like("%secret"))
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(columns)
     n = 0
     with catalog.session() as session:
-        rows = session.execute(query).all()
-    if fmt == "csv":
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
-            n += 1
-    else:
-        for row in rows:
-            record = {c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(columns, row, strict=True)}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for row in session.execute(query):
+            values = [v.isoformat() if isinstance(v, datetime) else v for v in row]
+            if writer is not None:
+                writer.writerow(["" if v is None else v for v in values])
+            else:
+                out.write(json.dumps(dict(zip(columns, values, strict=True)), ensure_ascii=False) + "\n")
             n += 1
     return n

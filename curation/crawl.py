@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +60,9 @@ from curation.sources import DEFAULT_SOURCES, LIST_SOURCES, WEB_SOURCES, Found, 
 SKIP_REASONS = {"robots", "noai", "private_address", "bad_scheme", "too_small", "unknown_class"}
 FLUSH_EVERY = 200
 FLUSH_SECONDS = 1.0
+# Pending candidates read per query; each page is fetched to its end before the next is read, a
+# pause of one round of in-flight fetches (128 of 2,000 by default).
+JOB_PAGE = 2000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -169,7 +173,7 @@ def crawl(
             if sources:
                 _discover_web(catalog, settings, downloader, sources, wnids, per_class, summary)
             used = [*sources, *(["urls"] if urls is not None else []), *(["folder"] if folder is not None else [])]
-            _download(catalog, settings, downloader, wnids, used, retry_failed, summary)
+            _download(catalog, settings, downloader, wnids if classes else None, used, retry_failed, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
     for problem in summary.source_problems:
@@ -208,10 +212,13 @@ def _catalog_crawl_lock(catalog: Catalog) -> Iterator[None]:
 
 
 def _select_classes(catalog: Catalog, wanted: list[str]) -> list[str]:
+    from curation.kinds import label_only_wnids
+
     with catalog.session() as session:
         known = list(session.scalars(select(ImageClass.wnid).order_by(ImageClass.wnid)))
+        label_only = label_only_wnids(session)
     if not wanted:
-        return known
+        return [w for w in known if w not in label_only]
     missing = sorted(set(wanted) - set(known))
     if missing:
         raise CurationError(f"unknown class(es) {', '.join(missing[:5])}: see `curation classes list`")
@@ -240,10 +247,7 @@ def _save_found(catalog: Catalog, found: list[Found]) -> int:
         {**vars(f), "status": PENDING, "attempts": 0, "created_at": utcnow(), "updated_at": utcnow()} for f in found
     ]
     with catalog.session() as session:
-        before = session.scalar(select(func.count()).select_from(Candidate))
-        insert_ignore(session, Candidate, rows)
-        after = session.scalar(select(func.count()).select_from(Candidate))
-    return int(after - before)
+        return insert_ignore(session, Candidate, rows, count=True)
 
 
 def _add_listed(catalog: Catalog, entries: Iterable[Found | Skip], summary: Summary) -> None:
@@ -333,15 +337,43 @@ class _Outcome:
     final_url: str | None = None  # where the bytes came from, after redirects
 
 
-def _pending_jobs(session: Session, wnids: list[str], used: list[str], retry_failed: bool) -> list[_Job]:
-    statuses = [PENDING, FAILED] if retry_failed else [PENDING]
-    rows = session.execute(
-        select(Candidate.id, Candidate.wnid, Candidate.url, Candidate.source, Candidate.attempts)
-        .where(Candidate.status.in_(statuses), Candidate.source.in_(used))
-        .order_by(Candidate.id)
-    ).all()
-    wanted = set(wnids)
-    return [_Job(*row) for row in rows if row[1] in wanted]
+def _job_conditions(status: str, used: list[str], wnids: list[str] | None) -> list[Any]:
+    conditions = [Candidate.status == status, Candidate.source.in_(used)]
+    return conditions if wnids is None else [*conditions, Candidate.wnid.in_(wnids)]
+
+
+def _job_statuses(retry_failed: bool) -> list[str]:
+    """Failed ones first, so a candidate that fails in this run is not retried twice."""
+    return [FAILED, PENDING] if retry_failed else [PENDING]
+
+
+def _count_jobs(catalog: Catalog, wnids: list[str] | None, used: list[str], retry_failed: bool) -> int:
+    with catalog.session() as session:
+        return sum(
+            session.scalar(select(func.count()).where(*_job_conditions(status, used, wnids)))
+            for status in _job_statuses(retry_failed)
+        )
+
+
+def _pending_jobs(
+    catalog: Catalog, wnids: list[str] | None, used: list[str], retry_failed: bool, page: int = JOB_PAGE
+) -> Iterator[list[_Job]]:
+    """The candidates to fetch (``wnids`` None: every class), in pages by id: each page is one query on
+    the status index from the last id seen, so memory holds a page, not every pending row."""
+    for status in _job_statuses(retry_failed):
+        last = 0
+        while True:
+            with catalog.session() as session:
+                rows = session.execute(
+                    select(Candidate.id, Candidate.wnid, Candidate.url, Candidate.source, Candidate.attempts)
+                    .where(*_job_conditions(status, used, wnids), Candidate.id > last)
+                    .order_by(Candidate.id)
+                    .limit(page)
+                ).all()
+            if not rows:
+                break
+            last = rows[-1][0]
+            yield [_Job(*row) for row in rows]
 
 
 def _known_urls(session: Session, urls: list[str]) -> dict[str, tuple[str, str | None]]:
@@ -362,113 +394,156 @@ def _download(
     catalog: Catalog,
     settings: Settings,
     downloader: Any,
-    wnids: list[str],
+    wnids: list[str] | None,
     used: list[str],
     retry_failed: bool,
     summary: Summary,
 ) -> None:
-    config = settings.section("crawl")
-    min_side = int(config.get("min_side", 64))
-    max_pixels = int(config.get("max_pixels", 40_000_000))
-    max_bytes = int(config.get("max_bytes", 20 * 1024 * 1024))
-    concurrency = max(1, int(config.get("concurrency", 32)))
-    check_threads = max(1, int(config.get("check_threads", 2)))
+    used = [s for s in used if s in (*WEB_SOURCES, *LIST_SOURCES)]
+    journal = _open_store(catalog, settings)
+    try:
+        total = _count_jobs(catalog, wnids, used, retry_failed)
+        if not total:
+            return
+        writer = _OutcomeWriter(catalog, summary, journal)
+        progress = tqdm(total=total, desc="download", unit=" img", disable=None)
+        pipeline = _Pipeline(settings, downloader, journal, writer, progress)
+        try:
+            for jobs in _pending_jobs(catalog, wnids, used, retry_failed, JOB_PAGE):
+                with catalog.session() as session:
+                    reused = _known_urls(session, sorted({j.url for j in jobs if j.source != "folder"}))
+                pipeline.run(jobs, reused)
+        except KeyboardInterrupt:
+            pipeline.interrupt()
+            raise
+        finally:
+            pipeline.close()
+            writer.flush()
+            progress.close()
+    finally:
+        journal.close()
+
+
+def _open_store(catalog: Catalog, settings: Settings) -> storage.WriteJournal:
+    """Claim the image store, remove what a killed run left in flight, and open this run's journal."""
     with catalog.session() as session:
-        known_paths = set(session.scalars(select(Image.path)))
-        jobs = _pending_jobs(session, wnids, [s for s in used if s in (*WEB_SOURCES, *LIST_SOURCES)], retry_failed)
-        reused = _known_urls(session, sorted({j.url for j in jobs if j.source != "folder"}))
         catalog_id = session.get(Meta, "catalog_id")
         if catalog_id is None:
             catalog_id = Meta(key="catalog_id", value=uuid.uuid4().hex)
             session.add(catalog_id)
-    owned = storage.claim(settings.data_dir, catalog_id.value)
+        name = catalog_id.value
+    owned = storage.claim(settings.data_dir, name)
     if not owned:
         print(
             f"curation crawl: {settings.images_dir} belongs to another catalog; its unrecorded files are left alone",
             file=sys.stderr,
         )
-    temps, orphans = storage.sweep(settings.data_dir, known_paths, remove_unknown=owned)
+    temps, orphans = storage.recover(settings.data_dir, name, partial(_recorded_paths, catalog), remove_unknown=owned)
     if temps or orphans:
         print(
             f"curation crawl: removed {temps} partial and {orphans} unrecorded files of an earlier run", file=sys.stderr
         )
-    if not jobs:
-        return
+    return storage.WriteJournal(settings.data_dir, name)
 
-    from curation.downloader import FetchError
 
-    # Fetching waits on the network, checking uses the CPU: separate pools keep every
-    # connection busy while images are decoded (the decoder releases the GIL).
-    done: queue.SimpleQueue[Future] = queue.SimpleQueue()
-    fetchers = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl-fetch")
-    checkers = ThreadPoolExecutor(max_workers=check_threads, thread_name_prefix="crawl-check")
+def _recorded_paths(catalog: Catalog, paths: list[str]) -> set[str]:
+    """Which of these store paths the catalog knows (looked up by the hash that names each file)."""
+    by_sha = {Path(p).name.split(".")[0]: p for p in paths}
+    with catalog.session() as session:
+        return {
+            path
+            for start in range(0, len(by_sha), 500)
+            for path in session.scalars(select(Image.path).where(Image.sha256.in_(list(by_sha)[start : start + 500])))
+        }
 
-    def fetch(job: _Job) -> _Outcome | None:
+
+class _Pipeline:
+    """Fetching waits on the network, checking uses the CPU: separate pools keep every connection
+    busy while images are decoded (the decoder releases the GIL). One fetch serves every class
+    that found the same URL."""
+
+    def __init__(
+        self, settings: Settings, downloader: Any, journal: storage.WriteJournal, writer: _OutcomeWriter, progress: tqdm
+    ) -> None:
+        config = settings.section("crawl")
+        self.min_side = int(config.get("min_side", 64))
+        self.max_pixels = int(config.get("max_pixels", 40_000_000))
+        self.max_bytes = int(config.get("max_bytes", 20 * 1024 * 1024))
+        self.concurrency = max(1, int(config.get("concurrency", 32)))
+        self.data_dir, self.downloader, self.journal = settings.data_dir, downloader, journal
+        self.writer, self.progress = writer, progress
+        self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self.fetchers = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="crawl-fetch")
+        self.checkers = ThreadPoolExecutor(
+            max_workers=max(1, int(config.get("check_threads", 2))), thread_name_prefix="crawl-check"
+        )
+        self.same_url: dict[str, list[_Job]] = {}
+        self.unfinished = 0
+
+    def run(self, jobs: list[_Job], reused: dict[str, tuple[str, str | None]]) -> None:
+        """Download one page of jobs to the end (so the next page sees its URLs as known)."""
+        self.same_url = {}
+        for job in jobs:
+            if job.url in reused:
+                sha, final_url = reused[job.url]
+                self.writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
+                self.progress.update()
+            else:
+                self.same_url.setdefault(job.url, []).append(job)
+        for group in self.same_url.values():
+            self.fetchers.submit(self.fetch, group[0]).add_done_callback(self.done.put)
+            self.unfinished += 1
+            while self.unfinished >= self.concurrency * 4:
+                self._handle_one()
+        while self.unfinished:
+            self._handle_one()
+        self.writer.flush()
+
+    def fetch(self, job: _Job) -> _Outcome | None:
+        from curation.downloader import FetchError
+
         try:
             if job.source == "folder":
-                data, final_url = _read_local(job.url, max_bytes), job.url
+                data, final_url = _read_local(job.url, self.max_bytes), job.url
             else:
-                fetched = downloader.fetch(job.url)
+                fetched = self.downloader.fetch(job.url)
                 data, final_url = fetched.data, fetched.url
         except (FetchError, storage.Rejected, _LocalFileError) as exc:
             return _Outcome(job, _status_of(exc.reason), exc.reason, (getattr(exc, "detail", "") or str(exc))[:500])
-        checkers.submit(check, job, data, final_url).add_done_callback(done.put)
+        self.checkers.submit(self.check, job, data, final_url).add_done_callback(self.done.put)
         return None  # the outcome comes from the check
 
-    def check(job: _Job, data: bytes, final_url: str) -> _Outcome:
+    def check(self, job: _Job, data: bytes, final_url: str) -> _Outcome:
         try:
-            image = storage.validate(data, min_side=min_side, max_pixels=max_pixels)
+            image = storage.validate(data, min_side=self.min_side, max_pixels=self.max_pixels)
         except storage.Rejected as exc:
             return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
-        storage.store(settings.data_dir, image, data)
+        storage.store(self.data_dir, image, data, self.journal)
         return _Outcome(job, DOWNLOADED, image=image, final_url=final_url)
 
-    writer = _OutcomeWriter(catalog, summary)
-    progress = tqdm(total=len(jobs), desc="download", unit=" img", disable=None)
-    same_url: dict[str, list[_Job]] = {}
-    for job in jobs:
-        if job.url in reused:
-            sha, final_url = reused[job.url]
-            writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
-            progress.update()
-        else:
-            same_url.setdefault(job.url, []).append(job)
+    def _finish(self, outcome: _Outcome) -> None:
+        for job in self.same_url[outcome.job.url]:
+            self.writer.add(replace(outcome, job=job))
+            self.progress.update()
 
-    def finish(outcome: _Outcome) -> None:
-        for job in same_url[outcome.job.url]:  # one fetch serves every class that found the URL
-            writer.add(replace(outcome, job=job))
-            progress.update()
-
-    unfinished = 0
-
-    def handle_one() -> None:
-        nonlocal unfinished
-        outcome = done.get().result()
+    def _handle_one(self) -> None:
+        outcome = self.done.get().result()
         if outcome is not None:
-            finish(outcome)
-            unfinished -= 1
+            self._finish(outcome)
+            self.unfinished -= 1
 
-    try:
-        for group in same_url.values():
-            fetchers.submit(fetch, group[0]).add_done_callback(done.put)
-            unfinished += 1
-            while unfinished >= concurrency * 4:
-                handle_one()
-        while unfinished:
-            handle_one()
-    except KeyboardInterrupt:
-        fetchers.shutdown(wait=True, cancel_futures=True)
-        checkers.shutdown(wait=True, cancel_futures=True)
-        while not done.empty():
-            future = done.get()
+    def interrupt(self) -> None:
+        """Ctrl-C: stop fetching, record what already finished."""
+        self.fetchers.shutdown(wait=True, cancel_futures=True)
+        self.checkers.shutdown(wait=True, cancel_futures=True)
+        while not self.done.empty():
+            future = self.done.get()
             if not future.cancelled() and future.exception() is None and future.result() is not None:
-                finish(future.result())
-        raise
-    finally:
-        fetchers.shutdown(wait=True)
-        checkers.shutdown(wait=True)
-        writer.flush()
-        progress.close()
+                self._finish(future.result())
+
+    def close(self) -> None:
+        self.fetchers.shutdown(wait=True)
+        self.checkers.shutdown(wait=True)
 
 
 class _LocalFileError(Exception):
@@ -496,9 +571,10 @@ def _status_of(reason: str) -> str:
 class _OutcomeWriter:
     """Writes outcomes to the catalog in batches (images first, then their candidates)."""
 
-    def __init__(self, catalog: Catalog, summary: Summary) -> None:
+    def __init__(self, catalog: Catalog, summary: Summary, journal: storage.WriteJournal) -> None:
         self.catalog = catalog
         self.summary = summary
+        self.journal = journal
         self.batch: list[_Outcome] = []
         self.last_flush = time.monotonic()
 
@@ -558,6 +634,7 @@ class _OutcomeWriter:
                 .having(func.count(func.distinct(Candidate.wnid)) > 1)
             )
             session.execute(update(Image).where(Image.sha256.in_(shared)).values(multi_class=True))
+        self.journal.recorded(i.relative_path for i in images.values())
         self.summary.new_images += len(set(images) - stored)
         for o in batch:
             self.summary.outcomes[o.status] += 1

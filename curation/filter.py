@@ -5,6 +5,11 @@ The prediction is the argmax over the logits restricted to the run's class set (
 200-way rule) or, with ``--rule top1``, over the whole label space. One ``Prediction`` row per pair
 and model (+ weights hash + rule); one ``FilterVerdict`` per pair combining the models with
 ``--keep all-wrong|any-wrong``. Pairs already scored by the same model, weights and rule are skipped.
+
+The catalog's dataset kind (`curation init --kind`) decides the label space and what is kept. An
+ImageNet-O catalog scores its source classes (every class outside the 200 seeded targets) over the 200
+target logits (rule ``msp``) and keeps a pair when the largest softmax probability (MSP) over them is
+at least ``--min-confidence`` T; the prediction is the target the photo is confused with.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ DEFAULT_MODEL = "resnet50.tv_in1k"
 RULES = ("restricted", "top1")
 KEEP_RULES = ("all-wrong", "any-wrong")
 FAILED = "failed"
+# Inexact images (JPEG draft, bf16) whose log-odds(MSP) over the label space lies within this band of
+# log-odds(T) are re-run exactly, so keep-by-MSP decisions equal fp32's. Measured by
+# benchmarks/msp_errors.py on the 1,500 shared photos (EfficientNet-Lite0, draft + bf16 against full
+# decode + fp32, 200 ImageNet-O targets): max |delta log-odds(MSP)| 0.370 (99th percentile 0.172; the
+# issue measured 0.31), so 0.75 is 2.0x the largest error. At T = 0.3/0.5/0.7/0.9 the fast path alone
+# flips 4/10/4/1 decisions, all inside the band; it re-checks 21/15/9/5 % of these photos.
+MSP_RECHECK_BAND = 0.75
+CALIBRATION_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 @dataclass
@@ -73,6 +86,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images per committed chunk, what a killed run loses at most (default 512 on CPU, 16384 on GPU)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on large runs)")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        help="ImageNet-O catalogs (required there, no default): keep a photo when its largest softmax "
+        "probability over the 200 targets is at least this (see --calibrate)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        type=Path,
+        metavar="DIR",
+        help="print the model's MSP quantiles over the label space on the images under DIR (in-distribution "
+        "photos), to choose --min-confidence; scores nothing",
+    )
     parser.set_defaults(func=run)
 
 
@@ -108,6 +134,18 @@ def _class_set(session: Any, classes_arg: str | None) -> list[str]:
 
 # Pairs read and scored per page: bounds the driver's memory (~0.3 KB a pair) whatever the catalog's size.
 PAGE_PAIRS = 50_000
+
+
+def _label_space(session: Any, kind: Any, classes_arg: str | None) -> tuple[list[str], list[str]]:
+    """(label wnids the model is judged over, source wnids whose downloads are scored). ImageNet-A:
+    both are the run's classes; ImageNet-O: the kind's 200 targets and the other catalog classes."""
+    wnids = _class_set(session, classes_arg)
+    if not kind.ood:
+        return wnids, wnids
+    from curation.classes import read_recipe
+
+    targets = sorted(row["wnid"] for row in read_recipe(kind.recipe))
+    return targets, [w for w in wnids if w not in set(targets)]
 
 
 def _scored_by(key: tuple[str, str], rule: str) -> Any:
@@ -205,6 +243,62 @@ def _forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: 
     session.merge(Meta(key=key, value=value))
 
 
+def msp_log_odds(logits: Any, columns: list[int]) -> Any:
+    """log(MSP / (1 - MSP)) of each row over ``columns``, computed stably: the largest logit minus the
+    log-sum-exp of the others (NaN rows stay NaN)."""
+    import numpy as np
+
+    sub = np.asarray(logits, dtype=np.float64)[:, columns]
+    top = np.sort(sub, axis=1)
+    best, others = top[:, -1], top[:, :-1]
+    peak = others.max(axis=1, keepdims=True)
+    return best - (peak[:, 0] + np.log(np.exp(others - peak).sum(axis=1)))
+
+
+def log_odds(probability: float) -> float:
+    """log(p / (1 - p)) of a probability strictly between 0 and 1."""
+    import math
+
+    return math.log(probability / (1 - probability))
+
+
+def msp_near_threshold(columns: list[int], threshold: float) -> Any:
+    """A re-check predicate for :func:`curation.inference.iter_logits`: rows whose log-odds(MSP) over
+    ``columns`` is within :data:`MSP_RECHECK_BAND` of log-odds(``threshold``)."""
+    import numpy as np
+
+    target = log_odds(threshold)
+    return lambda logits: np.abs(np.nan_to_num(msp_log_odds(logits, columns), nan=np.inf) - target) < MSP_RECHECK_BAND
+
+
+def _forget_near_new_threshold(session: Any, model: str, weights_hash: str, threshold: float) -> None:
+    """Approximate MSPs were re-checked only near the threshold of their run: when T changed since this
+    model's last run, drop its predictions whose MSP lies within the band of the new T (they are rescored,
+    re-checked against the new T); the others cannot flip."""
+    import hashlib
+    import math
+
+    from sqlalchemy import delete
+
+    from curation.catalog import Meta, Prediction
+
+    key = "filter-msp:" + hashlib.sha256(f"{model}@{weights_hash}".encode()).hexdigest()[:16]
+    meta = session.get(Meta, key)
+    if meta is not None and json.loads(meta.value)["min_confidence"] != threshold:
+        low, high = (1 / (1 + math.exp(-(log_odds(threshold) + s * MSP_RECHECK_BAND))) for s in (-1, 1))
+        gone = session.execute(
+            delete(Prediction).where(
+                Prediction.model == model,
+                Prediction.weights_hash == weights_hash,
+                Prediction.rule == "msp",
+                Prediction.confidence.between(low, high),
+            )
+        ).rowcount
+        print(f"filter: --min-confidence changed: rescoring {gone} pair(s) near the new threshold", file=sys.stderr)
+    value = json.dumps({"model": model, "weights_hash": weights_hash, "min_confidence": threshold})
+    session.merge(Meta(key=key, value=value))
+
+
 def judge(logits: Any, label_wnids: list[str], columns: list[int] | None) -> list[dict[str, Any]]:
     """Prediction fields of each row of ``logits`` [N, classes]: top-5 over the full label space, the
     argmax over ``columns`` (all when None), its softmax confidence over those columns and its
@@ -248,15 +342,19 @@ def _score_model(
     options: dict[str, Any],
     chunk: int,
     bar: Any,
+    min_confidence: float | None = None,
 ) -> tuple[set[str], int]:
     """Score ``pairs`` with one model through one input pipeline, committing one chunk of images at a
-    time; returns the images that failed and how many were re-checked in fp32."""
+    time; returns the images that failed and how many were re-checked in fp32. With ``min_confidence``
+    (ImageNet-O), the re-check band follows the MSP threshold and ``correct`` stays empty."""
     from sqlalchemy import insert
 
     from curation.catalog import Prediction
     from curation.inference import iter_logits
 
-    restricted_to = columns if rule == "restricted" else None
+    restricted_to = columns if rule in ("restricted", "msp") else None
+    if min_confidence is not None:
+        options = {**options, "near_decision": msp_near_threshold(columns, min_confidence)}
     by_image: dict[str, list[Pair]] = {}
     for pair in pairs:
         by_image.setdefault(pair.sha256, []).append(pair)
@@ -279,7 +377,10 @@ def _score_model(
                 fields = (
                     {"status": FAILED, "error": error}
                     if error is not None
-                    else {**judged[position], "correct": judged[position]["pred_wnid"] == pair.wnid}
+                    else {
+                        **judged[position],
+                        "correct": None if min_confidence is not None else judged[position]["pred_wnid"] == pair.wnid,
+                    }
                 )
                 key = {"sha256": sha, "wnid": pair.wnid, "model": loaded.name, "weights_hash": loaded.weights_hash}
                 rows.append({**key, "rule": rule, **fields})
@@ -292,28 +393,37 @@ def _score_model(
 VERDICTS_META = "filter:verdicts"  # {"models", "rule", "keep", "through_id": last prediction id judged}
 
 
-def _verdict_config(keys: list[tuple[str, str]], rule: str, keep: str) -> dict[str, Any]:
-    return {"models": sorted(f"{m}@{h}" for m, h in keys), "rule": rule, "keep": keep}
+def _verdict_config(keys: list[tuple[str, str]], rule: str, keep: str, min_confidence: float | None) -> dict[str, Any]:
+    return {"models": sorted(f"{m}@{h}" for m, h in keys), "rule": rule, "keep": keep, "min_confidence": min_confidence}
 
 
 def _update_verdicts(
-    catalog: Any, wnids: list[str] | None, keys: list[tuple[str, str]], rule: str, keep: str
+    catalog: Any,
+    wnids: list[str] | None,
+    keys: list[tuple[str, str]],
+    rule: str,
+    keep: str,
+    min_confidence: float | None,
 ) -> dict[str, int]:
     """Combine the models into one verdict per pair, in one INSERT ... SELECT ... ON CONFLICT: for
     the pairs with predictions newer than the last verdict pass, or for every pair when the models,
-    rule or keep rule changed. A pair some model has not scored yet (``--limit``) keeps its verdict;
-    one a model failed on loses it. Returns counts kept/discarded/failed of the pairs judged now."""
+    rule, keep rule or threshold changed. A model "hits" a pair when it gets it wrong (ImageNet-A) or
+    its MSP is at least ``min_confidence`` (ImageNet-O). A pair some model has not scored yet
+    (``--limit``) keeps its verdict; one a model failed on loses it. Returns counts kept/discarded/failed
+    of the pairs judged now."""
     from sqlalchemy import and_, bindparam, case, delete, func, literal, or_, select
 
     from curation.catalog import FilterVerdict, Meta, Prediction, utcnow
     from curation.dialect import upsert_from_select
 
-    config = _verdict_config(keys, rule, keep)
+    config = _verdict_config(keys, rule, keep, min_confidence)
+    keep_label = keep if min_confidence is None else f"{keep[:3]}-msp>={min_confidence:.4g}"
     mine = and_(
         Prediction.rule == rule,
         or_(*[and_(Prediction.model == m, Prediction.weights_hash == h) for m, h in keys]),
         *([Prediction.wnid.in_(wnids)] if wnids is not None else []),
     )
+    miss = Prediction.correct.is_(True) if min_confidence is None else Prediction.confidence < min_confidence
     now = utcnow()
     with catalog.session() as session:
         meta = session.get(Meta, VERDICTS_META)
@@ -322,15 +432,15 @@ def _update_verdicts(
         last_id = session.scalar(select(func.max(Prediction.id))) or 0
         fresh = select(Prediction.sha256, Prediction.wnid).where(mine, Prediction.id > through).distinct().subquery()
         failed = func.sum(case((Prediction.status == FAILED, 1), else_=0))
-        right = func.sum(case((Prediction.correct.is_(True), 1), else_=0))
-        kept = (right == 0) if keep == "all-wrong" else (right < len(keys))
+        misses = func.sum(case((miss, 1), else_=0))
+        kept = (misses == 0) if keep == "all-wrong" else (misses < len(keys))
         judged = (
             select(
                 Prediction.sha256,
                 Prediction.wnid,
                 kept.label("kept"),
                 literal(json.dumps([f"{m}@{h}" for m, h in keys])),
-                literal(keep),
+                literal(keep_label),
                 literal(now),
             )
             .join(fresh, and_(fresh.c.sha256 == Prediction.sha256, fresh.c.wnid == Prediction.wnid))
@@ -359,12 +469,16 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     """Score every downloaded pair not yet scored by each model; write predictions and verdicts."""
     from sqlalchemy import func, select
 
-    from curation.catalog import ImageClass, open_catalog
+    from curation.catalog import ImageClass, Meta, open_catalog
+    from curation.kinds import catalog_kind
 
-    rule = _setting(args, settings, "rule", "restricted")
+    catalog = open_catalog(settings.db_url)
+    with catalog.session() as session:
+        kind = catalog_kind(session)
+    rule, min_confidence = _rule_and_threshold(args, settings, kind)
     keep = _setting(args, settings, "keep", "all-wrong")
-    if rule not in RULES or keep not in KEEP_RULES:
-        raise CurationError(f"[filter] rule must be one of {RULES} and keep one of {KEEP_RULES}")
+    if keep not in KEEP_RULES:
+        raise CurationError(f"[filter] keep must be one of {KEEP_RULES}")
     batch_size = _setting(args, settings, "batch_size", None)
     workers = _setting(args, settings, "workers", None)
     commit_every = _setting(args, settings, "commit_every", None)
@@ -374,10 +488,9 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if workers is not None and workers < 0:
         raise CurationError("--workers must be 0 or more")
     specs = _models_and_checkpoints(args, settings)
-    catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
-        wnids = _class_set(session, args.classes)
-        every_class = len(wnids) == session.scalar(select(func.count()).select_from(ImageClass))
+        wnids, sources = _label_space(session, kind, args.classes)
+        every_class = not kind.ood and len(wnids) == session.scalar(select(func.count()).select_from(ImageClass))
     from curation.inference import class_indices, default_batch_size, load_model, resolve_device
 
     device = resolve_device(_setting(args, settings, "device", "auto"))
@@ -389,13 +502,19 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
             loaded.model = torch.compile(loaded.model)
         models.append((loaded, class_indices(loaded, wnids)))
+    if args.calibrate is not None:
+        return calibrate(args.calibrate, models, _setting(args, settings, "workers", None))
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
     if len(set(keys)) < len(keys):
         raise CurationError("the same model with the same weights is given twice")
-    in_set = None if every_class else wnids
+    in_set = None if every_class else sources
     with catalog.session() as session:
         for key in keys:
             _forget_other_class_sets(session, *key, rule, wnids)
+            if min_confidence is not None:
+                _forget_near_new_threshold(session, *key, min_confidence)
+        if min_confidence is not None:
+            session.merge(Meta(key="filter:min_confidence", value=repr(min_confidence)))
         n_pairs, n_pending = _count_pairs(session, in_set, keys, rule)
     options = {
         "batch_size": batch_size,
@@ -411,14 +530,16 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
     chunk = min(commit_every or default_chunk, 2**26 // widest)
     todo = n_pending if args.limit is None else min(args.limit, n_pending)
-    scored = _score_pages(catalog, models, (in_set, rule, settings.data_dir), todo, options, chunk)
-    counts = _update_verdicts(catalog, in_set, keys, rule, keep)
+    scored = _score_pages(catalog, models, (in_set, rule, settings.data_dir), todo, options, chunk, min_confidence)
+    counts = _update_verdicts(catalog, in_set, keys, rule, keep, min_confidence)
     left = f", {n_pending - todo} left by --limit" if todo < n_pending else ""
+    threshold = "" if min_confidence is None else f" (MSP >= {min_confidence:g})"
+    verdict_rule = keep if min_confidence is None else keep[:3] + " models confident"
     print(
         f"filter: scored {scored.images} image(s) ({scored.pairs} pair(s), {len(scored.failed)} "
         f"image(s) failed, {scored.rechecked} re-checked in fp32) with "
-        f"{len(models)} model(s), {rule} over {len(wnids)} classes; {n_pairs - n_pending} pair(s) already "
-        f"scored{left}; verdicts ({keep}): kept {counts['kept']}, discarded {counts['discarded']}, "
+        f"{len(models)} model(s), {rule} over {len(wnids)} classes{threshold}; {n_pairs - n_pending} pair(s) "
+        f"already scored{left}; verdicts ({verdict_rule}): kept {counts['kept']}, discarded {counts['discarded']}, "
         f"failed {counts['failed']}"
     )
     return 0
@@ -435,7 +556,13 @@ class _Scored:
 
 
 def _score_pages(
-    catalog: Any, models: list[tuple[Any, list[int]]], where: tuple, todo: int, options: dict, chunk: int
+    catalog: Any,
+    models: list[tuple[Any, list[int]]],
+    where: tuple,
+    todo: int,
+    options: dict,
+    chunk: int,
+    min_confidence: float | None = None,
 ) -> _Scored:
     """Score ``todo`` pending pairs, one page of at most PAGE_PAIRS at a time, each pair by the models
     that have not scored it; ``where`` is (class set or None, rule, data dir)."""
@@ -456,9 +583,62 @@ def _score_pages(
             scored.images += len(images) - (after is not None and after[0] in images)
             for k, (loaded, columns) in enumerate(models):
                 mine = [pair for pair, done in page if not done[k]]
-                failed, rechecked = _score_model(catalog, loaded, rule, columns, mine, options, chunk, bar)
+                failed, rechecked = _score_model(
+                    catalog, loaded, rule, columns, mine, options, chunk, bar, min_confidence
+                )
                 scored.failed |= failed
                 scored.rechecked += rechecked
             scored.pairs += len(page)
             after = (page[-1][0].sha256, page[-1][0].wnid)
     return scored
+
+
+def _rule_and_threshold(args: argparse.Namespace, settings: Any, kind: Any) -> tuple[str, float | None]:
+    """The prediction rule and, for a keep-by-confidence kind, the required MSP threshold."""
+    rule = _setting(args, settings, "rule", None)
+    threshold = _setting(args, settings, "min_confidence", None)
+    if kind.keep_rule != "confident":
+        if threshold is not None and args.calibrate is None:
+            raise CurationError(f"--min-confidence applies to ImageNet-O catalogs; this one is {kind.name}")
+        rule = rule or kind.filter_rule
+        if rule not in RULES:
+            raise CurationError(f"[filter] rule must be one of {RULES}")
+        return rule, None
+    if rule is not None and rule != kind.filter_rule:
+        raise CurationError(f"--rule does not apply to {kind.name} catalogs: they score MSP over the 200 targets")
+    if threshold is None and args.calibrate is None:
+        raise CurationError(
+            f"{kind.name} needs --min-confidence T (or [filter] min_confidence): keep photos whose MSP over the "
+            "targets is >= T; `curation filter --calibrate DIR` prints MSP quantiles on in-distribution photos"
+        )
+    if threshold is not None and not 0 < threshold < 1:
+        raise CurationError(f"--min-confidence must be between 0 and 1 (exclusive), got {threshold}")
+    return kind.filter_rule, threshold
+
+
+def calibrate(folder: Path, models: list[tuple[Any, list[int]]], workers: int | None) -> int:
+    """Print each model's MSP quantiles over the label space on the images under ``folder`` (exact
+    path: full decode, fp32), to help choose ``--min-confidence``."""
+    import numpy as np
+
+    from curation.inference import predict_logits
+
+    if not folder.is_dir():
+        raise CurationError(f"--calibrate {folder}: not a folder")
+    suffixes = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not paths:
+        raise CurationError(f"--calibrate {folder}: no images (.jpg, .png, .webp, ...) found")
+    for loaded, columns in models:
+        result = predict_logits(loaded, paths, precision="fp32", draft=False, workers=workers, progress="calibrate")
+        ok = ~np.isnan(result.logits).any(axis=1)
+        msp = 1 / (1 + np.exp(-msp_log_odds(result.logits[ok], columns)))
+        quantiles = ", ".join(
+            f"{int(q * 100)}%: {v:.4f}"
+            for q, v in zip(CALIBRATION_QUANTILES, np.quantile(msp, CALIBRATION_QUANTILES), strict=True)
+        )
+        print(
+            f"calibrate {loaded.name}: MSP over {len(columns)} classes on {int(ok.sum())} image(s) of {folder} "
+            f"({len(paths) - int(ok.sum())} unreadable): {quantiles}"
+        )
+    return 0

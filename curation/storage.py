@@ -3,7 +3,9 @@
 Bytes are judged by what they are, not by what a server says they are: the format is sniffed
 from the first bytes, then Pillow decodes the whole image under a pixel cap. Accepted images are
 stored once, unchanged, at ``<data_dir>/images/ab/cd/<sha256>.<ext>`` (temp file + rename, so a
-killed process never leaves a partial image under its final name).
+killed process never leaves a partial image under its final name). Temp files live in one staging
+folder, ``<data_dir>/.staging``, beside a :class:`WriteJournal` of stored but not yet catalogued
+paths: after a kill -9, :func:`recover` removes exactly those leftovers without walking the store.
 
 Deliberate handling of awkward images: CMYK, palette, alpha and 16-bit images are accepted and
 stored as they are (their mode is recorded); EXIF orientation is applied before measuring the
@@ -19,6 +21,7 @@ import io
 import os
 import threading
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 TEMP_SUFFIX = ".part"
 OWNER_FILE = ".catalog-id"
+STAGING = ".staging"  # beside images/, same file system, so a rename into the store is atomic
 
 
 class Rejected(Exception):
@@ -121,30 +125,107 @@ def validate(data: bytes, *, min_side: int = 64, max_pixels: int = 40_000_000) -
     return ValidImage(sha, kind, EXTENSIONS[kind], width, height, mode, frames, len(data))
 
 
-def store(data_dir: Path, image: ValidImage, data: bytes) -> Path:
-    """Write ``data`` under its content address (once; atomically); returns the absolute path."""
+def store(data_dir: Path, image: ValidImage, data: bytes, journal: WriteJournal | None = None) -> Path:
+    """Write ``data`` under its content address (once; atomically); returns the absolute path.
+
+    With a ``journal``, the path is journaled before it appears in the store."""
     final = os.path.join(data_dir, image.relative_path)
     try:
         if os.stat(final).st_size == len(data):
             return Path(final)
     except FileNotFoundError:
         pass
-    folder = os.path.dirname(final)
-    temp = os.path.join(folder, f".{image.sha256}.{os.getpid()}.{threading.get_ident():x}{TEMP_SUFFIX}")
+    staging = os.path.join(data_dir, STAGING)
+    temp = os.path.join(staging, f"{image.sha256}.{os.getpid()}.{threading.get_ident():x}{TEMP_SUFFIX}")
     try:
         try:
             out = open(temp, "wb")  # noqa: SIM115 - closed just below
         except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(staging, exist_ok=True)
             out = open(temp, "wb")  # noqa: SIM115
         with out:
             out.write(data)
+        if journal is not None:
+            journal.begin(image.relative_path)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
         os.replace(temp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     return Path(final)
+
+
+class WriteJournal:
+    """Store paths written but not yet recorded in the catalog, mirrored line by line in
+    ``<data_dir>/.staging/<name>.journal`` so that a rerun after kill -9 knows exactly which files
+    may be unrecorded. The file is rewritten with what is still open whenever paths are recorded,
+    so it holds the in-flight writes only (a few hundred at most), never the store."""
+
+    def __init__(self, data_dir: Path, name: str) -> None:
+        folder = Path(data_dir) / STAGING
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{name}.journal"
+        self._lock = threading.Lock()
+        self._open: set[str] = set()
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def begin(self, relative_path: str) -> None:
+        """``relative_path`` is about to appear in the store (written to the file before it does)."""
+        with self._lock:
+            if relative_path not in self._open:
+                self._open.add(relative_path)
+                self._handle.write(relative_path + "\n")
+                self._handle.flush()
+
+    def recorded(self, relative_paths: Iterable[str]) -> None:
+        """These paths are committed to the catalog: drop them from the journal."""
+        with self._lock:
+            before = len(self._open)
+            self._open.difference_update(relative_paths)
+            if len(self._open) == before:
+                return
+            self._handle.close()
+            temp = self.path.with_name(self.path.name + ".new")
+            temp.write_text("".join(p + "\n" for p in sorted(self._open)), encoding="utf-8")
+            os.replace(temp, self.path)
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+
+def recover(
+    data_dir: Path, name: str, recorded: Callable[[list[str]], set[str]], remove_unknown: bool = True
+) -> tuple[int, int]:
+    """Remove leftovers of a killed run from the staging folder and the journal ``name``: every temp
+    file, and (with ``remove_unknown``) each journaled path that ``recorded`` says the catalog does
+    not know. Touches only what was in flight, never the whole store.
+
+    Returns (temp files removed, unrecorded images removed)."""
+    folder = Path(data_dir) / STAGING
+    if not folder.is_dir():
+        return 0, 0
+    temps = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(TEMP_SUFFIX):
+                Path(entry.path).unlink(missing_ok=True)
+                temps += 1
+    orphans = 0
+    journal = folder / f"{name}.journal"
+    if journal.is_file():
+        paths = sorted(set(journal.read_text(encoding="utf-8").split()))
+        known = recorded(paths) if remove_unknown else set(paths)
+        for relative in paths:
+            path = Path(data_dir) / relative
+            inside = relative.startswith("images/") and ".." not in relative.split("/")
+            if inside and relative not in known and path.is_file():
+                path.unlink()
+                orphans += 1
+        journal.unlink()
+    return temps, orphans
 
 
 def claim(data_dir: Path, catalog_id: str) -> bool:
@@ -156,27 +237,6 @@ def claim(data_dir: Path, catalog_id: str) -> bool:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(catalog_id + "\n")
     return True
-
-
-def sweep(data_dir: Path, known_relative_paths: set[str], remove_unknown: bool = True) -> tuple[int, int]:
-    """Remove leftovers of a killed run: temp files and, with ``remove_unknown``, images the catalog
-    does not know (written but not yet recorded when the process died).
-
-    Returns (temp files removed, unknown images removed)."""
-    root = Path(data_dir) / "images"
-    temps = orphans = 0
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
-            if name.endswith(TEMP_SUFFIX):
-                path.unlink(missing_ok=True)
-                temps += 1
-            elif name.startswith("."):
-                continue
-            elif remove_unknown and path.relative_to(data_dir).as_posix() not in known_relative_paths:
-                path.unlink(missing_ok=True)
-                orphans += 1
-    return temps, orphans
 
 
 def open_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:

@@ -18,7 +18,7 @@ import pytest
 import requests
 from conftest import SAMPLES
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from curation import catalog as cat
 from curation.annotate.agreement import agreement_stats, conflicts, fleiss_kappa
@@ -376,6 +376,35 @@ def test_export_import_round_trip_and_bad_rows(review, run_cli, tmp_path):
     bad_header.write_text("a,b\n1,2\n")
     result = run_cli("--db", review.url, "annotate", "import", str(bad_header))
     assert result.returncode == 1 and "lacks the column(s) sha256, wnid, annotator, verdict" in result.stderr
+
+
+def test_import_reads_in_chunks_and_looks_up_only_their_images(review, monkeypatch):
+    import curation.annotate.votes as votes
+
+    monkeypatch.setattr(votes, "IMPORT_CHUNK", 2)
+    catalog = review.open()
+    (p1, w1), (p2, w2) = review.queue[:2]
+    lines = [
+        f"{p1},{w1},alice,wrong_class,,2001-01-01T00:00:00",
+        f"{'f' * 64},{w1},alice,accept,,",  # not in the catalog
+        f"{p2},{w2},bob,accept,,2001-01-01T00:00:00",
+        f"{p1},{w1},alice,accept,,2002-01-01T00:00:00",  # newer, two chunks after the first
+        f"{p2},{w2},bob,ambiguous,,2000-01-01T00:00:00",  # older: left alone
+    ]
+    looked_up: list[int] = []  # hashes per images lookup
+
+    def watch(_conn, _cursor, statement, parameters, _context, _many):
+        if statement.startswith("SELECT images.sha256") and "IN" in statement:
+            looked_up.append(len(parameters))
+
+    event.listen(catalog.engine, "before_cursor_execute", watch)
+    with catalog.session() as s:
+        result = votes.import_csv(s, io.StringIO("sha256,wnid,annotator,verdict,note,created_at\n" + "\n".join(lines)))
+    event.remove(catalog.engine, "before_cursor_execute", watch)
+    assert (result.added, result.updated, result.unchanged) == (2, 1, 1)
+    assert result.rejected == ["line 3: image ffffffffffff... is not in the catalog"]
+    assert looked_up == [2, 2, 1]
+    assert votes_in(catalog) == {(p1, w1, "alice", "accept"), (p2, w2, "bob", "accept")}
 
 
 def test_stats_command(review, run_cli):

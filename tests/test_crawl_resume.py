@@ -119,6 +119,7 @@ def test_interrupted_crawl_resumes_without_duplicates(tmp_path, sig):
     assert con.execute("SELECT count(*) FROM images").fetchone() == (N,)
     con.close()
     assert not list((tmp_path / "data").rglob("*.part"))
+    assert all(j.read_text() == "" for j in (tmp_path / "data" / ".staging").glob("*.journal"))  # nothing in flight
     status = subprocess.run([sys.executable, "-m", "curation", "--db", str(tmp_path / "c.sqlite"), "status", "--json"],
                             cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     rows = {r["wnid"]: r for r in json.loads(status.stdout)["classes"]}

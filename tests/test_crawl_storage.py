@@ -12,7 +12,7 @@ import pytest
 
 from curation import storage
 from tests.conftest import SAMPLES, VAL
-from tests.crawl_images import broken, sample_bytes, sample_paths, variants, with_comment
+from tests.crawl_images import broken, sample_bytes, sample_paths, variants
 
 
 @pytest.mark.parametrize("name", sorted(broken()))
@@ -52,16 +52,6 @@ def test_store_is_content_addressed_atomic_and_once(tmp_path):
     assert storage.store(tmp_path, image, data) == first and first.stat().st_mtime_ns == mtime
     assert first.read_bytes() == data
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp file left behind
-
-
-def test_sweep_removes_partial_and_unrecorded_files(tmp_path):
-    keep, orphan = sample_bytes(0), with_comment(sample_bytes(0), "orphan")
-    kept = storage.store(tmp_path, storage.validate(keep), keep)
-    lost = storage.store(tmp_path, storage.validate(orphan), orphan)
-    partial = kept.with_name(".x.jpg.123.abc" + storage.TEMP_SUFFIX)
-    partial.write_bytes(keep[:100])
-    assert storage.sweep(tmp_path, {kept.relative_to(tmp_path).as_posix()}) == (1, 1)
-    assert kept.exists() and not lost.exists() and not partial.exists()
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:

@@ -23,6 +23,7 @@ MAX_NOTE = 2000
 # One row per (image, class, annotator); a new vote replaces these fields of the old one.
 VOTE_KEY = ["sha256", "wnid", "annotator"]
 VOTE_FIELDS = ["verdict", "note", "created_at"]
+IMPORT_CHUNK = 500  # CSV rows per lookup: one IN (...) of hashes stays under SQLite's parameter limit
 
 
 def check_annotator(name: str) -> str:
@@ -109,6 +110,8 @@ def import_csv(session: Session, source: IO[str]) -> ImportResult:
 
     A row replaces an existing verdict of the same annotator only when it is not older; bad
     rows are rejected with their line number and a reason, the good ones are all imported.
+    The file is read in chunks of ``IMPORT_CHUNK`` rows; each chunk looks up only its own images
+    and existing verdicts, so memory is bounded by a chunk, not by the catalog.
     """
     reader = csv.DictReader(source)
     header = reader.fieldnames or []
@@ -117,15 +120,39 @@ def import_csv(session: Session, source: IO[str]) -> ImportResult:
         raise CurationError(
             f"annotation CSV lacks the column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}"
         )
-    images = set(session.scalars(select(Image.sha256)))
     classes = set(session.scalars(select(ImageClass.wnid)))
-    existing = {
-        (a.sha256, a.wnid, a.annotator): a
-        for a in session.scalars(select(Annotation))  # one pass; fine for millions of rows
-    }
     result = ImportResult()
+    chunk: list[tuple[int, dict[str, str | None]]] = []
     for row in reader:
-        line = reader.line_num
+        chunk.append((reader.line_num, row))
+        if len(chunk) >= IMPORT_CHUNK:
+            _import_chunk(session, chunk, classes, result)
+            chunk = []
+    _import_chunk(session, chunk, classes, result)
+    return result
+
+
+def _import_chunk(
+    session: Session, chunk: list[tuple[int, dict[str, str | None]]], classes: set[str], result: ImportResult
+) -> None:
+    if not chunk:
+        return
+    shas = list({(row.get("sha256") or "").strip().lower() for _line, row in chunk})
+    images = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(shas))))
+    existing = {
+        (sha, wnid, annotator): (created_at, verdict, note)
+        for sha, wnid, annotator, created_at, verdict, note in session.execute(
+            select(
+                Annotation.sha256,
+                Annotation.wnid,
+                Annotation.annotator,
+                Annotation.created_at,
+                Annotation.verdict,
+                Annotation.note,
+            ).where(Annotation.sha256.in_(list(images)))
+        )
+    }
+    for line, row in chunk:
         try:
             values = _parse_row(row, images, classes)
         except CurationError as exc:
@@ -135,14 +162,13 @@ def import_csv(session: Session, source: IO[str]) -> ImportResult:
         old = existing.get(key)
         if old is None:
             result.added += 1
-        elif values["created_at"] < old.created_at or (old.verdict, old.note) == (values["verdict"], values["note"]):
+        elif values["created_at"] < old[0] or old[1:] == (values["verdict"], values["note"]):
             result.unchanged += 1
             continue
         else:
             result.updated += 1
         upsert(session, Annotation, values, keys=VOTE_KEY, update=VOTE_FIELDS)
-        existing[key] = Annotation(**values)
-    return result
+        existing[key] = (values["created_at"], values["verdict"], values["note"])
 
 
 def _parse_row(row: dict[str, str | None], images: set[str], classes: set[str]) -> dict:

@@ -12,32 +12,50 @@ from curation.sources import Found, Skip
 
 NAME = "urls"
 OPTIONAL_COLUMNS = ("license", "author", "page_url", "title", "source_id")
+CHUNK_ROWS = 10_000  # Parquet rows per record batch: ~3 MB of row dicts at LAION-like row widths
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a URL list, as dicts of strings (column names lower-cased)."""
+def read_rows(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[dict[str, str]]:
+    """The rows of a URL list, as dicts of strings (column names lower-cased), streamed: a Parquet
+    file is read ``chunk_rows`` rows (one record batch) at a time, a CSV/TSV file line by line, so
+    memory is bounded by a chunk, not by the list."""
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"--urls {path}: no such file")
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+    rows = _parquet_rows(path, chunk_rows) if path.suffix.lower() == ".parquet" else _text_rows(path)
+    return ({str(k).strip().lower(): ("" if v is None else str(v).strip()) for k, v in row.items()} for row in rows)
 
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
-            raise CurationError(f"--urls {path}: not a readable Parquet file: {exc}") from None
-        rows = table.to_pylist()
-    else:
-        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                rows = list(csv.DictReader(fh, delimiter=delimiter))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise CurationError(f"--urls {path}: cannot read: {exc}") from None
-    rows = [{str(k).strip().lower(): ("" if v is None else str(v).strip()) for k, v in row.items()} for row in rows]
-    if rows and not {"url", "wnid"} <= set(rows[0]):
-        raise CurationError(f"--urls {path}: needs `url` and `wnid` columns, has {sorted(rows[0])}")
-    return rows
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    names = {str(c).strip().lower() for c in columns}
+    if not {"url", "wnid"} <= names:
+        raise CurationError(f"--urls {path}: needs `url` and `wnid` columns, has {sorted(names)}")
+
+
+def _parquet_rows(path: Path, chunk_rows: int) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+        _check_columns(path, reader.schema_arrow.names)
+        for batch in reader.iter_batches(batch_size=chunk_rows):
+            yield from batch.to_pylist()
+    except CurationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise CurationError(f"--urls {path}: not a readable Parquet file: {exc}") from None
+
+
+def _text_rows(path: Path) -> Iterator[dict]:
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            if reader.fieldnames is not None:
+                _check_columns(path, list(reader.fieldnames))
+            yield from reader
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CurationError(f"--urls {path}: cannot read: {exc}") from None
 
 
 def discover(path: Path, classes: set[str]) -> Iterator[Found | Skip]:

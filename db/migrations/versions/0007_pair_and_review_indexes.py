@@ -5,16 +5,16 @@
 - filter_verdicts(sha256, wnid) and (wnid, sha256) WHERE kept: the review queue (mixed and class
   order) walks only kept pairs, not the discarded majority (the filter keeps a few % of what it scores).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01 16:50:00.000000
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
