@@ -35,6 +35,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,7 +52,8 @@ PENDING, DOWNLOADED, FAILED, SKIPPED = "pending", "downloaded", "failed", "skipp
 # Dedup statuses.
 REPRESENTATIVE, DUPLICATE, LEAKED = "representative", "duplicate", "leaked"
 # Annotation verdicts.
-VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip")
+# "in_distribution" (ImageNet-O review: the photo shows one of the 1,000 ImageNet classes) rejects.
+VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip", "in_distribution")
 
 
 def utcnow() -> datetime:
@@ -108,6 +110,7 @@ class Candidate(Base):
     __table_args__ = (
         UniqueConstraint("wnid", "url"),
         Index("ix_candidates_status", "status"),
+        Index("ix_candidates_image_wnid_status", "image_sha256", "wnid", "status"),
         Index("ix_candidates_url_status", "url", "status"),  # the crawl's known-URL check
     )
 
@@ -177,6 +180,22 @@ class FilterVerdict(Base):
     """The filter stage's decision for an (image, class) pair, combining its models."""
 
     __tablename__ = "filter_verdicts"
+    __table_args__ = (
+        Index(
+            "ix_filter_verdicts_kept",
+            "sha256",
+            "wnid",
+            sqlite_where=text("kept IS 1"),  # as kept.is_(True) renders: see migration 0007
+            postgresql_where=text("kept IS true"),
+        ),
+        Index(
+            "ix_filter_verdicts_kept_class",
+            "wnid",
+            "sha256",
+            sqlite_where=text("kept IS 1"),
+            postgresql_where=text("kept IS true"),
+        ),
+    )
 
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
     wnid: Mapped[str] = mapped_column(ForeignKey("classes.wnid"), primary_key=True)
@@ -469,24 +488,24 @@ def upgrade_locked(engine: Engine, revision: str = "head") -> None:
 # --------------------------------------------------------------------------- reading helpers
 
 
-def accepted_pairs(session: Session, votes_needed: int = 1) -> set[tuple[str, str]]:
-    """(sha256, wnid) pairs accepted by annotation: at least a majority of ``votes_needed`` accepts
-    and more accepts than other verdicts (skips do not count)."""
-    rows = session.execute(
-        select(Annotation.sha256, Annotation.wnid, Annotation.verdict, func.count())
+def accepted_query(votes_needed: int = 1) -> Any:
+    """SELECT (sha256, wnid) of the pairs accepted by annotation: at least a majority of
+    ``votes_needed`` accepts and more accepts than other verdicts (skips do not count). One GROUP BY
+    with HAVING over the (sha256, wnid, annotator) index: usable as a subquery."""
+    from sqlalchemy import case
+
+    accepts = func.sum(case((Annotation.verdict == "accept", 1), else_=0))
+    return (
+        select(Annotation.sha256, Annotation.wnid)
         .where(Annotation.verdict != "skip")
-        .group_by(Annotation.sha256, Annotation.wnid, Annotation.verdict)
-    ).all()
-    tally: dict[tuple[str, str], dict[str, int]] = {}
-    for sha, wnid, verdict, n in rows:
-        tally.setdefault((sha, wnid), {})[verdict] = n
-    need = votes_needed // 2 + 1
-    accepted = set()
-    for pair, counts in tally.items():
-        accepts = counts.get("accept", 0)
-        if accepts >= need and accepts > sum(counts.values()) - accepts:
-            accepted.add(pair)
-    return accepted
+        .group_by(Annotation.sha256, Annotation.wnid)
+        .having(accepts >= votes_needed // 2 + 1, 2 * accepts > func.count())
+    )
+
+
+def accepted_pairs(session: Session, votes_needed: int = 1) -> set[tuple[str, str]]:
+    """(sha256, wnid) pairs accepted by annotation (see :func:`accepted_query`)."""
+    return {(sha, wnid) for sha, wnid in session.execute(accepted_query(votes_needed))}
 
 
 def funnel(session: Session, votes_needed: int = 1) -> list[dict[str, Any]]:
@@ -525,9 +544,8 @@ def funnel(session: Session, votes_needed: int = 1) -> list[dict[str, Any]]:
             .group_by(FilterVerdict.wnid)
         ),
     )
-    for _sha, wnid in accepted_pairs(session, votes_needed):
-        if wnid in counts:
-            counts[wnid]["accepted"] += 1
+    accepted = accepted_query(votes_needed).subquery()
+    add("accepted", session.execute(select(accepted.c.wnid, func.count()).group_by(accepted.c.wnid)))
     latest = session.scalar(select(func.max(Release.id)))
     if latest is not None:
         add(

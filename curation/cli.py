@@ -21,6 +21,7 @@ from curation.errors import CurationError
 
 # Command modules, in the order `--help` lists them.
 COMMAND_MODULES = (
+    "curation.init",
     "curation.classes",
     "curation.crawl",
     "curation.filter",

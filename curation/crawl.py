@@ -229,10 +229,13 @@ def _catalog_crawl_lock(catalog: Catalog) -> Iterator[None]:
 
 
 def _select_classes(catalog: Catalog, wanted: list[str]) -> list[str]:
+    from curation.kinds import label_only_wnids
+
     with catalog.session() as session:
         known = list(session.scalars(select(ImageClass.wnid).order_by(ImageClass.wnid)))
+        label_only = label_only_wnids(session)
     if not wanted:
-        return known
+        return [w for w in known if w not in label_only]
     missing = sorted(set(wanted) - set(known))
     if missing:
         raise CurationError(f"unknown class(es) {', '.join(missing[:5])}: see `curation classes list`")

@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -349,59 +348,31 @@ def _hash_new_images(
     return hashed, completed, failures
 
 
+LOAD_BLOCK = 10_000  # hash rows read and turned into arrays at a time
+RULE_META = "dedup:rule"  # the match rule the stored clusters were made with
+# Images whose statuses are decided, compared with the catalog and written at once.
+STATUS_BATCH = 5000
+
+
 @dataclass
-class _Match:
-    """The best match of a query image (by position) with an indexed item (by position)."""
+class _Table:
+    """Every hashed image in sha256 order (an image's id is its row): hashes of the queried
+    orientations, whether it is new to dedup, and the row of its stored cluster's representative."""
 
-    query: int
-    item: int
-    distance: int
-    kind: str  # the query's orientation that matched: "phash", "phash_mirror", "phash_rot90", ...
+    shas: np.ndarray  # S64: hex sha256
+    hashes: np.ndarray  # (n, 2 * orientations) uint64
+    new: np.ndarray  # bool: no status yet, or a failed one
+    stored_cluster: np.ndarray  # int64 row, -1 when none
 
+    def rows(self, shas: Any) -> np.ndarray:
+        """The row of each hex sha256 (str or bytes), -1 for those not in the table."""
+        import numpy as np
 
-def find_matches(
-    query_hashes: np.ndarray, index_phash: np.ndarray, index_dhash: np.ndarray, max_distance: int, margin: int
-) -> list[_Match]:
-    """Every (query, item) pair within the thresholds in some orientation of the query, with the
-    smallest pHash distance. ``query_hashes`` is an (n, 2k) uint64 array: (pHash, dHash) of the first
-    k orientations of :data:`curation.hashing.ORIENTATIONS` (k = 2: the image and its mirror; 8: all)."""
-    import numpy as np
-
-    from curation.hamming_index import HammingIndex
-    from curation.hashing import ORIENTATIONS
-
-    index = HammingIndex(index_phash, max_distance)
-    best: dict[tuple[int, int], _Match] = {}
-    for k in range(query_hashes.shape[1] // 2):
-        kind, p_col, d_col = ORIENTATIONS[k].kind, 2 * k, 2 * k + 1
-        q, c, dist = index.search(query_hashes[:, p_col])
-        if len(q) == 0:
-            continue
-        ddist = np.bitwise_count(query_hashes[q, d_col] ^ index_dhash[c])
-        keep = ddist <= max_distance + margin
-        for qi, ci, di in zip(q[keep].tolist(), c[keep].tolist(), dist[keep].tolist(), strict=True):
-            current = best.get((qi, ci))
-            if current is None or di < current.distance:
-                best[(qi, ci)] = _Match(qi, ci, di, kind)
-    return list(best.values())
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        wanted = np.array(shas, dtype="S64")
+        if not len(self.shas):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.shas, wanted), len(self.shas) - 1).astype(np.int64)
+        return np.where(self.shas[at] == wanted, at, -1)
 
 
 def run_stage(
@@ -415,13 +386,13 @@ def run_stage(
     executor: Executor | None = None,
 ) -> Summary:
     """Hash new images, cluster near-duplicates (each image queried in ``orientations`` orientations,
-    2 or 8), check reference sets, and write statuses and links."""
+    2 or 8), check reference sets, and write the statuses and links that changed. With the rule of
+    the stored clusters and nothing rehashed, only new images are queried (against all) and merged
+    into the stored clusters; otherwise every image is."""
     import numpy as np
-    from sqlalchemy import delete, func, insert, select
 
     from curation import reference_sets
-    from curation.catalog import DUPLICATE, LEAKED, REPRESENTATIVE, Candidate, DuplicateLink, Image, PerceptualHash
-    from curation.hashing import ORIENTATIONS, ImageHashes, to_unsigned, unpack_extra
+    from curation.catalog import Meta
 
     references = {name: reference_sets.load(catalog, data_dir, name) for name in against}  # fail before work
     if orientations not in ORIENTATION_CHOICES:
@@ -431,162 +402,269 @@ def run_stage(
 
         executor = LocalExecutor()
     hashed_now, rehashed, failures = _hash_new_images(catalog, data_dir, workers, orientations, executor)
-
+    rule = f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations"
     with catalog.session() as session:
-        images = session.execute(
-            select(
-                Image.sha256,
-                Image.width,
-                Image.height,
-                Image.created_at,
-                PerceptualHash.phash,
-                PerceptualHash.dhash,
-                PerceptualHash.phash_mirror,
-                PerceptualHash.dhash_mirror,
-                PerceptualHash.orientation_hashes,
-            )
-            .join(PerceptualHash, PerceptualHash.sha256 == Image.sha256)
-            .order_by(Image.sha256)
-        ).all()
-        candidates = session.execute(
-            select(Candidate.image_sha256, Candidate.wnid, Candidate.license, Candidate.created_at).where(
-                Candidate.image_sha256.is_not(None)
-            )
-        ).all()
-        n_images = session.scalar(select(func.count()).select_from(Image))
-    shas = [row.sha256 for row in images]
-    position = {sha: i for i, sha in enumerate(shas)}
-    # (pHash, dHash) of each queried orientation; a row that could not be completed queries its own
-    # hashes again in place of the missing orientations.
-    hashes = np.array(
-        [
-            ImageHashes(
-                *(to_unsigned(v) for v in (r.phash, r.dhash, r.phash_mirror, r.dhash_mirror)),
-                extra=unpack_extra(r.orientation_hashes),
-            ).orientation_row()
-            for r in images
-        ],
-        dtype=np.uint64,
-    ).reshape(-1, 2 * len(ORIENTATIONS))[:, : 2 * orientations]
-
-    wnids: dict[str, set[str]] = defaultdict(set)
-    best_licence: dict[str, int] = {}
-    found_at: dict[str, datetime] = {row.sha256: row.created_at for row in images}
-    for sha, wnid, licence, created in candidates:
-        if sha not in position:
-            continue
-        wnids[sha].add(wnid)
-        best_licence[sha] = min(best_licence.get(sha, UNKNOWN_LICENCE_RANK), licence_rank(licence))
-        if created is not None and created < found_at[sha]:
-            found_at[sha] = created
-
-    # Near-duplicates inside the crawl.
-    uf = _UnionFind(len(shas))
-    if len(shas) > 1:
-        for match in find_matches(hashes, hashes[:, 0], hashes[:, 1], max_distance, margin):
-            uf.union(match.query, match.item)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(shas)):
-        members[uf.find(i)].append(i)
-
-    def survival_order(i: int) -> tuple[Any, ...]:
-        row = images[i]
-        return (-(row.width * row.height), best_licence.get(shas[i], UNKNOWN_LICENCE_RANK), found_at[shas[i]], shas[i])
-
-    # Leaks: new matches for the sets checked now; earlier links of other sets are kept.
-    leak_links: dict[str, list[dict[str, Any]]] = {}
-    for name, ref in references.items():
-        links = []
-        for match in find_matches(hashes, ref.phash, ref.dhash, max_distance, margin):
-            links.append(
-                {
-                    "sha256": shas[match.query],
-                    "other": ref.keys[match.item].decode("utf-8", "replace"),
-                    "reference": name,
-                    "hash_kind": match.kind,
-                    "distance": match.distance,
-                }
-            )
-        leak_links[name] = links
+        stored = session.get(Meta, RULE_META)
+        full = rehashed > 0 or stored is None or stored.value != rule
+        idle = not full and not references and _count_new(session) == 0
+    if not idle:
+        table = _load_table(catalog, orientations, full)
+        roots = _cluster(table, max_distance, margin, full)
+        leaked = _check_references(catalog, table, references, max_distance, margin)
+        every = full or bool(references)
+        affected = np.ones(len(table.shas), bool) if every else np.isin(roots, roots[table.new])
+        _write_clusters(catalog, table, roots, affected, leaked)
+    _write_changes(catalog, {sha: _status_row(sha, "failed", reason=reason) for sha, reason in failures.items()}, {})
     with catalog.session() as session:
-        for name, links in leak_links.items():
-            session.execute(delete(DuplicateLink).where(DuplicateLink.reference == name))
-            if links:
-                session.execute(insert(DuplicateLink), links)
-        leaked_shas = set(
-            session.scalars(select(DuplicateLink.sha256).where(DuplicateLink.reference.is_not(None))).all()
-        )
-
-    # Statuses and crawl links.
-    status_rows: dict[str, dict[str, Any]] = {}
-    crawl_links: dict[str, dict[str, Any]] = {}
-    summary = Summary(
-        images=n_images or 0,
-        hashed_now=hashed_now,
-        rehashed=rehashed,
-        failed=len(failures),
-        against=list(against),
-        rule=f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations",
-    )
-    for group in members.values():
-        ordered = sorted(group, key=survival_order)
-        representative = ordered[0]
-        rep_sha = shas[representative]
-        classes = set().union(*(wnids.get(shas[i], set()) for i in group))
-        conflict = len(group) > 1 and len(classes) > 1
-        leaked = any(shas[i] in leaked_shas for i in group)
-        if len(group) > 1:
-            summary.clusters += 1
-        for i in ordered:
-            sha = shas[i]
-            status = LEAKED if leaked else (REPRESENTATIVE if i == representative else DUPLICATE)
-            status_rows[sha] = {
-                "sha256": sha,
-                "status": status,
-                "cluster_id": rep_sha if len(group) > 1 else None,
-                "label_conflict": conflict,
-                "reason": None,
-            }
-            summary.label_conflicts += conflict
-            if i != representative:
-                # The link names the survivor; in a chain of near-duplicates its distance can
-                # exceed the threshold.
-                distances = np.bitwise_count(hashes[i, 0::2] ^ hashes[representative, 0])
-                nearest = int(np.argmin(distances))  # the first orientation at the smallest distance
-                crawl_links[sha] = {
-                    "sha256": sha,
-                    "other": rep_sha,
-                    "reference": None,
-                    "hash_kind": ORIENTATIONS[nearest].kind,
-                    "distance": int(distances[nearest]),
-                }
-        summary.representatives += not leaked
-        summary.leaked_representatives += leaked
-        summary.duplicates += sum(1 for i in group if i != representative) if not leaked else 0
-        summary.leaked += len(group) if leaked else 0
-    for sha, reason in failures.items():
-        status_rows[sha] = {
-            "sha256": sha,
-            "status": "failed",
-            "cluster_id": None,
-            "label_conflict": False,
-            "reason": reason,
-        }
-    _write_statuses(catalog, status_rows, crawl_links)
+        session.merge(Meta(key=RULE_META, value=rule))
+    summary = _summarise(catalog)
+    summary.hashed_now, summary.rehashed, summary.failed = hashed_now, rehashed, len(failures)
+    summary.against, summary.rule = list(against), rule
     return summary
 
 
-def _write_statuses(
+def _count_new(session: Any) -> int:
+    """Hashed images without a status (or with a failed one): an indexed anti-join count."""
+    from sqlalchemy import func, or_, select
+
+    from curation.catalog import DedupStatus, PerceptualHash
+
+    stmt = (
+        select(func.count())
+        .select_from(PerceptualHash)
+        .outerjoin(DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256)
+        .where(or_(DedupStatus.sha256.is_(None), DedupStatus.status == "failed"))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def _load_table(catalog: Catalog, orientations: int, full: bool) -> _Table:
+    """Stream every hash row into numpy arrays, a block of rows at a time (~0.2 KB an image with 2
+    orientations; no per-image Python object outlives its block)."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from curation.catalog import DedupStatus, PerceptualHash
+    from curation.hashing import ImageHashes, to_unsigned, unpack_extra
+
+    columns = [PerceptualHash.phash, PerceptualHash.dhash, PerceptualHash.phash_mirror, PerceptualHash.dhash_mirror]
+    extra = [PerceptualHash.orientation_hashes] if orientations > 2 else []
+    stmt = select(PerceptualHash.sha256, DedupStatus.status, DedupStatus.cluster_id, *columns, *extra).outerjoin(
+        DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256
+    )
+    empty = np.zeros(0, "S64"), np.zeros((0, 2 * orientations), np.uint64), np.zeros(0, bool), np.zeros(0, "S64")
+    blocks: list[tuple[np.ndarray, ...]] = [empty]
+    with catalog.session() as session:
+        for part in session.execute(stmt.execution_options(yield_per=LOAD_BLOCK)).partitions():
+            hashes = [
+                ImageHashes(
+                    *(to_unsigned(v) for v in row[3:7]), extra=unpack_extra(row[7]) if extra else ()
+                ).orientation_row()[: 2 * orientations]
+                for row in part
+            ]
+            blocks.append(
+                (
+                    np.array([row[0] for row in part], dtype="S64"),
+                    np.array(hashes, dtype=np.uint64).reshape(-1, 2 * orientations),
+                    np.array([row[1] is None or row[1] == "failed" for row in part], dtype=bool),
+                    np.array([row[2] or "" for row in part], dtype="S64"),
+                )
+            )
+    shas, hashes, new, cluster_ids = (np.concatenate(column) for column in zip(*blocks, strict=True))
+    order = np.argsort(shas, kind="stable")
+    table = _Table(shas[order], hashes[order], new[order], np.full(len(shas), -1, dtype=np.int64))
+    if not full:
+        cluster_ids = cluster_ids[order]
+        members = np.flatnonzero(cluster_ids != b"")
+        table.stored_cluster[members] = table.rows(cluster_ids[members])
+    return table
+
+
+def _cluster(table: _Table, max_distance: int, margin: int, full: bool) -> np.ndarray:
+    """The root row of every row's cluster: the stored clusters (unless ``full``) merged with the
+    matches of the new rows, or every row matched against all."""
+    import numpy as np
+
+    from curation.near_duplicates import UnionFind, merge_matches
+
+    uf = UnionFind(len(table.shas))
+    if not full:
+        stored = np.flatnonzero(table.stored_cluster >= 0)
+        uf.union(stored, table.stored_cluster[stored])
+    new = None if full else np.flatnonzero(table.new)
+    if full or len(new):
+        merge_matches(table.hashes, uf, max_distance, margin, new)
+    return uf.roots()
+
+
+def _check_references(
+    catalog: Catalog, table: _Table, references: dict[str, Any], max_distance: int, margin: int
+) -> np.ndarray:
+    """Rewrite the links of the reference sets checked now (earlier sets' links stay); returns
+    whether each row is leaked by any set's link."""
+    import numpy as np
+    from sqlalchemy import delete, insert, select
+
+    from curation.catalog import DuplicateLink
+    from curation.hamming_index import HammingIndex
+    from curation.hashing import ORIENTATIONS
+    from curation.near_duplicates import iter_matches
+
+    for name, ref in references.items():
+        index = HammingIndex(ref.phash, max_distance)
+        found = list(iter_matches(table.hashes, index, ref.dhash, max_distance, margin))
+        q, c, d, k = (
+            np.concatenate([getattr(f, a) for f in found]) if found else np.zeros(0, np.int64)
+            for a in ("query", "item", "distance", "orientation")
+        )
+        best = np.lexsort((k, d, c, q))  # per (query, item): the smallest distance, then the first orientation
+        first = best[np.r_[True, (q[best][1:] != q[best][:-1]) | (c[best][1:] != c[best][:-1])]] if len(q) else best
+        links = [
+            {
+                "sha256": table.shas[q[i]].decode(),
+                "other": ref.keys[c[i]].decode("utf-8", "replace"),
+                "reference": name,
+                "hash_kind": ORIENTATIONS[int(k[i])].kind,
+                "distance": int(d[i]),
+            }
+            for i in first
+        ]
+        with catalog.session() as session:
+            session.execute(delete(DuplicateLink).where(DuplicateLink.reference == name))
+            if links:
+                session.execute(insert(DuplicateLink), links)
+    with catalog.session() as session:
+        linked = session.scalars(select(DuplicateLink.sha256).where(DuplicateLink.reference.is_not(None)).distinct())
+        rows = table.rows(list(linked))
+    leaked = np.zeros(len(table.shas), dtype=bool)
+    leaked[rows[rows >= 0]] = True
+    return leaked
+
+
+def _status_row(sha: str, status: str, cluster: str | None = None, conflict: bool = False, reason: str | None = None):
+    return {"sha256": sha, "status": status, "cluster_id": cluster, "label_conflict": conflict, "reason": reason}
+
+
+def _write_clusters(
+    catalog: Catalog, table: _Table, roots: np.ndarray, affected: np.ndarray, leaked: np.ndarray
+) -> None:
+    """Decide the statuses and crawl links of the affected rows' clusters, a batch of clusters at a
+    time, and write what changed."""
+    import numpy as np
+
+    rows = np.flatnonzero(affected)
+    rows = rows[np.argsort(roots[rows], kind="stable")]  # grouped by cluster, each in sha256 order
+    starts = np.flatnonzero(np.r_[True, roots[rows][1:] != roots[rows][:-1]]) if len(rows) else rows
+    ends = np.r_[starts[1:], len(rows)].astype(np.int64)
+    cluster_leaked = np.zeros(len(roots), dtype=bool)
+    cluster_leaked[roots[leaked]] = True
+    batch: list[np.ndarray] = []
+    size = 0
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        batch.append(rows[start:end])
+        size += end - start
+        if size >= STATUS_BATCH:
+            _decide_and_write(catalog, table, batch, cluster_leaked[roots])
+            batch, size = [], 0
+    if batch:
+        _decide_and_write(catalog, table, batch, cluster_leaked[roots])
+
+
+def _decide_and_write(catalog: Catalog, table: _Table, clusters: list[np.ndarray], leaked: np.ndarray) -> None:
+    """Statuses and crawl links of whole clusters (rows); the survivor of a cluster of several: the
+    largest resolution, then the most open licence, then the earliest found."""
+    import numpy as np
+
+    from curation.catalog import DUPLICATE, LEAKED, REPRESENTATIVE
+    from curation.hashing import ORIENTATIONS
+
+    several = [members for members in clusters if len(members) > 1]
+    details = _member_details(catalog, [table.shas[i].decode() for m in several for i in m])
+    status_rows: dict[str, dict[str, Any]] = {}
+    links: dict[str, dict[str, Any]] = {}
+    for members in clusters:
+        shas = [table.shas[i].decode() for i in members]
+        is_leaked = bool(leaked[members[0]])
+        if len(members) == 1:
+            status_rows[shas[0]] = _status_row(shas[0], LEAKED if is_leaked else REPRESENTATIVE)
+            continue
+        best = min(range(len(members)), key=lambda j: details[shas[j]].survival_order(shas[j]))
+        rep_sha = shas[best]
+        conflict = len(set().union(*(details[sha].wnids for sha in shas))) > 1
+        # The link names the survivor; in a chain of near-duplicates its distance can exceed the threshold.
+        distances = np.bitwise_count(table.hashes[members][:, 0::2] ^ table.hashes[members[best], 0])
+        nearest = np.argmin(distances, axis=1)  # the first orientation at the smallest distance
+        for j, sha in enumerate(shas):
+            status = LEAKED if is_leaked else (REPRESENTATIVE if j == best else DUPLICATE)
+            status_rows[sha] = _status_row(sha, status, rep_sha, conflict)
+            if j != best:
+                kind, distance = ORIENTATIONS[int(nearest[j])].kind, int(distances[j, nearest[j]])
+                links[sha] = {
+                    "sha256": sha,
+                    "other": rep_sha,
+                    "reference": None,
+                    "hash_kind": kind,
+                    "distance": distance,
+                }
+    _write_changes(catalog, status_rows, links)
+
+
+@dataclass
+class _Member:
+    """What the survivor rule reads about one image of a cluster of several."""
+
+    pixels: int
+    found_at: datetime
+    licence: int = UNKNOWN_LICENCE_RANK
+    wnids: set[str] = field(default_factory=set)
+
+    def survival_order(self, sha: str) -> tuple[Any, ...]:
+        return (-self.pixels, self.licence, self.found_at, sha)
+
+
+def _member_details(catalog: Catalog, shas: list[str]) -> dict[str, _Member]:
+    """Resolution, first find, best licence and classes of the given images (indexed look-ups)."""
+    from sqlalchemy import select
+
+    from curation.catalog import Candidate, Image
+
+    details: dict[str, _Member] = {}
+    with catalog.session() as session:
+        for start in range(0, len(shas), 500):
+            part = shas[start : start + 500]
+            for sha, width, height, created in session.execute(
+                select(Image.sha256, Image.width, Image.height, Image.created_at).where(Image.sha256.in_(part))
+            ):
+                details[sha] = _Member(width * height, created)
+            for sha, wnid, licence, created in session.execute(
+                select(Candidate.image_sha256, Candidate.wnid, Candidate.license, Candidate.created_at).where(
+                    Candidate.image_sha256.in_(part)
+                )
+            ):
+                member = details[sha]
+                member.wnids.add(wnid)
+                member.licence = min(member.licence, licence_rank(licence))
+                if created is not None and created < member.found_at:
+                    member.found_at = created
+    return details
+
+
+def _write_changes(
     catalog: Catalog, status_rows: dict[str, dict[str, Any]], crawl_links: dict[str, dict[str, Any]]
 ) -> None:
-    """Write only what changed: new and changed statuses, new, changed and stale crawl links."""
-    from sqlalchemy import delete, insert, select, update
+    """Write only what changed for the images of ``status_rows``: new and changed statuses, new,
+    changed and stale crawl links (their stored rows read by primary key / index)."""
+    from sqlalchemy import bindparam, delete, insert, select, update
 
-    from curation.catalog import DedupStatus, DuplicateLink
+    from curation.catalog import DedupStatus, DuplicateLink, utcnow
 
+    if not status_rows:
+        return
+    shas = list(status_rows)
     with catalog.session() as session:
-        existing = {
-            row.sha256: row
+        existing, old_links = {}, {}
+        for start in range(0, len(shas), 500):
+            part = shas[start : start + 500]
             for row in session.execute(
                 select(
                     DedupStatus.sha256,
@@ -594,27 +672,9 @@ def _write_statuses(
                     DedupStatus.cluster_id,
                     DedupStatus.label_conflict,
                     DedupStatus.reason,
-                )
-            ).all()
-        }
-        new_rows, changed = [], []
-        for sha, row in status_rows.items():
-            old = existing.get(sha)
-            if old is None:
-                new_rows.append(row)
-            elif (old.status, old.cluster_id, old.label_conflict, old.reason) != (
-                row["status"],
-                row["cluster_id"],
-                row["label_conflict"],
-                row["reason"],
+                ).where(DedupStatus.sha256.in_(part))
             ):
-                changed.append(row)
-        if new_rows:
-            session.execute(insert(DedupStatus), new_rows)
-        if changed:
-            session.execute(update(DedupStatus), changed)
-        old_links = {
-            row.sha256: row
+                existing[row.sha256] = (row.status, row.cluster_id, row.label_conflict, row.reason)
             for row in session.execute(
                 select(
                     DuplicateLink.id,
@@ -622,9 +682,24 @@ def _write_statuses(
                     DuplicateLink.other,
                     DuplicateLink.hash_kind,
                     DuplicateLink.distance,
-                ).where(DuplicateLink.reference.is_(None))
-            ).all()
-        }
+                ).where(DuplicateLink.sha256.in_(part), DuplicateLink.reference.is_(None))
+            ):
+                old_links[row.sha256] = row
+        fields = ("status", "cluster_id", "label_conflict", "reason")
+        new_rows = [row for sha, row in status_rows.items() if sha not in existing]
+        changed = [
+            row
+            for sha, row in status_rows.items()
+            if sha in existing and existing[sha] != tuple(row[f] for f in fields)
+        ]
+        statuses = DedupStatus.__table__  # Core executemany: the ORM bulk paths cost ~4x as much here
+        if new_rows:
+            session.execute(insert(statuses).values(updated_at=utcnow()), new_rows)
+        if changed:
+            values = {f: bindparam(f"new_{f}") for f in fields}
+            by_sha = statuses.c.sha256 == bindparam("row_sha")
+            rows = [{"row_sha": row["sha256"], **{f"new_{f}": row[f] for f in fields}} for row in changed]
+            session.execute(update(statuses).where(by_sha).values(**values, updated_at=utcnow()), rows)
         stale = [
             row.id
             for sha, row in old_links.items()
@@ -636,4 +711,29 @@ def _write_statuses(
             session.execute(delete(DuplicateLink).where(DuplicateLink.id.in_(stale)))
         fresh = [link for sha, link in crawl_links.items() if sha not in old_links or old_links[sha].id in stale]
         if fresh:
-            session.execute(insert(DuplicateLink), fresh)
+            session.execute(insert(DuplicateLink.__table__).values(created_at=utcnow()), fresh)
+
+
+def _summarise(catalog: Catalog) -> Summary:
+    """The catalog-wide counts of the summary line: aggregate queries over the statuses."""
+    from sqlalchemy import distinct, func, select
+
+    from curation.catalog import DUPLICATE, LEAKED, REPRESENTATIVE, DedupStatus, Image
+
+    summary = Summary()
+    with catalog.session() as session:
+        summary.images = session.scalar(select(func.count()).select_from(Image)) or 0
+        by_status = dict(session.execute(select(DedupStatus.status, func.count()).group_by(DedupStatus.status)).all())
+        summary.representatives = by_status.get(REPRESENTATIVE, 0)
+        summary.duplicates = by_status.get(DUPLICATE, 0)
+        summary.leaked = by_status.get(LEAKED, 0)
+        summary.clusters = session.scalar(select(func.count(distinct(DedupStatus.cluster_id)))) or 0
+        summary.label_conflicts = (
+            session.scalar(select(func.count()).select_from(DedupStatus).where(DedupStatus.label_conflict.is_(True)))
+            or 0
+        )
+        leaked = DedupStatus.status == LEAKED
+        clustered = session.scalar(select(func.count(distinct(DedupStatus.cluster_id))).where(leaked)) or 0
+        alone = select(func.count()).select_from(DedupStatus).where(leaked, DedupStatus.cluster_id.is_(None))
+        summary.leaked_representatives = clustered + (session.scalar(alone) or 0)
+    return summary

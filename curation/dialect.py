@@ -51,6 +51,15 @@ def upsert(bind: Session | Connection, table: Any, values: dict[str, Any], keys:
     bind.execute(stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update}))
 
 
+def upsert_from_select(
+    bind: Session | Connection, table: Any, columns: list[str], rows: Any, keys: list[str], update: list[str]
+) -> None:
+    """INSERT INTO ``table`` (``columns``) SELECT ... ON CONFLICT (``keys``) DO UPDATE SET ``update``:
+    one set-based statement (SQLite needs the SELECT to have a WHERE clause)."""
+    stmt = _insert(bind, table).from_select(columns, rows)
+    bind.execute(stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update}))
+
+
 # --------------------------------------------------------------------------- string lengths
 
 

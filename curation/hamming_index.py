@@ -123,17 +123,21 @@ class HammingIndex:
     def search(self, queries: np.ndarray, radius: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All (query position, code position, distance) with distance <= ``radius`` (default: the
         index's radius, which is also the largest allowed), each pair once, sorted by query."""
-        radius = self.radius if radius is None else radius
-        if radius > self.radius:
-            raise ValueError(f"radius {radius} exceeds the index radius {self.radius}")
-        queries = np.ascontiguousarray(queries, dtype=np.uint64)
-        parts = list(self._search_batches(queries, radius))
+        parts = list(self.iter_search(queries, radius))
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty.copy(), empty.copy()
         q, c, d = (np.concatenate(cols) for cols in zip(*parts, strict=True))
         order = np.lexsort((c, q))
         return q[order], c[order], d[order]
+
+    def iter_search(self, queries: np.ndarray, radius: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+        """What :meth:`search` finds, one internal batch of queries at a time and unsorted: memory is
+        one batch's hits (a caller that merges them as they come need not hold them all)."""
+        radius = self.radius if radius is None else radius
+        if radius > self.radius:
+            raise ValueError(f"radius {radius} exceeds the index radius {self.radius}")
+        yield from self._search_batches(np.ascontiguousarray(queries, dtype=np.uint64), radius)
 
     def _search_batches(self, queries: np.ndarray, radius: int) -> Iterator[tuple[np.ndarray, ...]]:
         if len(self.codes) == 0 or len(queries) == 0:

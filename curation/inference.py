@@ -470,10 +470,13 @@ def iter_logits(
     bar: Any = None,
     tensor_decode: bool | None = None,
     margin_recheck: float | None = None,
+    near_decision: Any = None,
 ) -> Iterator[LogitsChunk]:
     """Logits of ``paths`` in order, one chunk of about ``chunk_size`` images at a time, from one
     input pipeline (its workers live for the whole run); see :func:`predict_logits` for the options.
-    Each chunk's close margins are re-checked before it is yielded."""
+    Each chunk's close margins are re-checked before it is yielded. ``near_decision``: a function of a
+    chunk's logits giving the rows whose decision an approximation could flip, in place of the top-2
+    margin rule (e.g. an MSP near a threshold)."""
     device = loaded.device
     precision = resolve_precision(precision, device)
     batch_size = batch_size or default_batch_size(device)
@@ -521,7 +524,9 @@ def iter_logits(
         inexact = approximate | (precision != "fp32")
         inexact[[i - start for i in errors]] = False
         close = np.empty(0, dtype=np.int64)
-        if inexact.any():
+        if inexact.any() and near_decision is not None:
+            close = np.flatnonzero(inexact & near_decision(logits))
+        elif inexact.any():
             threshold: Any = margin_recheck
             if threshold is None:
                 threshold = recheck_threshold(np.nan_to_num(np.abs(logits).max(axis=1)))

@@ -14,6 +14,11 @@ in torchvision, timm, Hugging Face ``datasets`` and mlcroissant) and ``SHA256SUM
 its top level but the wnid folders. Beside the folder, a deterministic ``<name>.tar.gz`` (sorted entries, fixed
 mtime/owners, gzip mtime 0) and its ``.sha256``. Everything is written to a hidden temporary
 folder beside OUT_DIR and renamed at the end, so a killed release leaves nothing half-made.
+
+The catalog's dataset kind chooses the folder: ImageNet-A releases an image under its crawled class;
+ImageNet-O under the 1k target the filter model confused it with (``<target_wnid>/<sha256>.jpg``), with
+README.txt listing the 200 targets, the source synset and MSP in the manifest, and the MSP threshold
+and pool rule in the DATASHEET.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ MANIFEST_COLUMNS = [
     "votes_accept",
     "votes_total",
 ]
+OOD_MANIFEST_COLUMNS = ["source_wnid", "source_name", "msp"]  # added for out-of-distribution kinds
 JPEG_QUALITY = 95
 ARCHIVE_MTIME = 0
 SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
@@ -98,10 +104,17 @@ class Item:
     filter_confidence: float | None = None
     keep_rule: str = ""
     votes: Counter = field(default_factory=Counter)
+    folder: str = ""  # the release label when it is not the crawled class (ImageNet-O: the predicted target)
+    folder_name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The wnid the release files the image under."""
+        return self.folder or self.wnid
 
     @property
     def file(self) -> str:
-        return f"{self.wnid}/{self.sha256}.jpg"
+        return f"{self.label}/{self.sha256}.jpg"
 
 
 @dataclass
@@ -117,7 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "release", help="write the ImageFolder release, its manifest, datasheet, checksums and tarball"
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to create (must be empty or absent)")
-    parser.add_argument("--name", default="imagenet-a-rebuilt", help="dataset folder and archive name")
+    parser.add_argument(
+        "--name",
+        help="dataset folder and archive name (default: the kind's, e.g. imagenet-a-rebuilt, imagenet-o-rebuilt)",
+    )
     parser.add_argument("--version", dest="release_version", default="1.0", help="release version (default 1.0)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--min-per-class", type=int, default=0, metavar="N", help="leave out classes with fewer")
@@ -126,6 +142,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from curation.kinds import catalog_kind
+
+    catalog = cat.open_catalog(settings.db_url)
+    with catalog.session() as session:
+        kind = catalog_kind(session)
+    args.name = args.name or kind.release_name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
         raise CurationError(f"bad --name {args.name!r}: use letters, digits, '.', '_' and '-'")
     if args.min_per_class < 0 or (args.max_per_class is not None and args.max_per_class < 1):
@@ -139,7 +161,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CurationError(f"{out_dir} is not empty; pass --force to replace it")
     _refuse_precious(out_dir, settings)
     votes_needed = votes_needed_setting(settings)
-    catalog = cat.open_catalog(settings.db_url)
     with catalog.session() as session:
         selection = select_items(session, votes_needed, args.min_per_class, args.max_per_class)
         if not selection.items:
@@ -171,7 +192,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         session.add_all(
             [cat.ReleaseItem(release_id=record.id, sha256=i.sha256, wnid=i.wnid, file=i.file) for i in written]
         )
-    n_classes = len({i.wnid for i in written})
+    n_classes = len({i.label for i in written})
     left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(selection.dropped.items())) or "none"
     print(
         f"release {args.name} {args.release_version}: {len(written)} images in {n_classes} classes "
@@ -181,7 +202,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     for sha, reason in sorted(failures.items()):
         print(f"  failed {sha[:16]}: {reason}", file=sys.stderr)
+    print(f"  evaluate: {eval_command(kind, out_dir / args.name)}", file=sys.stderr)
     return 0
+
+
+def eval_command(kind: Any, root: Path) -> str:
+    """The `curation eval` line that scores a model on this kind of release with the kind's metrics."""
+    if kind.metrics == "ood":
+        return f"curation eval {root} --ood --in-dist ID_DIR --model NAME (AUPR, AUROC, FPR95)"
+    return f"curation eval {root} --model NAME (restricted top-1, calibration error, AURRA)"
 
 
 def _refuse_precious(out_dir: Path, settings: Settings) -> None:
@@ -205,33 +234,44 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
     Above ``max_per_class`` a class keeps its images with the smallest sha256 (a fixed pseudo-random
     choice); classes below ``min_per_class`` are left out whole.
     """
+    from sqlalchemy import func
+
     dropped: Counter = Counter()
-    rows = session.execute(
-        select(cat.FilterVerdict, cat.DedupStatus, cat.Image)
+    reviewable = (
+        select(cat.FilterVerdict, cat.DedupStatus.label_conflict, cat.Image)
         .join(cat.DedupStatus, cat.DedupStatus.sha256 == cat.FilterVerdict.sha256)
         .join(cat.Image, cat.Image.sha256 == cat.FilterVerdict.sha256)
         .where(cat.FilterVerdict.kept.is_(True), cat.DedupStatus.status == cat.REPRESENTATIVE)
-        .order_by(cat.FilterVerdict.wnid, cat.FilterVerdict.sha256)
+    )
+    total = session.scalar(select(func.count()).select_from(reviewable.subquery())) or 0
+    accepted = cat.accepted_query(votes_needed).subquery()
+    rows = session.execute(
+        reviewable.join(
+            accepted, (accepted.c.sha256 == cat.FilterVerdict.sha256) & (accepted.c.wnid == cat.FilterVerdict.wnid)
+        ).order_by(cat.FilterVerdict.wnid, cat.FilterVerdict.sha256)
     ).all()
-    accepted = cat.accepted_pairs(session, votes_needed)
+    dropped["not accepted"] += total - len(rows)
     names = dict(session.execute(select(cat.ImageClass.wnid, cat.ImageClass.name)).all())
     chosen: list[tuple[cat.FilterVerdict, cat.Image]] = []
-    for verdict, dedup, image in rows:
-        if (verdict.sha256, verdict.wnid) not in accepted:
-            dropped["not accepted"] += 1
-        elif dedup.label_conflict:
+    for verdict, label_conflict, image in rows:
+        if label_conflict:
             dropped["label conflict"] += 1
         else:
             chosen.append((verdict, image))
     classes_of = Counter(verdict.sha256 for verdict, _ in chosen)
     single = [(v, im) for v, im in chosen if classes_of[v.sha256] == 1]
     dropped["accepted for several classes"] += len(chosen) - len(single)
+    folders = release_folders(session, [(v.sha256, v.wnid) for v, _ in single])
     by_class: dict[str, list[tuple[cat.FilterVerdict, cat.Image]]] = defaultdict(list)
     for verdict, image in single:
-        by_class[verdict.wnid].append((verdict, image))
+        folder = verdict.wnid if folders is None else folders.get((verdict.sha256, verdict.wnid))
+        if folder is None:
+            dropped["no filter prediction"] += 1
+            continue
+        by_class[folder].append((verdict, image))
     items: list[Item] = []
-    for wnid in sorted(by_class):
-        pairs = by_class[wnid]  # already in sha256 order
+    for folder in sorted(by_class):
+        pairs = sorted(by_class[folder], key=lambda pair: pair[0].sha256)
         if len(pairs) < min_per_class:
             dropped[f"class below --min-per-class {min_per_class}"] += len(pairs)
             continue
@@ -242,8 +282,10 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
             items.append(
                 Item(
                     sha256=image.sha256,
-                    wnid=wnid,
-                    class_name=names.get(wnid, wnid),
+                    wnid=verdict.wnid,
+                    class_name=names.get(verdict.wnid, verdict.wnid),
+                    folder="" if folder == verdict.wnid else folder,
+                    folder_name="" if folder == verdict.wnid else names.get(folder, folder),
                     path=image.path,
                     format=image.format,
                     width=image.width,
@@ -256,6 +298,18 @@ def select_items(session: Session, votes_needed: int, min_per_class: int, max_pe
     return Selection(items=items, dropped=Counter({k: v for k, v in dropped.items() if v}))
 
 
+def release_folders(session: Session, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str] | None:
+    """(sha256, wnid) -> release folder, for kinds that file images under the model's prediction
+    (ImageNet-O: the predicted target); None for kinds that use the crawled class."""
+    from curation.kinds import catalog_kind
+
+    if catalog_kind(session).release_folder != "prediction":
+        return None
+    from curation.kinds.by_target import predicted_targets
+
+    return predicted_targets(session, pairs)
+
+
 def _first_model(models_json: str) -> str:
     try:
         models = json.loads(models_json)
@@ -264,54 +318,88 @@ def _first_model(models_json: str) -> str:
     return str(models[0]) if isinstance(models, list) and models else ""
 
 
+# Images whose candidates, predictions and votes are read per query (indexed IN look-ups).
+PROVENANCE_BATCH = 500
+
+
 def attach_provenance(session: Session, items: list[Item], names: dict[str, str]) -> None:
-    """Fill each item's source, licence, filter prediction and votes from the catalog."""
-    shas = {i.sha256 for i in items}
-    candidates: dict[tuple[str, str], cat.Candidate] = {}
-    any_class: dict[str, cat.Candidate] = {}
-    for cand in session.scalars(
-        select(cat.Candidate).where(cat.Candidate.status == cat.DOWNLOADED).order_by(cat.Candidate.id)
-    ):
-        if cand.image_sha256 in shas:
-            candidates.setdefault((cand.image_sha256, cand.wnid), cand)
-            any_class.setdefault(cand.image_sha256, cand)
-    predictions: dict[tuple[str, str], dict[str, cat.Prediction]] = defaultdict(dict)
-    for pred in session.scalars(
-        select(cat.Prediction)
-        .where(cat.Prediction.status == "ok")
-        .order_by(cat.Prediction.rule.desc(), cat.Prediction.id)
-    ):  # "top1" before "restricted", so the restricted rule wins when a model ran both
-        if pred.sha256 in shas:
-            predictions[(pred.sha256, pred.wnid)][f"{pred.model}@{pred.weights_hash}"] = pred
-    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for ann in session.scalars(select(cat.Annotation).where(cat.Annotation.verdict != "skip")):
-        if ann.sha256 in shas:
-            votes[(ann.sha256, ann.wnid)][ann.verdict] += 1
+    """Fill each item's source, licence, filter prediction and votes from the catalog: indexed
+    look-ups of the items' images only, memory proportional to the items."""
     from curation.classes import wordnet_lemmas
 
     lemmas = wordnet_lemmas()
-    for item in items:
-        cand = candidates.get((item.sha256, item.wnid)) or any_class.get(item.sha256)
-        if cand is not None:
-            item.source = cand.source
-            item.image_url = cand.url or ""
-            item.page_url = cand.page_url or ""
-            item.title = cand.title or ""
-            item.author = cand.author or ""
-            item.license = cand.license or ""
-            item.crawled_at = cand.created_at
-        by_model = predictions.get((item.sha256, item.wnid), {})
-        if item.filter_model not in by_model and by_model:
-            item.filter_model = min(by_model)
-        pred = by_model.get(item.filter_model)
-        if pred is not None:
-            item.filter_rule = pred.rule
-            item.filter_prediction = pred.pred_wnid or ""
-            item.filter_prediction_name = (
-                names.get(pred.pred_wnid or "") or lemmas.get(pred.pred_wnid or "", "").split(",")[0]
-            )
-            item.filter_confidence = pred.confidence
-        item.votes = votes.get((item.sha256, item.wnid), Counter())
+    for start in range(0, len(items), PROVENANCE_BATCH):
+        part = items[start : start + PROVENANCE_BATCH]
+        shas = sorted({i.sha256 for i in part})
+        candidates, any_class = _first_candidates(session, shas)
+        predictions = _predictions_by_model(session, shas)
+        votes = _votes(session, shas)
+        for item in part:
+            cand = candidates.get((item.sha256, item.wnid)) or any_class.get(item.sha256)
+            if cand is not None:
+                item.source = cand.source
+                item.image_url = cand.url or ""
+                item.page_url = cand.page_url or ""
+                item.title = cand.title or ""
+                item.author = cand.author or ""
+                item.license = cand.license or ""
+                item.crawled_at = cand.created_at
+            by_model = predictions.get((item.sha256, item.wnid), {})
+            if item.filter_model not in by_model and by_model:
+                item.filter_model = min(by_model)
+            pred = by_model.get(item.filter_model)
+            if pred is not None:
+                item.filter_rule = pred.rule
+                item.filter_prediction = pred.pred_wnid or ""
+                item.filter_prediction_name = (
+                    names.get(pred.pred_wnid or "") or lemmas.get(pred.pred_wnid or "", "").split(",")[0]
+                )
+                item.filter_confidence = pred.confidence
+            item.votes = votes.get((item.sha256, item.wnid), Counter())
+
+
+def _first_candidates(session: Session, shas: list[str]) -> tuple[dict, dict]:
+    """The first downloaded candidate of each (image, class) and of each image."""
+    columns = (cat.Candidate.image_sha256, cat.Candidate.wnid, cat.Candidate.source, cat.Candidate.url)
+    columns += (cat.Candidate.page_url, cat.Candidate.title, cat.Candidate.author, cat.Candidate.license)
+    candidates: dict[tuple[str, str], Any] = {}
+    any_class: dict[str, Any] = {}
+    for cand in session.execute(
+        select(*columns, cat.Candidate.created_at)
+        .where(cat.Candidate.image_sha256.in_(shas), cat.Candidate.status == cat.DOWNLOADED)
+        .order_by(cat.Candidate.id)
+    ):
+        candidates.setdefault((cand.image_sha256, cand.wnid), cand)
+        any_class.setdefault(cand.image_sha256, cand)
+    return candidates, any_class
+
+
+def _predictions_by_model(session: Session, shas: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(sha256, wnid) -> "model@weights" -> its successful prediction."""
+    p = cat.Prediction
+    predictions: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    for pred in session.execute(
+        select(p.sha256, p.wnid, p.model, p.weights_hash, p.rule, p.pred_wnid, p.confidence)
+        .where(p.sha256.in_(shas), p.status == "ok")
+        .order_by(p.rule.desc(), p.id)
+    ):  # "top1" before "restricted", so the restricted rule wins when a model ran both
+        predictions[(pred.sha256, pred.wnid)][f"{pred.model}@{pred.weights_hash}"] = pred
+    return predictions
+
+
+def _votes(session: Session, shas: list[str]) -> dict[tuple[str, str], Counter]:
+    """(sha256, wnid) -> verdict counts, skips left out."""
+    from sqlalchemy import func
+
+    a = cat.Annotation
+    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for sha, wnid, verdict, n in session.execute(
+        select(a.sha256, a.wnid, a.verdict, func.count())
+        .where(a.sha256.in_(shas), a.verdict != "skip")
+        .group_by(a.sha256, a.wnid, a.verdict)
+    ):
+        votes[(sha, wnid)][verdict] = n
+    return votes
 
 
 # --------------------------------------------------------------------------- writing
@@ -420,13 +508,28 @@ def _manifest_row(item: Item, file_sha256: str, converted_from: str) -> dict[str
         "filter_confidence": "" if item.filter_confidence is None else repr(float(item.filter_confidence)),
         "votes_accept": item.votes.get("accept", 0),
         "votes_total": sum(item.votes.values()),
+        **_ood_manifest_fields(item),
+    }
+
+
+def _ood_manifest_fields(item: Item) -> dict[str, Any]:
+    """An image filed under its predicted target: the label columns name the target, and the source
+    synset it was crawled for and its MSP are added."""
+    if not item.folder:
+        return {}
+    return {
+        "wnid": item.folder,
+        "class_name": item.folder_name,
+        "source_wnid": item.wnid,
+        "source_name": item.class_name,
+        "msp": "" if item.filter_confidence is None else repr(float(item.filter_confidence)),
     }
 
 
 def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], context: dict[str, Any]) -> None:
     """README.txt, manifest.csv, ATTRIBUTION.md, DATASHEET.md, README.md (the dataset card),
     croissant.json, then (once the top level holds nothing else) SHA256SUMS over every file."""
-    present = {i.wnid for i in items}
+    present = {i.label for i in items}
     label_space = context["label_space"]
     readme = [
         f"{context['name']} {context['version']}: {len(items)} natural adversarial examples in {len(present)} of the",
@@ -434,12 +537,14 @@ def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], co
         "without images has no folder). Score models with their logits restricted to all the classes below",
         "(`curation eval` does so). Provenance and licences: manifest.csv, ATTRIBUTION.md and DATASHEET.md.",
         "The WordNet ID and name of each class is as follows.",
-        "",
-        *[f"{wnid} {name}" for wnid, name in label_space],
     ]
+    if context.get("ood"):
+        readme = _ood_readme_intro(context, len(items), len(present))
+    readme += ["", *[f"{wnid} {name}" for wnid, name in label_space]]
     (root / "README.txt").write_text("\n".join(readme) + "\n", encoding="utf-8")
+    columns = MANIFEST_COLUMNS + (OOD_MANIFEST_COLUMNS if context.get("ood") else [])
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: r["file"]))
     (root / "ATTRIBUTION.md").write_text(attribution(context["name"], items), encoding="utf-8")
@@ -450,6 +555,19 @@ def write_metadata(root: Path, items: list[Item], rows: list[dict[str, Any]], co
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     sums = [f"{hashlib.sha256((root / f).read_bytes()).hexdigest()}  {f}" for f in files if f != "SHA256SUMS"]
     (root / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
+
+
+def _ood_readme_intro(context: dict[str, Any], n_items: int, n_present: int) -> list[str]:
+    """README.txt's opening for an out-of-distribution release (ImageNet-O)."""
+    return [
+        f"{context['name']} {context['version']}: {n_items} out-of-distribution photos (of ImageNet-21k synsets outside",
+        f"ImageNet-1k) that the filter model assigned to one of the {len(context['label_space'])} ImageNet-1k classes",
+        f"below with a softmax probability of at least {context['min_confidence']}; each sits in the folder of the",
+        f"class it was confused with ({n_present} folders; a class without images has no folder). Score a detector",
+        "with -MSP over these classes' logits against in-distribution photos of them (`curation eval --ood`).",
+        "Source synsets and MSPs: manifest.csv; provenance: ATTRIBUTION.md and DATASHEET.md.",
+        "The WordNet ID and name of each class is as follows.",
+    ]
 
 
 def write_archive(root: Path, archive: Path) -> None:
@@ -525,11 +643,10 @@ def datasheet_context(
         return {k: v for k, v in sorted(settings.section(section).items()) if not SECRET_KEY.search(k)}
 
     return {
+        **ood_context(session),
         "name": args.name,
         "version": args.release_version,
-        "label_space": session.execute(
-            select(cat.ImageClass.wnid, cat.ImageClass.name).order_by(cat.ImageClass.wnid)
-        ).all(),
+        "label_space": label_space(session),
         "votes_needed": votes_needed,
         "min_per_class": args.min_per_class,
         "max_per_class": args.max_per_class,
@@ -539,6 +656,52 @@ def datasheet_context(
         "annotation_dates": (annotation_dates[0], annotation_dates[-1]) if annotation_dates else None,
         "thresholds": {"filter": public("filter"), "dedup": public("dedup"), "annotate": public("annotate")},
     }
+
+
+def label_space(session: Session) -> list[tuple[str, str]]:
+    """(wnid, name) of the release's label space: every catalog class, or the kind's targets."""
+    from curation.classes import read_recipe
+    from curation.kinds import catalog_kind
+
+    kind = catalog_kind(session)
+    query = select(cat.ImageClass.wnid, cat.ImageClass.name).order_by(cat.ImageClass.wnid)
+    if kind.ood:
+        query = query.where(cat.ImageClass.wnid.in_([row["wnid"] for row in read_recipe(kind.recipe)]))
+    return [tuple(row) for row in session.execute(query).all()]
+
+
+def ood_context(session: Session) -> dict[str, Any]:
+    """Datasheet facts of an out-of-distribution kind: the MSP threshold in force and the pool rule."""
+    from curation.kinds import catalog_kind
+
+    kind = catalog_kind(session)
+    if not kind.ood:
+        return {"ood": False}
+    from curation.kinds.pool import POOL_RULE
+
+    threshold = session.get(cat.Meta, "filter:min_confidence")
+    return {
+        "ood": True,
+        "kind_title": kind.title,
+        "min_confidence": threshold.value if threshold is not None else "unknown",
+        "pool_rule": POOL_RULE,
+    }
+
+
+def _ood_selection(context: dict[str, Any], items: list[Item]) -> list[str]:
+    """DATASHEET lines on how an out-of-distribution release was selected (threshold, pool rule)."""
+    sources = sorted({(i.wnid, i.class_name) for i in items})
+    return [
+        f"- {context['kind_title']}: photos of source synsets outside ImageNet-1k, each filed under the ImageNet-1k "
+        "class the filter model assigns it to (argmax over the label space's logits).",
+        f"- Filter threshold: kept when the largest softmax probability over the {len(context['label_space'])} "
+        f"classes (MSP) is at least {context['min_confidence']} (chosen by us; the authors did not publish theirs).",
+        f"- Source pool rule (ours; the authors did not publish theirs): {context['pool_rule']}.",
+        f"- Source synsets in this release: {len(sources)} ("
+        + ", ".join(f"{wnid} {name}" for wnid, name in sources[:20])
+        + (", ..." if len(sources) > 20 else "")
+        + "; per image in manifest.csv).",
+    ]
 
 
 def _number(value: float | None) -> str:
@@ -554,8 +717,8 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
     """DATASHEET.md: what is in the release, where it came from and how it was chosen."""
     sources = Counter(i.source or "unknown" for i in items)
     licences = Counter(i.license or "unknown" for i in items)
-    classes = sorted({(i.wnid, i.class_name) for i in items})
-    per_class = Counter((i.wnid, i.source or "unknown") for i in items)
+    classes = sorted({(i.label, i.folder_name or i.class_name) for i in items})
+    per_class = Counter((i.label, i.source or "unknown") for i in items)
     dates = sorted(i.crawled_at for i in items if i.crawled_at is not None)
     models = Counter(f"{i.filter_model} (rule {i.filter_rule or 'unknown'})" for i in items)
     keep_rules = Counter(i.keep_rule for i in items)
@@ -567,10 +730,14 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
         "",
         f"- {len(items)} images in {len(classes)} of the catalog's {len(context['label_space'])} classes "
         "(one folder per WordNet ID; README.txt lists all of them), a test set only: no train split.",
-        f"- Per class: min {min(Counter(i.wnid for i in items).values())}, "
-        f"max {max(Counter(i.wnid for i in items).values())}.",
+        f"- Per class: min {min(Counter(i.label for i in items).values())}, "
+        f"max {max(Counter(i.label for i in items).values())}.",
         "- Each image is a natural photo that the filter model(s) misclassified and that human annotators accepted "
-        "as a clear example of its class.",
+        "as a clear example of its class."
+        if not context.get("ood")
+        else "- Each image is a natural photo of a synset outside ImageNet-1k that the filter model(s) assigned to "
+        "its folder's class with high confidence and that human annotators accepted as showing its source synset "
+        "clearly and none of the 1,000 ImageNet classes.",
         *[f"- {line}" for line in auto_accept_warning(context)],
         "",
         "## Collection",
@@ -581,11 +748,12 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
     if context["annotation_dates"]:
         first, last = context["annotation_dates"]
         lines.append(f"- Annotated between {first:%Y-%m-%d} and {last:%Y-%m-%d} (UTC).")
+    lines += ["", "## Selection", ""]
+    if context.get("ood"):
+        lines += _ood_selection(context, items)
+    else:
+        lines.append("- Filter: an image is kept for its class when the filter model(s) get it wrong.")
     lines += [
-        "",
-        "## Selection",
-        "",
-        "- Filter: an image is kept for its class when the filter model(s) get it wrong.",
         f"  Models (by the images they judged): {', '.join(f'{m}: {n}' for m, n in sorted(models.items()))}.",
         f"  Keep rule: {', '.join(f'{r}: {n}' for r, n in sorted(keep_rules.items()))}.",
         "- Dedup: only cluster representatives; near-duplicates and images leaked from a reference set are left out.",

@@ -50,6 +50,7 @@ class ReportData:
     sources: dict[str, Counter]  # "downloaded" / "shown" -> source -> count
     licences: Counter
     confidences: dict[str, list[float]]  # model -> confidences on kept images
+    by_target: dict[str, Any] | None = None  # out-of-distribution kinds: the funnel by target folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     plot_per_class(data, args.out_dir / "per_class.png")
     plot_sources(data, args.out_dir / "sources_licences.png")
     plot_confidence(data, args.out_dir / "filter_confidence.png")
+    with catalog.session() as session:
+        data.by_target = target_funnel(session, votes_needed)
     sheets = write_sheets(data, args.out_dir / "sheets", settings.data_dir)
     (args.out_dir / "index.html").write_text(render_html(data, sheets), encoding="utf-8")
     print(
@@ -111,12 +114,12 @@ def gather(session: Session, votes_needed: int, per_class: int) -> ReportData:
         }
     else:
         release = None
-        pairs = sorted(cat.accepted_pairs(session, votes_needed))
+        accepted = cat.accepted_query(votes_needed).subquery()
+        pairs = _first_per_class(session, select(accepted.c.sha256, accepted.c.wnid), per_class)
         sheet_source = "accepted by annotation (no release yet)"
         if not pairs:
-            pairs = session.execute(
-                select(cat.FilterVerdict.sha256, cat.FilterVerdict.wnid).where(cat.FilterVerdict.kept.is_(True))
-            ).all()
+            kept = select(cat.FilterVerdict.sha256, cat.FilterVerdict.wnid).where(cat.FilterVerdict.kept.is_(True))
+            pairs = _first_per_class(session, kept, per_class)
             sheet_source = "kept by the filter (nothing accepted yet)"
     by_class: dict[str, list[str]] = {}
     for sha, wnid in sorted(pairs):
@@ -175,6 +178,49 @@ def gather(session: Session, votes_needed: int, per_class: int) -> ReportData:
         licences=licences,
         confidences=confidences,
     )
+
+
+def _first_per_class(session: Session, pairs: Any, per_class: int) -> list[tuple[str, str]]:
+    """The ``per_class`` pairs with the smallest sha256 of each class among ``pairs`` (a select of
+    sha256, wnid), ranked in SQL: memory proportional to what the sheets show."""
+    ranked = pairs.subquery()
+    rank = func.row_number().over(partition_by=ranked.c.wnid, order_by=ranked.c.sha256).label("rank")
+    numbered = select(ranked.c.sha256, ranked.c.wnid, rank).subquery()
+    rows = session.execute(select(numbered.c.sha256, numbered.c.wnid).where(numbered.c.rank <= per_class))
+    return [(sha, wnid) for sha, wnid in rows]
+
+
+def target_funnel(session: Session, votes_needed: int) -> dict[str, Any] | None:
+    """The funnel by target folder of an out-of-distribution kind (ImageNet-O); None for other kinds."""
+    from curation.kinds import catalog_kind
+
+    kind = catalog_kind(session)
+    if kind.funnel_by != "prediction":
+        return None
+    from curation.kinds.by_target import funnel_by_target
+    from curation.status import target_names
+
+    return funnel_by_target(session, target_names(session, kind), votes_needed)
+
+
+def _target_table(by_target: dict[str, Any]) -> list[str]:
+    """HTML rows of the by-target funnel: targets that kept at least one image."""
+    from curation.kinds.by_target import TARGET_COLUMNS
+
+    e = html.escape
+    rows = [r for r in by_target["targets"] if r["kept"]]
+    return [
+        f"<h2>By target folder ({len(rows)} of {len(by_target['targets'])} targets)</h2>",
+        "<p>The ImageNet-1k class the filter model confused each kept photo with; source classes below.</p>",
+        "<table><tr><th>target</th><th>class</th>" + "".join(f"<th>{c}</th>" for c in TARGET_COLUMNS) + "</tr>",
+        *[
+            f"<tr><td>{e(r['wnid'])}</td><td>{e(r['name'])}</td>"
+            + "".join(f'<td class="n">{r[c]:,}</td>' for c in TARGET_COLUMNS)
+            + "</tr>"
+            for r in rows
+        ],
+        "</table>",
+    ]
 
 
 def _release_sources(session: Session, latest: cat.Release | None) -> tuple[Counter, Counter]:
@@ -357,6 +403,7 @@ def render_html(data: ReportData, sheets: dict[str, str]) -> str:
         "<table><tr>" + "".join(f"<th>{e(label)}</th>" for _, label in STAGES) + "</tr><tr>",
         "".join(f'<td class="n">{data.totals[key]:,}</td>' for key, _ in STAGES) + "</tr></table>",
         '<img src="funnel.png" alt="pipeline funnel">',
+        *(_target_table(data.by_target) if data.by_target else []),
         "<h2>Images per class</h2>",
         '<img src="per_class.png" alt="images per class">',
         "<h2>Sources and licences</h2>",

@@ -53,9 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     from curation.annotate import agreement_stats, summary_line, votes_needed
+    from curation.kinds import catalog_kind
 
     catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
+        kind = catalog_kind(session)
+        if kind.funnel_by == "prediction":
+            return print_target_funnel(session, kind, votes_needed(settings), args.json)
         rows = funnel(session, votes_needed(settings))
         agreement = agreement_stats(session)
     totals = {c: sum(r[c] for r in rows) for c in FUNNEL_COLUMNS}
@@ -76,6 +80,48 @@ def print_funnel(rows: list[dict[str, Any]], totals: dict[str, int]) -> None:
             f"{r['wnid']:<10} {r['name'][:name_width]:<{name_width}} " + " ".join(f"{r[c]:>10}" for c in FUNNEL_COLUMNS)
         )
     print(f"{'total':<10} {len(rows):<{name_width}} " + " ".join(f"{totals[c]:>10}" for c in FUNNEL_COLUMNS))
+
+
+def target_names(session: Any, kind: Any) -> list[tuple[str, str]]:
+    """(wnid, name) of the kind's targets (its recipe), names from the catalog, in wnid order."""
+    from sqlalchemy import select
+
+    from curation.catalog import ImageClass
+    from curation.classes import read_recipe
+
+    wnids = {row["wnid"] for row in read_recipe(kind.recipe)}
+    names = dict(session.execute(select(ImageClass.wnid, ImageClass.name).where(ImageClass.wnid.in_(wnids))).all())
+    return [(wnid, names.get(wnid, wnid)) for wnid in sorted(wnids)]
+
+
+def print_target_funnel(session: Any, kind: Any, votes: int, as_json: bool) -> int:
+    """The funnel of an out-of-distribution kind: crawl totals over the source classes, then per target
+    folder the pairs kept, unique, accepted and released."""
+    from curation.annotate import agreement_stats, summary_line
+    from curation.kinds.by_target import TARGET_COLUMNS, funnel_by_target
+
+    data = funnel_by_target(session, target_names(session, kind), votes)
+    totals = {c: sum(r[c] for r in data["targets"]) for c in TARGET_COLUMNS}
+    agreement = agreement_stats(session)
+    if as_json:
+        print(json.dumps({"kind": kind.name, **data, "totals": totals, "agreement": agreement}, ensure_ascii=False))
+        return 0
+    src = data["sources"]
+    print(
+        f"{kind.title}: {src['classes']} source classes, {src['candidates']} candidates, {src['downloaded']} "
+        f"downloaded, {src['failed']} failed; by target folder (the 1k class the model confuses them with):"
+    )
+    shown = [r for r in data["targets"] if r["kept"]]
+    name_width = min(28, max([len(r["name"]) for r in shown] + [5]))
+    print(f"{'target':<10} {'class':<{name_width}} " + " ".join(f"{c:>10}" for c in TARGET_COLUMNS))
+    for r in shown:
+        print(
+            f"{r['wnid']:<10} {r['name'][:name_width]:<{name_width}} " + " ".join(f"{r[c]:>10}" for c in TARGET_COLUMNS)
+        )
+    label = f"{len(shown)} of {len(data['targets'])}"
+    print(f"{'total':<10} {label:<{name_width}} " + " ".join(f"{totals[c]:>10}" for c in TARGET_COLUMNS))
+    print(summary_line(agreement))
+    return 0
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:

@@ -226,6 +226,32 @@ def test_votes_needed_and_skips(review):
         record_vote(s, a_sha, a_wnid, "<alice>", "accept")
 
 
+@pytest.mark.parametrize("order", ["mixed", "class"])
+def test_paging_while_voting_shows_each_pair_once_per_annotator(review, order):
+    """As the page does: fetch a batch after the last pair shown, vote on it, fetch the next."""
+    catalog = review.open()
+    for name in ("alice", "bob"):
+        seen: list[tuple[str, str]] = []
+        after = None
+        while True:
+            with catalog.session() as s:
+                batch = next_pairs(s, name, 2, limit=2, after=after, order=order)
+            if not batch:
+                break
+            with catalog.session() as s:
+                for sha, wnid in batch:
+                    record_vote(s, sha, wnid, name, "accept")
+            seen += batch
+            after = batch[-1]
+        assert len(seen) == len(set(seen)) and set(seen) == set(review.queue)
+        with catalog.session() as s:
+            assert next_pairs(s, name, 2, limit=100, order=order) == [] and remaining(s, name, 2) == 0
+    with catalog.session() as s:
+        assert next_pairs(s, "carol", 2, limit=100) == []  # two votes each: every pair left the queue
+        assert remaining(s, "carol", 3) == len(review.queue)
+        assert remaining(s, "carol", 3, cap=2) == 2  # counted up to the cap only
+
+
 def test_crop_box_and_links():
     assert crop_box(400, 200) == {"width": 43.75, "height": 87.5, "left": 28.125, "top": 6.25}
     assert crop_box(256, 256) == {"width": 87.5, "height": 87.5, "left": 6.25, "top": 6.25}

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -577,3 +578,128 @@ def test_reference_from_a_list_of_images(run_cli, catalog_url, tmp_path):
     result = run_cli(*cli, "dedup", "reference", "add", "five", str(listing), "--workers", "1")
     assert result.returncode == 0, result.stderr
     assert "five: 5 hashes (5 hashed now, 0 already done, 0 unreadable)" in result.stdout
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def _clusters_and_links(catalog: cat.Catalog) -> tuple[dict, set]:
+    with catalog.session() as session:
+        rows = {r.sha256: (r.status, r.cluster_id, r.label_conflict) for r in session.scalars(select(cat.DedupStatus))}
+        links = set(
+            session.execute(
+                select(cat.DuplicateLink.sha256, cat.DuplicateLink.other, cat.DuplicateLink.hash_kind)
+            ).all()
+        )
+    return rows, links
+
+
+@pytest.mark.parametrize("orientations", [2, 8])
+def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(tmp_path, orientations):
+    """The rerun queries only the new images and merges them into the stored clusters: a larger copy
+    that takes over a cluster, a copy that joins two stored clusters, copies turned by 90°."""
+    photos = shared_photos()[:40]
+    _, turned, upside_down = _turned_copies(VAL / "ILSVRC2012_val_00000347.JPEG")
+    base = _base_photo()
+    first_batch = [(p.read_bytes(), WNIDS[k % 2]) for k, p in enumerate(photos[:30])]
+    first_batch += [(jpeg(base, 95), WNIDS[0]), (jpeg(base, 70), WNIDS[0]), (turned, WNIDS[0])]
+    first_batch += [(jpeg(Image.open(photos[k]), 60), WNIDS[0]) for k in (3, 4)]
+    second_batch = [(p.read_bytes(), WNIDS[2]) for p in photos[30:]]
+    second_batch += [(jpeg(base.resize((base.width * 2, base.height * 2)), 90), WNIDS[1]), (upside_down, WNIDS[0])]
+    second_batch += [(jpeg(base, 85), WNIDS[0]), (jpeg(Image.open(photos[3]).resize((320, 240)), 80), WNIDS[3])]
+    second_batch += [(jpeg(Image.open(photos[31]), 50), WNIDS[2])]
+
+    def build(name: str, batches: list) -> cat.Catalog:
+        catalog = cat.open_catalog(f"sqlite:///{tmp_path / name}.sqlite")
+        t0 = datetime(2026, 1, 1)
+        for batch in batches:
+            with catalog.session() as session:
+                for k, (data, wnid) in enumerate(batch):
+                    add_image(session, tmp_path / name, data, wnid, found=t0 + timedelta(minutes=k))
+            dedup(catalog, tmp_path / name, orientations=orientations)
+        return catalog
+
+    stepwise = build("stepwise", [first_batch, second_batch])
+    scratch = build("scratch", [first_batch + second_batch])
+    rows, links = _clusters_and_links(stepwise)
+    assert (rows, links) == _clusters_and_links(scratch)
+    assert len(rows) == len(first_batch) + len(second_batch)
+    sizes = Counter(cluster for _, cluster, _ in rows.values() if cluster)
+    assert len(sizes) >= 3 and max(sizes.values()) >= 4  # the base photo's copies, photo 3's and 31's
+
+
+def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalog):
+    """1,500 images with the same hashes and 300 near-copies of them (distinct hashes, a few bits
+    apart): every pair matches, 3.2 M pairs, which as Python objects alone would take over 1 GB.
+    Catalog rows are inserted directly (no image files: nothing is left to hash)."""
+    import tracemalloc
+
+    from curation.hashing import to_signed
+
+    rng = np.random.default_rng(7)
+    phash, dhash = (int(v) for v in rng.integers(0, 2**63, size=2, dtype=np.int64))
+    flips = [(1 << i) | (1 << j) for i in range(25) for j in range(i + 1, 25)][:300]
+    codes = [phash] * 1500 + [phash ^ f for f in flips]
+    with catalog.session() as session:
+        for k, code in enumerate(codes):
+            sha = hashlib.sha256(f"copy {k}".encode()).hexdigest()
+            session.add(cat.Image(sha256=sha, path=f"x/{sha}.jpg", width=100, height=100, format="JPEG", bytes=1))
+            session.flush()
+            values = {"phash": to_signed(code), "dhash": to_signed(dhash)}
+            session.add(
+                cat.PerceptualHash(sha256=sha, phash_mirror=values["phash"], dhash_mirror=values["dhash"], **values)
+            )
+    tracemalloc.start()
+    try:
+        summary = dedup(catalog, Path("unused"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.clusters == 1 and summary.duplicates == len(codes) - 1
+    assert peak < 150 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    with catalog.session() as session:
+        links = session.scalar(select(func.count()).select_from(cat.DuplicateLink))
+        self_links = session.scalar(
+            select(func.count())
+            .select_from(cat.DuplicateLink)
+            .where(cat.DuplicateLink.sha256 == cat.DuplicateLink.other)
+        )
+    assert links == len(codes) - 1 and self_links == 0
+
+
+def _insert_hashes(session, rows: list[tuple[int, int, int, int]], start: int = 0) -> list[str]:
+    """Image and PerceptualHash rows straight into the catalog: (pHash, dHash, mirror pHash, mirror dHash)."""
+    from curation.hashing import to_signed
+
+    shas = []
+    for k, (phash, dhash, phash_mirror, dhash_mirror) in enumerate(rows, start):
+        sha = hashlib.sha256(f"synthetic {k}".encode()).hexdigest()
+        session.add(cat.Image(sha256=sha, path=f"x/{sha}.jpg", width=100 + k, height=100, format="JPEG", bytes=1))
+        session.flush()
+        session.add(
+            cat.PerceptualHash(
+                sha256=sha,
+                phash=to_signed(phash),
+                dhash=to_signed(dhash),
+                phash_mirror=to_signed(phash_mirror),
+                dhash_mirror=to_signed(dhash_mirror),
+            )
+        )
+        shas.append(sha)
+    return shas
+
+
+def test_a_rerun_finds_an_old_image_whose_mirror_matches_a_new_one(catalog):
+    """The rule compares an orientation of the query with the plain hashes of the other image: an old
+    image whose mirror matches a new image's plain hashes (while the new image's mirror matches
+    nothing) must still join it on the incremental rerun, and the stored cluster must hold."""
+    a, x, far, d = 0x0F0F_0F0F_0F0F_0F0F, 0x3333_3333_0000_FFFF, 0xFFFF_0000_5555_AAAA, 0x1234_5678_9ABC_DEF0
+    with catalog.session() as session:
+        old, twin = _insert_hashes(session, [(a, d, x, d), (a ^ 1, d, x ^ 1, d)])
+    assert dedup(catalog, Path("unused")).clusters == 1
+    with catalog.session() as session:
+        (new,) = _insert_hashes(session, [(x, d, far, d)], start=2)
+    summary = dedup(catalog, Path("unused"))
+    rows = statuses(catalog)
+    assert summary.clusters == 1 and summary.duplicates == 2
+    assert len({rows[s].cluster_id for s in (old, twin, new)}) == 1

@@ -232,6 +232,39 @@ def test_corrupt_and_missing_files_are_recorded_and_the_run_goes_on(tmp_path, li
     assert con.execute("SELECT count(*) FROM filter_verdicts").fetchone()[0] == 2
 
 
+def test_a_rerun_writes_verdicts_only_for_the_pairs_it_scored(tmp_path, lite0_checkpoint):
+    """Verdicts already made are neither re-judged nor rewritten (their row and its timestamp stay);
+    the pairs of newly crawled photos get theirs; --limit reads only the pairs it scores."""
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    photos = sorted(SAMPLES.glob("*.JPEG"))
+    for k, path in enumerate(photos[:12]):
+        shutil.copy(path, (first if k < 8 else later) / path.name)
+    args = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--device", "cpu")
+    assert _cli(tmp_path, "crawl", "--folder", str(first)).returncode == 0
+    assert _cli(tmp_path, *args).returncode == 0
+    con = _db(tmp_path)
+    before = dict(
+        ((sha, wnid), stamp) for sha, wnid, stamp in con.execute("SELECT sha256, wnid, updated_at FROM filter_verdicts")
+    )
+    assert len(before) == 8
+    assert _cli(tmp_path, "crawl", "--folder", str(later)).returncode == 0
+    limited = _cli(tmp_path, *args, "--limit", "3")
+    assert limited.returncode == 0, limited.stderr
+    assert "scored 3 image(s)" in limited.stdout and "8 pair(s) already scored, 1 left by --limit" in limited.stdout
+    rest = _cli(tmp_path, *args)
+    assert rest.returncode == 0, rest.stderr
+    after = dict(
+        ((sha, wnid), stamp) for sha, wnid, stamp in con.execute("SELECT sha256, wnid, updated_at FROM filter_verdicts")
+    )
+    assert len(after) == 12
+    assert {pair: after[pair] for pair in before} == before
+    stamps = {stamp for pair, stamp in after.items() if pair not in before}
+    assert len(stamps) == 2  # one per run that scored them: 3 pairs, then the last one
+    assert "verdicts (all-wrong): kept" in rest.stdout and "scored 1 image(s)" in rest.stdout
+
+
 def test_class_outside_the_label_space_is_refused(tmp_path, lite0_checkpoint):
     added = _cli(tmp_path, "classes", "add", "n00007846")  # "person": ImageNet-21k only
     assert added.returncode == 0, added.stderr

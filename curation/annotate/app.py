@@ -27,6 +27,7 @@ from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflict
 from curation.annotate.queue import (
     CENTRE_CROP_FRACTION,
     ORDERS,
+    REMAINING_CAP,
     describe,
     is_sha256,
     is_wnid,
@@ -35,8 +36,9 @@ from curation.annotate.queue import (
     remaining,
 )
 from curation.annotate.votes import MAX_NOTE, check_annotator, check_verdict, record_vote, undo_vote
-from curation.catalog import VERDICTS, Catalog, Image, Meta
+from curation.catalog import Catalog, Image, Meta
 from curation.errors import CurationError
+from curation.kinds import catalog_kind
 
 BATCH = 20
 TOKEN_COOKIE = "curation_token"
@@ -64,6 +66,17 @@ VERDICT_UI = {
     "inappropriate": ("x", "inappropriate"),
     "skip": ("s", "skip"),
 }
+IN_DISTRIBUTION_UI = ("i", "in-distribution (an ImageNet-1k class)")
+
+
+def kind_verdict_ui(kind: Any) -> dict[str, tuple[str, str]]:
+    """The verdict buttons of a dataset kind: ImageNet-O adds "in-distribution" (a reject) before skip."""
+    if not kind.in_distribution_key:
+        return VERDICT_UI
+    ui = {k: v for k, v in VERDICT_UI.items() if k != "skip"}
+    return {**ui, "in_distribution": IN_DISTRIBUTION_UI, "skip": VERDICT_UI["skip"]}
+
+
 CSP = (
     "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -142,6 +155,9 @@ def create_app(cfg: ReviewConfig) -> Flask:
         JSON_SORT_KEYS=False,
     )
     data_root = cfg.data_dir.resolve()
+    with cfg.catalog.session() as s:
+        kind = catalog_kind(s)
+    verdict_ui = kind_verdict_ui(kind)
     allowed_hosts = LOOPBACK_HOSTS | {cfg.bind_host.strip("[]")} if is_loopback(cfg.bind_host) else None
 
     def annotator() -> str | None:
@@ -242,12 +258,18 @@ def create_app(cfg: ReviewConfig) -> Flask:
                 boot = {"items": describe(s, found, name, cfg.crop_fraction), "remaining": len(found), "batch": BATCH}
         else:
             boot = load(name, order, wnid, None)
-            with cfg.catalog.session() as s:  # a full count: once per page load, not per batch
+            with cfg.catalog.session() as s:  # once per page load, not per batch; exact up to the cap
                 boot["remaining"] = remaining(s, name, cfg.votes_needed, wnid)
-        boot.update(order=order, wnid=wnid, verdicts=list(VERDICTS))
+            boot["more"] = boot["remaining"] >= REMAINING_CAP
+        boot.update(order=order, wnid=wnid, verdicts=list(verdict_ui))
         items = boot["items"]
         return render_template(
-            "review.html", boot=boot, first=items[0] if items else None, verdict_ui=VERDICT_UI, max_note=MAX_NOTE
+            "review.html",
+            boot=boot,
+            first=items[0] if items else None,
+            verdict_ui=verdict_ui,
+            question=kind.review_question,
+            max_note=MAX_NOTE,
         )
 
     @app.post("/name")
@@ -321,7 +343,8 @@ def create_app(cfg: ReviewConfig) -> Flask:
         with cfg.catalog.session() as s:
             numbers = agreement_stats(s)
             left = remaining(s, annotator(), cfg.votes_needed) if annotator() else None
-        return render_template("stats.html", stats=numbers, remaining=left, verdicts=VOTE_VERDICTS)
+        shown = None if left is None else f"{left}+" if left >= REMAINING_CAP else str(left)
+        return render_template("stats.html", stats=numbers, remaining=shown, verdicts=VOTE_VERDICTS)
 
     @app.get("/conflicts")
     def conflict_list() -> Any:

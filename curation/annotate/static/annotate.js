@@ -8,10 +8,12 @@
   const KEYS = {
     a: "accept", 1: "accept", w: "wrong_class", 2: "wrong_class", m: "ambiguous", 3: "ambiguous",
     q: "low_quality", 4: "low_quality", x: "inappropriate", 5: "inappropriate", s: "skip",
+    i: "in_distribution", 6: "in_distribution",
   };
   const LABELS = {
     accept: "accept", wrong_class: "wrong class", ambiguous: "ambiguous / several objects",
     low_quality: "low quality / not a photo", inappropriate: "inappropriate", skip: "skipped",
+    in_distribution: "in-distribution (an ImageNet-1k class)",
   };
   const PRELOAD = 3;
   const keyOf = (it) => it.sha256 + ":" + it.wnid;
@@ -90,7 +92,7 @@
     const it = items[pos];
     $("frame").hidden = !it;
     $("done").hidden = !!it || !exhausted;
-    $("remaining").textContent = String(Math.max(0, boot.remaining - votes.size));
+    $("remaining").textContent = String(Math.max(0, boot.remaining - votes.size)) + (boot.more ? "+" : "");
     document.querySelectorAll(".verdict").forEach((b) => b.classList.toggle("chosen", !!it && votes.get(keyOf(it)) === b.dataset.verdict));
     if (!it) {
       for (const id of ["class-name", "wnid", "gloss", "title", "source", "author", "license", "size"]) $(id).textContent = "";
@@ -246,7 +248,7 @@
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement) return;
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     let handled = true;
-    if (KEYS[key]) { if (!e.repeat) vote(KEYS[key]); }
+    if (KEYS[key] && boot.verdicts.includes(KEYS[key])) { if (!e.repeat) vote(KEYS[key]); }
     else if (key === "ArrowRight") forward();
     else if (key === "ArrowLeft") go(pos - 1);
     else if (key === "u" || key === "Backspace") undo();
