@@ -555,7 +555,7 @@ def _write_clusters(
     rows = np.flatnonzero(affected)
     rows = rows[np.argsort(roots[rows], kind="stable")]  # grouped by cluster, each in sha256 order
     starts = np.flatnonzero(np.r_[True, roots[rows][1:] != roots[rows][:-1]]) if len(rows) else rows
-    ends = np.r_[starts[1:], len(rows)].astype(np.int64)
+    ends = np.r_[starts[1:], len(rows)].astype(np.int64) if len(rows) else rows
     cluster_leaked = np.zeros(len(roots), dtype=bool)
     cluster_leaked[roots[leaked]] = True
     batch: list[np.ndarray] = []

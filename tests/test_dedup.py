@@ -703,3 +703,10 @@ def test_a_rerun_finds_an_old_image_whose_mirror_matches_a_new_one(catalog):
     rows = statuses(catalog)
     assert summary.clusters == 1 and summary.duplicates == 2
     assert len({rows[s].cluster_id for s in (old, twin, new)}) == 1
+
+
+def test_dedup_of_an_empty_catalog_ends_cleanly(run_cli, tmp_path: Path) -> None:
+    for orientations in ("2", "8"):
+        result = run_cli("--db", str(tmp_path / "empty.sqlite"), "dedup", "--orientations", orientations)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("dedup: 0 images, 0 hashed now"), result.stdout

@@ -29,7 +29,7 @@ def test_precedence_flag_over_environment_over_file_over_default(tmp_path: Path)
     flags.batch_size = 8
     assert options.resolve(FilterOptions, settings, flags, environ=env).batch_size == 8
     default = options.resolve(FilterOptions, settings_with(tmp_path, ""), None, environ={})
-    assert default == FilterOptions() and default.margin_recheck is None and default.rule == "restricted"
+    assert default == FilterOptions() and default.margin_recheck is None and default.rule is None
 
 
 def test_types_are_checked_with_the_origin_named(tmp_path: Path) -> None:
