@@ -26,7 +26,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,postgres,ray]'
+	$(BIN)/pip install -q -e '.[dev,postgres,ray,wordnet]'
 	touch $(STAMP)
 
 # Offline, crawl finds nothing and filter cannot fetch its weights: both then end with OFFLINE_HINT.

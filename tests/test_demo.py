@@ -25,7 +25,12 @@ N_VAL = 60  # of the 300 val photos of ImageNet-A classes
 
 def make(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
     """Run the real Makefile in the repository, offline, with this interpreter's venv."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATION_", "HF_"))}
+    # Not MAKELEVEL/MAKEFLAGS either: under `make test` the inner make would report as make[1].
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CURATION_", "HF_")) and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+    }
     full_env.update(env or {})
     full_env.update(
         HF_ENDPOINT="http://127.0.0.1:9",
