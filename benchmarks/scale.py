@@ -32,30 +32,25 @@ import random
 import re
 import sqlite3
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from crawl import ImageServer  # noqa: E402  (this folder is on sys.path)
+
 SHARED_IMAGES = REPO.parent / "shared" / "images"
 TILE = 32  # mosaic tiles; a 64x64 image meets the crawl's default min_side of 64
 CLUSTER = 1000  # tail shape: images per heavy cluster
 TAIL_FRACTION = 0.01  # tail shape: share of images in heavy clusters
 INCREMENT = 100
-
-
-def with_comment(jpeg: bytes, text: str) -> bytes:
-    """The same JPEG with a COM segment after SOI: distinct bytes, the same picture."""
-    payload = text.encode()
-    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 def jpeg(image: Image.Image) -> bytes:
@@ -93,37 +88,6 @@ class Photos:
             tile = tile.rotate(90 * (turn & 3))
             canvas.paste(tile, ((k % 2) * TILE, (k // 2) * TILE))
         return jpeg(canvas)
-
-
-class ImageServer:
-    """``/img/<i>.jpg`` -> ``photos.body(i)`` plus a comment naming the path."""
-
-    def __init__(self, photos: Photos) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                match = re.fullmatch(r"/img/(\d+)\.jpg", self.path)
-                body = with_comment(photos.body(int(match.group(1))), self.path) if match else b""
-                self.send_response(200 if match else 404)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 1024
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def tree_rss(pid: int) -> int:
@@ -264,7 +228,7 @@ def class_wnids() -> list[str]:
 
 def run_size(shape: str, n: int, work: Path, checkpoint: Path, filter_cap: int) -> dict[str, Measure]:
     photos = Photos(shape, n)
-    server = ImageServer(photos)
+    server = ImageServer(photos.body)
     wnids = class_wnids()
     bench = Workbench(work, checkpoint, filter_cap)
     results: dict[str, Measure] = {}
@@ -321,12 +285,11 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the catalogs and data under this folder")
     args = parser.parse_args()
     sizes = [int(v) for v in args.n.split(",")]
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from margin_errors import wheel_checkpoint
+    from curation.wheel_weights import write_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         root = args.keep or Path(tmp)
-        _name, checkpoint = wheel_checkpoint(0, Path(tmp))
+        _name, checkpoint = write_checkpoint(Path(tmp) / "lite0.pth")
         for shape in args.shapes.split(","):
             table = {}
             for n in sizes:
