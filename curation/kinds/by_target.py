@@ -15,26 +15,35 @@ from curation import catalog as cat
 TARGET_COLUMNS = ("kept", "unique", "accepted", "released")
 
 
-def predicted_targets(session: Session, pairs: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:
-    """(sha256, source wnid) -> the target predicted by the first model of the pair's filter verdict
-    (every verdict when ``pairs`` is None)."""
-    wanted = None if pairs is None else set(pairs)
-    first_model: dict[tuple[str, str], str] = {}
-    for sha, wnid, models in session.execute(
-        select(cat.FilterVerdict.sha256, cat.FilterVerdict.wnid, cat.FilterVerdict.models)
-    ):
-        if wanted is None or (sha, wnid) in wanted:
+# Images per lookup: bounds the IN list (and memory) whatever the number of pairs asked for.
+LOOKUP_IMAGES = 500
+
+
+def predicted_targets(session: Session, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(sha256, source wnid) -> the target predicted by the first model of the pair's filter verdict,
+    for ``pairs`` only: verdicts and predictions are read by image, a block of images at a time."""
+    wanted = set(pairs)
+    images = sorted({sha for sha, _ in wanted})
+    targets: dict[tuple[str, str], str] = {}
+    for start in range(0, len(images), LOOKUP_IMAGES):
+        block = images[start : start + LOOKUP_IMAGES]
+        first_model = {}
+        for sha, wnid, models in session.execute(
+            select(cat.FilterVerdict.sha256, cat.FilterVerdict.wnid, cat.FilterVerdict.models).where(
+                cat.FilterVerdict.sha256.in_(block)
+            )
+        ):
             names = json.loads(models or "[]")
             first_model[(sha, wnid)] = names[0] if names else ""
-    targets: dict[tuple[str, str], str] = {}
-    rows = session.execute(
-        select(cat.Prediction.sha256, cat.Prediction.wnid, cat.Prediction.model, cat.Prediction.weights_hash)
-        .add_columns(cat.Prediction.pred_wnid)
-        .where(cat.Prediction.rule == "msp", cat.Prediction.status == "ok")
-    )
-    for sha, wnid, model, weights_hash, pred in rows:
-        if first_model.get((sha, wnid)) == f"{model}@{weights_hash}" and pred:
-            targets[(sha, wnid)] = pred
+        rows = session.execute(
+            select(cat.Prediction.sha256, cat.Prediction.wnid, cat.Prediction.model, cat.Prediction.weights_hash)
+            .add_columns(cat.Prediction.pred_wnid)
+            .where(cat.Prediction.sha256.in_(block), cat.Prediction.rule == "msp", cat.Prediction.status == "ok")
+        )
+        for sha, wnid, model, weights_hash, pred in rows:
+            pair = (sha, wnid)
+            if pair in wanted and first_model.get(pair) == f"{model}@{weights_hash}" and pred:
+                targets[pair] = pred
     return targets
 
 
