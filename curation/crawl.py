@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -52,7 +52,7 @@ from curation.catalog import (
 )
 from curation.config import Settings
 from curation.dialect import catalog_lock, insert_ignore
-from curation.engine import EngineOptions
+from curation.engine import open_cluster
 from curation.errors import CurationError
 from curation.netguard import AddressGuard, Resolver
 from curation.sources import DEFAULT_SOURCES, LIST_SOURCES, WEB_SOURCES, Found, Skip, SourceError
@@ -165,12 +165,15 @@ def crawl(
     unknown = [s for s in sources if s not in WEB_SOURCES]
     if unknown:
         raise CurationError(f"unknown source(s) {', '.join(unknown)}; sources: {', '.join(WEB_SOURCES)}")
-    engine = options.resolve(EngineOptions, settings, settings.engine_flags).kind
-    if engine != "local":
-        print(f"curation crawl: the {engine} engine does not run crawl yet; crawling on this machine", file=sys.stderr)
-    catalog = open_catalog(settings.db_url)
     summary = Summary()
-    with _crawl_lock(settings.data_dir), _catalog_crawl_lock(catalog):
+    with ExitStack() as held:
+        # Before the catalog: a cluster that cannot be joined, or a node blind to the data
+        # directory, stops the run before anything is written. None for the local engine.
+        cluster = open_cluster(settings, settings.data_dir)
+        held.enter_context(cluster or nullcontext())
+        catalog = open_catalog(settings.db_url)
+        held.enter_context(_crawl_lock(settings.data_dir))
+        held.enter_context(_catalog_crawl_lock(catalog))
         wnids = _select_classes(catalog, classes or [])
         try:
             if urls is not None:
@@ -190,7 +193,8 @@ def crawl(
             if sources:
                 _discover_web(catalog, settings, downloader, sources, wnids, per_class, summary)
             used = [*sources, *(["urls"] if urls is not None else []), *(["folder"] if folder is not None else [])]
-            _download(catalog, settings, downloader, wnids if classes else None, used, retry_failed, summary)
+            wanted = wnids if classes else None
+            _download(catalog, settings, downloader, wanted, used, retry_failed, summary, cluster)
         except KeyboardInterrupt:
             summary.interrupted = True
     for problem in summary.source_problems:
@@ -415,7 +419,10 @@ def _download(
     used: list[str],
     retry_failed: bool,
     summary: Summary,
+    cluster: Any = None,
 ) -> None:
+    """Download the pending jobs page by page, here (``cluster`` None) or on a cluster's workers
+    (then only a folder's files, which the workers may not see, are read here)."""
     used = [s for s in used if s in (*WEB_SOURCES, *LIST_SOURCES)]
     journal = _open_store(catalog, settings)
     try:
@@ -425,16 +432,27 @@ def _download(
         writer = _OutcomeWriter(catalog, summary, journal)
         progress = tqdm(total=total, desc="download", unit=" img", disable=None)
         pipeline = _Pipeline(settings, downloader, journal, writer, progress)
+        remote = None
+        if cluster is not None:
+            from curation.crawl_cluster import ClusterPipeline
+
+            remote = ClusterPipeline(cluster, settings, journal.name, writer, progress)
         try:
             for jobs in _pending_jobs(catalog, wnids, used, retry_failed, JOB_PAGE):
                 with catalog.session() as session:
                     reused = _known_urls(session, sorted({j.url for j in jobs if j.source != "folder"}))
-                pipeline.run(jobs, reused)
+                if remote is None:
+                    pipeline.run(jobs, reused)
+                else:
+                    pipeline.run([j for j in jobs if j.source == "folder"], reused)
+                    remote.run([j for j in jobs if j.source != "folder"], reused)
         except KeyboardInterrupt:
             pipeline.interrupt()
             raise
         finally:
             pipeline.close()
+            if remote is not None:
+                remote.close()
             writer.flush()
             progress.close()
     finally:
@@ -513,26 +531,14 @@ class _Pipeline:
         self.writer.flush()
 
     def fetch(self, job: _Job) -> _Outcome | None:
-        from curation.downloader import FetchError
-
-        try:
-            if job.source == "folder":
-                data, final_url = _read_local(job.url, self.max_bytes), job.url
-            else:
-                fetched = self.downloader.fetch(job.url)
-                data, final_url = fetched.data, fetched.url
-        except (FetchError, storage.Rejected, _LocalFileError) as exc:
-            return _Outcome(job, _status_of(exc.reason), exc.reason, (getattr(exc, "detail", "") or str(exc))[:500])
-        self.checkers.submit(self.check, job, data, final_url).add_done_callback(self.done.put)
+        fetched = _fetch_bytes(job, self.downloader, self.max_bytes)
+        if isinstance(fetched, _Outcome):
+            return fetched
+        self.checkers.submit(self.check, job, *fetched).add_done_callback(self.done.put)
         return None  # the outcome comes from the check
 
     def check(self, job: _Job, data: bytes, final_url: str) -> _Outcome:
-        try:
-            image = storage.validate(data, min_side=self.min_side, max_pixels=self.max_pixels)
-        except storage.Rejected as exc:
-            return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
-        storage.store(self.data_dir, image, data, self.journal)
-        return _Outcome(job, DOWNLOADED, image=image, final_url=final_url)
+        return _check_and_store(job, data, final_url, self.min_side, self.max_pixels, self.data_dir, self.journal)
 
     def _finish(self, outcome: _Outcome) -> None:
         for job in self.same_url[outcome.job.url]:
@@ -557,6 +563,37 @@ class _Pipeline:
     def close(self) -> None:
         self.fetchers.shutdown(wait=True)
         self.checkers.shutdown(wait=True)
+
+
+def _fetch_bytes(job: _Job, downloader: Any, max_bytes: int) -> tuple[bytes, str] | _Outcome:
+    """The job's bytes and final URL, or its failed/skipped outcome."""
+    from curation.downloader import FetchError
+
+    try:
+        if job.source == "folder":
+            return _read_local(job.url, max_bytes), job.url
+        fetched = downloader.fetch(job.url)
+        return fetched.data, fetched.url
+    except (FetchError, storage.Rejected, _LocalFileError) as exc:
+        return _Outcome(job, _status_of(exc.reason), exc.reason, (getattr(exc, "detail", "") or str(exc))[:500])
+
+
+def _check_and_store(
+    job: _Job,
+    data: bytes,
+    final_url: str,
+    min_side: int,
+    max_pixels: int,
+    data_dir: Path,
+    journal: storage.WriteJournal,
+) -> _Outcome:
+    """Validate the bytes and store an accepted image (journaled before it appears)."""
+    try:
+        image = storage.validate(data, min_side=min_side, max_pixels=max_pixels)
+    except storage.Rejected as exc:
+        return _Outcome(job, _status_of(exc.reason), exc.reason, exc.detail[:500])
+    storage.store(data_dir, image, data, journal)
+    return _Outcome(job, DOWNLOADED, image=image, final_url=final_url)
 
 
 class _LocalFileError(Exception):

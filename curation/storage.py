@@ -160,21 +160,27 @@ class WriteJournal:
     """Store paths written but not yet recorded in the catalog, mirrored line by line in
     ``<data_dir>/.staging/<name>.journal`` so that a rerun after kill -9 knows exactly which files
     may be unrecorded. The file is rewritten with what is still open whenever paths are recorded,
-    so it holds the in-flight writes only (a few hundred at most), never the store."""
+    so it holds the in-flight writes only (a few hundred at most), never the store. It is created
+    by the first write: a journal that wrote nothing leaves no file.
+
+    A cluster worker journals each batch in ``<catalog id>.<batch>.journal``; :func:`recover` reads
+    every journal of the catalog."""
 
     def __init__(self, data_dir: Path, name: str) -> None:
-        folder = Path(data_dir) / STAGING
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{name}.journal"
+        self.name = name
+        self.path = Path(data_dir) / STAGING / f"{name}.journal"
         self._lock = threading.Lock()
         self._open: set[str] = set()
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._handle: io.TextIOWrapper | None = None
 
     def begin(self, relative_path: str) -> None:
         """``relative_path`` is about to appear in the store (written to the file before it does)."""
         with self._lock:
             if relative_path not in self._open:
                 self._open.add(relative_path)
+                if self._handle is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
                 self._handle.write(relative_path + "\n")
                 self._handle.flush()
 
@@ -185,6 +191,7 @@ class WriteJournal:
             self._open.difference_update(relative_paths)
             if len(self._open) == before:
                 return
+            assert self._handle is not None  # something was begun
             self._handle.close()
             temp = self.path.with_name(self.path.name + ".new")
             temp.write_text("".join(p + "\n" for p in sorted(self._open)), encoding="utf-8")
@@ -193,15 +200,17 @@ class WriteJournal:
 
     def close(self) -> None:
         with self._lock:
-            self._handle.close()
+            if self._handle is not None:
+                self._handle.close()
 
 
 def recover(
     data_dir: Path, name: str, recorded: Callable[[list[str]], set[str]], remove_unknown: bool = True
 ) -> tuple[int, int]:
-    """Remove leftovers of a killed run from the staging folder and the journal ``name``: every temp
-    file, and (with ``remove_unknown``) each journaled path that ``recorded`` says the catalog does
-    not know. Touches only what was in flight, never the whole store.
+    """Remove leftovers of a killed run from the staging folder and the journals of ``name`` (the
+    driver's ``name.journal`` and cluster workers' ``name.*.journal``): every temp file, and (with
+    ``remove_unknown``) each journaled path that ``recorded`` says the catalog does not know.
+    Touches only what was in flight, never the whole store.
 
     Returns (temp files removed, unrecorded images removed)."""
     folder = Path(data_dir) / STAGING
@@ -213,17 +222,17 @@ def recover(
             if entry.name.endswith(TEMP_SUFFIX):
                 Path(entry.path).unlink(missing_ok=True)
                 temps += 1
+    journals = [*folder.glob(f"{name}.journal"), *folder.glob(f"{name}.*.journal")]
+    paths = sorted({p for journal in journals for p in journal.read_text(encoding="utf-8").split()})
+    known = recorded(paths) if remove_unknown and paths else set(paths)
     orphans = 0
-    journal = folder / f"{name}.journal"
-    if journal.is_file():
-        paths = sorted(set(journal.read_text(encoding="utf-8").split()))
-        known = recorded(paths) if remove_unknown else set(paths)
-        for relative in paths:
-            path = Path(data_dir) / relative
-            inside = relative.startswith("images/") and ".." not in relative.split("/")
-            if inside and relative not in known and path.is_file():
-                path.unlink()
-                orphans += 1
+    for relative in paths:
+        path = Path(data_dir) / relative
+        inside = relative.startswith("images/") and ".." not in relative.split("/")
+        if inside and relative not in known and path.is_file():
+            path.unlink()
+            orphans += 1
+    for journal in journals:
         journal.unlink()
     return temps, orphans
 

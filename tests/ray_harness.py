@@ -159,6 +159,22 @@ class LoopbackCluster:
         finally:
             ray.shutdown()
 
+    def busy_cpus(self, node: Any) -> float:
+        """CPUs in use on ``node`` (by tasks and actors)."""
+        import ray
+        from ray._private.state import available_resources_per_node
+
+        ray.init(address=self.address)
+        try:
+            return CPUS_PER_NODE - available_resources_per_node().get(node.node_id, {}).get("CPU", 0)
+        finally:
+            ray.shutdown()
+
+    def remove_node(self, node: Any) -> None:
+        """Kill ``node`` as a crash would (not gracefully)."""
+        self.cluster.remove_node(node, allow_graceful=False)
+        self.nodes.remove(node)
+
     def stop(self) -> None:
         import ray
 

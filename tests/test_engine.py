@@ -72,9 +72,40 @@ def test_ray_not_installed_is_one_line(tmp_path: Path, run_cli) -> None:
     )
 
 
-def test_crawl_with_the_ray_engine_says_it_crawls_here(tmp_path: Path, run_cli) -> None:
+def test_crawl_on_an_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path: Path, run_cli) -> None:
     (tmp_path / "empty").mkdir()
-    cli = ("--db", str(tmp_path / "c.sqlite"), "--data-dir", str(tmp_path / "d"), "--engine", "ray")
+    db = tmp_path / "c.sqlite"
+    cli = ("--db", str(db), "--data-dir", str(tmp_path / "d"), "--engine", "ray")
     result = run_cli(*cli, "--ray-address", "127.0.0.1:9", "crawl", "--folder", str(tmp_path / "empty"), timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "the ray engine does not run crawl yet; crawling on this machine" in result.stderr
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert result.stderr == "curation: error: cannot reach the Ray cluster at 127.0.0.1:9: Connection refused\n"
+    assert not db.exists() and not (tmp_path / "d").exists()
+
+
+def test_key_router_keeps_each_key_on_one_shard_for_good_balanced_and_interleaved() -> None:
+    from curation.engine.base import KeyRouter
+
+    router = KeyRouter(shards=2)
+    items = [(host, i) for host, count in (("a", 40), ("b", 30), ("c", 20), ("d", 10), ("e", 10)) for i in range(count)]
+    queues = router.queues(items, key=lambda item: item[0])
+    hosts = [{host for host, _ in queue} for queue in queues]
+    assert hosts == [{"a", "d", "e"}, {"b", "c"}]  # greedy, busiest first: a | b, c | ... by load
+    assert sorted(queues[0] + queues[1]) == sorted(items)
+    assert [host for host, _ in queues[0][:3]] == ["a", "d", "e"]  # keys interleaved, not in runs
+    # A later call: known keys stay with their owner whatever the load; a new key goes to the lighter shard.
+    later = router.queues([("b", 0), ("b", 1), ("b", 2), ("f", 0)], key=lambda item: item[0])
+    assert later == [[("f", 0)], [("b", 0), ("b", 1), ("b", 2)]]
+    capped = KeyRouter(shards=3, remembered=1)
+    first = capped.queues([("x", 0), ("y", 0)], key=lambda item: item[0])
+    again = capped.queues([("y", 1)], key=lambda item: item[0])
+    assert capped.owner == {"x": 0}  # past the cap a key is hashed, not remembered, and lands alike
+    assert [k for k, q in enumerate(first) if ("y", 0) in q] == [k for k, q in enumerate(again) if q]
+
+
+def test_local_keyed_pool_sets_up_once_with_every_thread() -> None:
+    task = SquareTask()
+    with LocalExecutor().keyed(task, workers=5) as pool:
+        first = list(pool.map(list(range(10)), key=str, batch_size=3))
+        second = list(pool.map([10, 11], key=str, batch_size=3))
+    assert [n for n, *_ in first + second] == list(range(12)) and {s for *_, s in first + second} == {1}
+    assert task.threads == 5

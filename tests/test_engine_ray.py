@@ -187,3 +187,106 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
     # The summary lines agree but for how many images were re-checked (chunks differ, decisions do not).
     same = [re.sub(r"\d+ re-checked", "N re-checked", runs[name].stdout) for name in ("local", "ray")]
     assert same[0] == same[1]
+
+
+# --------------------------------------------------------------------------- crawl
+
+CRAWL_WNIDS = ("n01498041", "n01531178", "n01534433")
+PER_HOST = 2
+
+
+def _crawl_setup(root: Path, servers: list, per_host_urls: int) -> tuple[Path, Path]:
+    """A URL list over several hosts (one replay server each): real JPEGs, every tenth a 404, one
+    URL per host found for a second class; a config with ``per_host`` = 2 and 8 connections in all."""
+    import csv
+
+    from replay_server import JPEG, Reply, photo_for
+
+    rows = []
+    for h, server in enumerate(servers):
+        server.prefix("/img/", lambda path, _q: Reply(body=photo_for(path), headers=JPEG))
+        for i in range(per_host_urls):
+            path = f"/img/{h}-{i}.jpg" if i % 10 != 9 else f"/missing/{h}-{i}.jpg"
+            rows.append((f"{server.base}{path}", CRAWL_WNIDS[i % 3]))
+        rows.append((f"{server.base}/img/{h}-0.jpg", CRAWL_WNIDS[1]))  # a second class for one URL
+    root.mkdir(parents=True, exist_ok=True)
+    listing = root / "list.tsv"
+    with open(listing, "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["url", "wnid"])
+        writer.writerows(rows)
+    config = root / "curation.toml"
+    config.write_text(
+        f"[crawl]\nallow_private_hosts = true\nconcurrency = 8\nper_host = {PER_HOST}\nretries = 0\n"
+        'contact = "t@e.org"\n'
+    )
+    return config, listing
+
+
+def _crawl_args(root: Path, config: Path) -> list[str]:
+    return ["--config", str(config), "--db", str(root / "c.sqlite"), "--data-dir", str(root / "data")]
+
+
+def _crawl_tables(root: Path, servers: list) -> dict[str, list[tuple]]:
+    """Candidates, images and stored files, each server's base URL replaced by its index (two runs
+    use two sets of servers), timestamps left out."""
+    con = sqlite3.connect(root / "c.sqlite")
+
+    def unport(value):
+        for h, server in enumerate(servers):
+            value = value.replace(server.base, f"host{h}") if isinstance(value, str) else value
+        return value
+
+    try:
+        candidates = con.execute(
+            "SELECT wnid, url, source, status, reason, image_sha256, final_url, attempts FROM candidates"
+        ).fetchall()
+        return {
+            "candidates": sorted(tuple(unport(v) for v in row) for row in candidates),
+            "images": con.execute(
+                "SELECT sha256, path, width, height, format, bytes, mode, multi_class FROM images ORDER BY sha256"
+            ).fetchall(),
+            "files": sorted(
+                p.relative_to(root / "data").as_posix()
+                for p in (root / "data" / "images").rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+            ),
+        }
+    finally:
+        con.close()
+
+
+def _photo_folder(root: Path) -> Path:
+    """Three shared photos as a crawl folder (read by the driver: the workers may not see it)."""
+    folder = root / "photos" / CRAWL_WNIDS[2]
+    folder.mkdir(parents=True)
+    for path in sorted(SAMPLES.glob("*.JPEG"))[:3]:
+        shutil.copy(path, folder / path.name)
+    return folder.parent
+
+
+@pytest.mark.ray(timeout=300)
+def test_crawl_on_ray_writes_the_same_catalog_and_files_and_keeps_per_host_limits(
+    ray_cluster, tmp_path: Path, run_cli
+) -> None:
+    from replay_server import ReplayServer
+
+    photos = _photo_folder(tmp_path)
+    results = {}
+    for name, engine in (("local", []), ("ray", ["--engine", "ray", "--ray-address", ray_cluster.address])):
+        with ReplayServer(latency=0.05) as a, ReplayServer(latency=0.05) as b, ReplayServer(latency=0.05) as c:
+            servers = [a, b, c]
+            root = tmp_path / name
+            config, listing = _crawl_setup(root, servers, per_host_urls=30)
+            crawl = ("crawl", "--urls", str(listing), "--folder", str(photos))
+            result = run_cli(*_crawl_args(root, config), *engine, *crawl, timeout=200)
+            assert result.returncode == 0, result.stderr
+            assert all(0 < s.max_in_flight <= PER_HOST for s in servers), [s.max_in_flight for s in servers]
+            assert all(len(s.hits(f"/img/{h}-0.jpg")) == 1 for h, s in enumerate(servers))  # once for 2 classes
+            results[name] = _crawl_tables(root, servers)
+            assert not list((root / "data" / ".staging").glob("*.b*.journal"))  # every batch journal dropped
+    assert ray_cluster.drivers_seen() == 1  # the Ray run did run on the cluster
+    local, ray = results["local"], results["ray"]
+    assert len(local["candidates"]) == 96 and len(local["images"]) == 84 and len(local["files"]) == 84
+    assert sum(row[3] == "failed" for row in local["candidates"]) == 9
+    assert ray == local

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 
@@ -14,12 +16,30 @@ class Task:
     # Resources one worker of this task holds: "cpu" (one core) or "gpu" (one accelerator; a
     # back-end without one falls back to a CPU worker).
     resource = "cpu"
+    # Threads one worker of a keyed pool may use (the pool sets it: its share of the total).
+    threads = 1
 
     def setup(self) -> None:
         """Open what every batch reuses (an HTTP pool, a model)."""
 
     def run(self, batch: Sequence[Any]) -> list[Any]:
         raise NotImplementedError
+
+
+class KeyedPool(Protocol):
+    """Long-lived workers of one task, each owning some keys for the pool's whole life: every item
+    of a key goes to the same worker, so state kept per key (a host's connection limit, request
+    rate, Retry-After pause, robots.txt) holds across all workers and all calls."""
+
+    def map(self, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int) -> Iterator[Any]:
+        """Yield the records of every item, in any order, as batches finish."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> KeyedPool: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class Executor(Protocol):
@@ -33,6 +53,10 @@ class Executor(Protocol):
         few batches per worker in flight."""
         ...
 
+    def keyed(self, task: Task, *, workers: int) -> KeyedPool:
+        """A :class:`KeyedPool` of ``task`` using ``workers`` threads in all."""
+        ...
+
     def close(self) -> None:
         """Stop the workers (a cluster itself stays up)."""
         ...
@@ -40,3 +64,42 @@ class Executor(Protocol):
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class KeyRouter:
+    """Which of ``shards`` workers owns each key, for good. New keys go greedily to the shard with
+    the fewest items of the call (the busiest keys first; a hash put two busy hosts on one worker as
+    often as not); past ``remembered`` keys, a new key's shard is its hash, so memory stays bounded
+    on lists with millions of hosts (where hashing balances well)."""
+
+    def __init__(self, shards: int, remembered: int = 100_000) -> None:
+        self.shards = shards
+        self.remembered = remembered
+        self.owner: dict[str, int] = {}
+
+    def queues(self, items: Sequence[Any], key: Callable[[Any], str]) -> list[list[Any]]:
+        """``items`` in one queue per shard, each key's items in its owner's queue, the keys of a queue
+        interleaved (so a batch spans all of a worker's keys: one host's batch could use only its
+        per-host connections)."""
+        by_key: dict[str, list[Any]] = {}
+        for item in items:
+            by_key.setdefault(key(item), []).append(item)
+        groups: list[list[list[Any]]] = [[] for _ in range(self.shards)]
+        load = [0] * self.shards
+        for name, group in sorted(by_key.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            shard = self._shard(name, load)
+            groups[shard].append(group)
+            load[shard] += len(group)
+        gap = object()
+        return [
+            [item for row in itertools.zip_longest(*gs, fillvalue=gap) for item in row if item is not gap]
+            for gs in groups
+        ]
+
+    def _shard(self, name: str, load: list[int]) -> int:
+        shard = self.owner.get(name)
+        if shard is None:
+            if len(self.owner) >= self.remembered:
+                return zlib.crc32(name.encode()) % self.shards
+            shard = self.owner[name] = min(range(self.shards), key=load.__getitem__)
+        return shard

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,35 @@ class LocalExecutor:
             for records in pool.imap_unordered(_run_batch, batches(items, batch_size)):
                 yield from records
 
+    def keyed(self, task: Task, *, workers: int) -> LocalKeyedPool:
+        return LocalKeyedPool(task, workers)
+
     def close(self) -> None:
         pass
 
     def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalKeyedPool:
+    """One worker, here, owns every key: the task is set up once with all ``workers`` threads."""
+
+    def __init__(self, task: Task, workers: int) -> None:
+        task.threads = max(1, workers)
+        task.setup()
+        self.task = task
+
+    def map(self, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int) -> Iterator[Any]:
+        for batch in batches(items, batch_size):
+            yield from self.task.run(batch)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalKeyedPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

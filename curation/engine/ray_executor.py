@@ -8,14 +8,15 @@ keeps one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from curation.engine.base import Task
+from curation.engine.base import KeyRouter, Task
 from curation.errors import CurationError
 
 try:
@@ -32,6 +33,9 @@ PROBE_SECONDS = 3.0
 # Seconds every node gets to read the data-directory marker (a worker starts in 1-3 s; a hung
 # network mount must not hang the run).
 STORAGE_CHECK_SECONDS = 60
+# A keyed actor mostly waits on the network: a quarter CPU lets a node host four, and the actors of
+# a removed node restart on the nodes left.
+KEYED_ACTOR_CPUS = 0.25
 
 _READY: dict[str, Task] = {}  # the set-up task of each map, per worker process
 
@@ -139,6 +143,10 @@ class RayExecutor:
             done, in_flight = ray.wait(in_flight, num_returns=1)
             yield from _get(done[0])
 
+    def keyed(self, task: Task, *, workers: int) -> RayKeyedPool:
+        """One actor per cluster CPU (at most ``workers``), spread over the nodes."""
+        return RayKeyedPool(task, workers, self.slots(task))
+
     def close(self) -> None:
         if ray.is_initialized():
             ray.shutdown()
@@ -170,3 +178,63 @@ def _probe(address: str) -> str:
     except OSError as exc:
         raise CurationError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
     return host
+
+
+class _KeyedWorker:
+    """A long-lived actor: its task is set up once and keeps the state of every key it owns."""
+
+    def __init__(self, task: Task) -> None:
+        task.setup()
+        self.task = task
+
+    def run(self, batch: Sequence[Any]) -> list[Any]:
+        return self.task.run(batch)
+
+
+class RayKeyedPool:
+    """``shards`` actors, each owning the keys :class:`KeyRouter` gives it and ``workers / shards``
+    threads. An actor whose node died restarts on a node left and its unfinished batches run again
+    there (a batch's records may then reach the driver twice: the caller keeps one per item)."""
+
+    def __init__(self, task: Task, workers: int, slots: int) -> None:
+        self.shards = max(1, min(slots, workers))
+        task.threads = -(-max(1, workers) // self.shards)
+        actor_class = ray.remote(_KeyedWorker).options(
+            num_cpus=KEYED_ACTOR_CPUS,
+            max_restarts=-1,
+            max_task_retries=-1,
+            max_concurrency=IN_FLIGHT_PER_SLOT,
+            scheduling_strategy="SPREAD",
+        )
+        # The task by value, not ray.put: an actor restarted on another node must not depend on an
+        # object that lived on the dead one (ray#53727).
+        self.actors = [actor_class.remote(task) for _ in range(self.shards)]
+        self.router = KeyRouter(self.shards)
+
+    def map(self, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int) -> Iterator[Any]:
+        queues = self.router.queues(items, key)
+        starts = [iter(range(0, len(queue), batch_size)) for queue in queues]
+        in_flight: dict[Any, int] = {}
+
+        def submit(shard: int, count: int) -> None:
+            for start in itertools.islice(starts[shard], count):
+                batch = queues[shard][start : start + batch_size]
+                in_flight[self.actors[shard].run.remote(batch)] = shard
+
+        for shard in range(self.shards):
+            submit(shard, IN_FLIGHT_PER_SLOT)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            submit(in_flight.pop(done[0]), 1)
+            yield from _get(done[0])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> RayKeyedPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
