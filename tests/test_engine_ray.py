@@ -290,3 +290,101 @@ def test_crawl_on_ray_writes_the_same_catalog_and_files_and_keeps_per_host_limit
     assert len(local["candidates"]) == 96 and len(local["images"]) == 84 and len(local["files"]) == 84
     assert sum(row[3] == "failed" for row in local["candidates"]) == 9
     assert ray == local
+
+
+def _start_crawl(root: Path, servers: list, cluster) -> tuple:
+    """A Ray crawl of 60 URLs per host (one replay server each) running in the background."""
+    import subprocess
+    import sys
+
+    config, listing = _crawl_setup(root, servers, per_host_urls=60)
+    args = [sys.executable, "-m", "curation", *_crawl_args(root, config), "--engine", "ray"]
+    args += ["--ray-address", cluster.address, "crawl", "--urls", str(listing)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, [*args[:-3], "crawl", "--urls", str(listing)]
+
+
+def _local_reference(root: Path, servers: list, run_cli) -> dict[str, list[tuple]]:
+    config, listing = _crawl_setup(root, servers, per_host_urls=60)
+    result = run_cli(*_crawl_args(root, config), "crawl", "--urls", str(listing), timeout=200)
+    assert result.returncode == 0, result.stderr
+    tables = _crawl_tables(root, servers)
+    assert len(tables["candidates"]) == 183 and len(tables["images"]) == 162
+    for server in servers:
+        server.requests.clear()
+    return tables
+
+
+@pytest.mark.ray(timeout=300)
+def test_crawl_survives_a_node_removed_mid_run_without_duplicate_rows(ray_cluster, tmp_path: Path, run_cli) -> None:
+    import time
+
+    import ray
+    from ray._private.state import available_resources_per_node
+    from replay_server import ReplayServer
+
+    with ReplayServer(latency=0.1) as a, ReplayServer(latency=0.1) as b, ReplayServer(latency=0.1) as c:
+        servers = [a, b, c]
+        local = _local_reference(tmp_path / "local", servers, run_cli)
+        removed = ray_cluster.nodes[1]
+        ray.init(address=ray_cluster.address)
+        proc, _ = _start_crawl(tmp_path / "ray", servers, ray_cluster)
+        deadline = time.monotonic() + 120
+        while sum(len(s.requests) for s in servers) < 30:
+            assert proc.poll() is None and time.monotonic() < deadline, "the crawl ended too soon"
+            time.sleep(0.05)
+        assert available_resources_per_node()[removed.node_id].get("CPU", 0) < 2  # crawl actors run there
+        ray.shutdown()
+        ray_cluster.remove_node(removed)  # the worker node, mid-crawl
+        _, err = proc.communicate(timeout=200)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        ray_tables = _crawl_tables(tmp_path / "ray", servers)
+    assert ray_tables == local  # same rows, none twice
+
+
+@pytest.mark.ray(timeout=300)
+def test_crawl_on_ray_killed_with_sigkill_leaves_only_journaled_files_and_resumes(
+    ray_cluster, tmp_path: Path, run_cli
+) -> None:
+    import signal
+    import time
+
+    from replay_server import ReplayServer
+
+    root = tmp_path / "ray"
+    staging, store = root / "data" / ".staging", root / "data" / "images"
+
+    def on_disk() -> set[str]:
+        return {p.relative_to(root / "data").as_posix() for p in store.rglob("*.jpg")}
+
+    def recorded() -> set[str]:
+        con = sqlite3.connect(root / "c.sqlite")
+        try:
+            return {path for (path,) in con.execute("SELECT path FROM images")}
+        except sqlite3.OperationalError:  # not created yet
+            return set()
+        finally:
+            con.close()
+
+    with ReplayServer(latency=0.1) as a, ReplayServer(latency=0.1) as b, ReplayServer(latency=0.1) as c:
+        servers = [a, b, c]
+        local = _local_reference(tmp_path / "local", servers, run_cli)
+        proc, args = _start_crawl(root, servers, ray_cluster)
+        deadline = time.monotonic() + 120
+        while not (store.is_dir() and len(on_disk() - recorded()) >= 5 and list(staging.glob("*.b*.journal"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "the crawl ended too soon"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        while any(ray_cluster.busy_cpus(node) for node in ray_cluster.nodes):  # the run's actors go with it
+            assert time.monotonic() < deadline + 60, "the killed run's actors lived on"
+            time.sleep(0.5)
+        unrecorded = on_disk() - recorded()
+        journaled = {line for j in staging.glob("*.b*.journal") for line in j.read_text().split()}
+        assert unrecorded and unrecorded <= journaled  # every file not in the catalog is journaled
+        rerun = run_cli(*args[3:], timeout=200)
+        assert rerun.returncode == 0, rerun.stderr
+        assert f"and {len(unrecorded)} unrecorded files of an earlier run" in rerun.stderr
+        tables = _crawl_tables(root, servers)
+    assert on_disk() == recorded() and not list(staging.glob("*.b*.journal"))
+    assert tables == local
