@@ -16,9 +16,8 @@ that the catalog does not know.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,13 +49,16 @@ def host_key(job: _Job) -> str:
 
 
 class FetchTask(Task):
-    """Fetch, validate and store a batch of jobs on a worker (``threads`` at a time); one outcome each."""
+    """Fetch, validate and store a batch of jobs on a worker; one outcome each. As in the local loop,
+    ``threads`` fetch and ``[crawl] check_threads`` others validate and store, so decoding an image
+    never holds a connection's thread."""
 
     def __init__(self, settings: Settings, catalog_id: str) -> None:
         from curation.downloader import FetchConfig
 
         config = options.resolve(CrawlOptions, settings)
         self.min_side, self.max_pixels, self.max_bytes = config.min_side, config.max_pixels, config.max_bytes
+        self.check_threads = max(1, config.check_threads)
         self.fetch_config = FetchConfig.from_settings(settings.section("crawl"))
         self.data_dir = Path(settings.data_dir).absolute()  # a worker's working directory is not ours
         self.catalog_id = catalog_id
@@ -65,20 +67,25 @@ class FetchTask(Task):
         from curation.downloader import Downloader
 
         self.downloader = Downloader(self.fetch_config, AddressGuard(self.fetch_config.allow_private_hosts))
-        self.pool = ThreadPoolExecutor(max(1, self.threads), thread_name_prefix="crawl-fetch")
+        self.fetchers = ThreadPoolExecutor(max(1, self.threads), thread_name_prefix="crawl-fetch")
+        self.checkers = ThreadPoolExecutor(self.check_threads, thread_name_prefix="crawl-check")
 
     def run(self, batch: Sequence[_Job]) -> list[_Outcome]:
         journal = storage.WriteJournal(self.data_dir, f"{self.catalog_id}.b{batch[0].id}")
         try:
-            return list(self.pool.map(partial(self.fetch_one, journal=journal), batch))
+            fetches = [self.fetchers.submit(self.fetch, job, journal) for job in batch]
+            done = [fetch.result() for fetch in fetches]
+            return [outcome if isinstance(outcome, _Outcome) else outcome.result() for outcome in done]
         finally:
             journal.close()
 
-    def fetch_one(self, job: _Job, journal: storage.WriteJournal) -> _Outcome:
+    def fetch(self, job: _Job, journal: storage.WriteJournal) -> _Outcome | Future[_Outcome]:
+        """The job's outcome when the fetch failed, else the future of its check."""
         fetched = _fetch_bytes(job, self.downloader, self.max_bytes)
         if isinstance(fetched, _Outcome):
             return fetched
-        return _check_and_store(job, *fetched, self.min_side, self.max_pixels, self.data_dir, journal)
+        args = (self.min_side, self.max_pixels, self.data_dir, journal)
+        return self.checkers.submit(_check_and_store, job, *fetched, *args)
 
 
 class ClusterPipeline:
