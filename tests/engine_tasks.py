@@ -48,3 +48,13 @@ class WhereTask(Task):
         time.sleep(0.05)  # long enough that both nodes get batches
         node = ray.get_runtime_context().get_node_id()
         return [(n, node, os.getpid(), self.setups) for n in batch]
+
+
+class BrokenSetupTask(Task):
+    """A task whose worker cannot start."""
+
+    def setup(self) -> None:
+        raise OSError("no such mount")
+
+    def run(self, batch: Sequence[int]) -> list[int]:
+        return list(batch)

@@ -12,7 +12,7 @@ import pytest
 from conftest import SAMPLES
 
 from curation.engine import EngineOptions
-from tests.engine_tasks import GpuTask, WhereTask
+from tests.engine_tasks import BrokenSetupTask, GpuTask, WhereTask
 
 pytestmark = pytest.mark.ray
 
@@ -35,6 +35,24 @@ def test_map_uses_both_nodes_sets_up_once_per_worker_and_places_gpu_tasks(ray_cl
         gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
         placed = list(executor.map(GpuTask(), list(range(6)), batch_size=2, workers=1))
         assert {node for _, node, _ in placed} == {gpu_node} and all(ids == [0] for *_, ids in placed)
+
+
+@pytest.mark.ray(timeout=300)
+def test_keyed_pool_keeps_each_key_on_one_actor_across_calls_and_spreads_actors(ray_cluster) -> None:
+    from curation.errors import CurationError
+
+    with ray_executor(ray_cluster) as executor:
+        with executor.keyed(WhereTask(), workers=8) as pool:
+            assert pool.shards == 4  # one actor per cluster CPU
+            first = list(pool.map([(k, i) for k in "abcdefgh" for i in range(5)], key=lambda x: x[0], batch_size=4))
+            second = list(pool.map([(k, 9) for k in "hgfedcba"], key=lambda x: x[0], batch_size=4))
+        owner = {item[0]: pid for item, _, pid, _ in first}
+        assert len(first) == 40 and all(owner[item[0]] == pid for item, _, pid, _ in first + second)
+        assert len(set(owner.values())) == 4 and len({node for _, node, _, _ in first}) == 2
+        assert {setups for *_, setups in first + second} == {1}
+        with pytest.raises(CurationError, match="^a Ray worker could not start: .*no such mount"):
+            with executor.keyed(BrokenSetupTask(), workers=2) as pool:
+                list(pool.map([1, 2, 3], key=str, batch_size=2))
 
 
 def _photo_catalog(root: Path) -> tuple[str, Path]:

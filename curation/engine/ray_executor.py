@@ -226,7 +226,12 @@ class RayKeyedPool:
         while in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             submit(in_flight.pop(done[0]), 1)
-            yield from _get(done[0])
+            try:
+                records = _get(done[0])
+            except ray.exceptions.RayActorError as exc:  # its set-up raised: restarting cannot help
+                last = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+                raise CurationError(f"a Ray worker could not start: {last}") from None
+            yield from records
 
     def close(self) -> None:
         for actor in self.actors:
