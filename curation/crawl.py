@@ -448,6 +448,8 @@ def _download(
                     remote.run([j for j in jobs if j.source != "folder"], reused)
         except KeyboardInterrupt:
             pipeline.interrupt()
+            if remote is not None:
+                remote.interrupt()
             raise
         finally:
             pipeline.close()

@@ -100,26 +100,35 @@ class ClusterPipeline:
         self.staging = Path(settings.data_dir) / storage.STAGING
         self.catalog_id = catalog_id
         self.writer, self.progress = writer, progress
+        self.same_url: dict[str, list[_Job]] = {}
 
     def run(self, jobs: list[_Job], reused: dict[str, tuple[str, str | None]]) -> None:
         """Download one page of jobs to the end, commit, then drop the page's batch journals."""
-        same_url: dict[str, list[_Job]] = {}
+        self.same_url = {}
         for job in jobs:
             if job.url in reused:
                 sha, final_url = reused[job.url]
                 self.writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
                 self.progress.update()
             else:
-                same_url.setdefault(job.url, []).append(job)
-        firsts = [group[0] for group in same_url.values()]
+                self.same_url.setdefault(job.url, []).append(job)
+        firsts = [group[0] for group in self.same_url.values()]
         for outcome in self.pool.map(firsts, key=host_key, batch_size=CLUSTER_BATCH):
-            # A batch that ran twice (its node died) gives its outcomes twice: the second finds nothing.
-            for job in same_url.pop(outcome.job.url, []):
-                self.writer.add(replace(outcome, job=job))
-                self.progress.update()
+            self._finish(outcome)
         self.writer.flush()
         for journal in self.staging.glob(f"{self.catalog_id}.b*.journal"):
             journal.unlink(missing_ok=True)
+
+    def _finish(self, outcome: _Outcome) -> None:
+        # A batch that ran twice (its node died) gives its outcomes twice: the second finds nothing.
+        for job in self.same_url.pop(outcome.job.url, []):
+            self.writer.add(replace(outcome, job=job))
+            self.progress.update()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: start nothing new, record the batches already in flight once they end."""
+        for outcome in self.pool.finish():
+            self._finish(outcome)
 
     def close(self) -> None:
         self.pool.close()

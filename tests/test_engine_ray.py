@@ -406,3 +406,41 @@ def test_crawl_on_ray_killed_with_sigkill_leaves_only_journaled_files_and_resume
         tables = _crawl_tables(root, servers)
     assert on_disk() == recorded() and not list(staging.glob("*.b*.journal"))
     assert tables == local
+
+
+@pytest.mark.ray(timeout=300)
+def test_crawl_on_ray_interrupted_with_ctrl_c_records_what_was_in_flight_and_resumes(
+    ray_cluster, tmp_path: Path, run_cli
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from replay_server import ReplayServer
+
+    root = tmp_path / "ray"
+    with ReplayServer(latency=0.05) as a, ReplayServer(latency=0.05) as b, ReplayServer(latency=0.05) as c:
+        servers = [a, b, c]
+        config, listing = _crawl_setup(root, servers, per_host_urls=200)
+        args = [*_crawl_args(root, config), "--engine", "ray", "--ray-address", ray_cluster.address]
+        args += ["crawl", "--urls", str(listing)]
+        proc = subprocess.Popen([sys.executable, "-m", "curation", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while sum(len(s.requests) for s in servers) < 30:
+            assert proc.poll() is None and time.monotonic() < deadline, "the crawl ended too soon"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert out.startswith("crawl interrupted") and len(out.splitlines()) == 1, out  # no Ray chatter
+        tables = _crawl_tables(root, servers)
+        done = [row for row in tables["candidates"] if row[3] != "pending"]
+        assert 30 <= len(done) < len(tables["candidates"]) == 603
+        assert set(tables["files"]) == {path for _, path, *_ in tables["images"]}  # in-flight batches recorded
+        rerun = run_cli(*args, timeout=200)
+        assert rerun.returncode == 0 and "removed" not in rerun.stderr, rerun.stderr
+        tables = _crawl_tables(root, servers)
+    assert all(row[3] != "pending" for row in tables["candidates"]) and len(tables["images"]) == 540
+    assert len(tables["files"]) == 540

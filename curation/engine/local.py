@@ -80,6 +80,9 @@ class LocalKeyedPool:
         for batch in batches(items, batch_size):
             yield from self.task.run(batch)
 
+    def finish(self) -> list[Any]:
+        return []  # a batch runs within map: none is left in flight
+
     def close(self) -> None:
         pass
 

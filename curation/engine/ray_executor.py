@@ -180,6 +180,14 @@ def _probe(address: str) -> str:
     return host
 
 
+def _keyed_records(ref: Any) -> list[Any]:
+    try:
+        return _get(ref)
+    except ray.exceptions.RayActorError as exc:  # its set-up raised: restarting cannot help
+        last = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise CurationError(f"a Ray worker could not start: {last}") from None
+
+
 class _KeyedWorker:
     """A long-lived actor: its task is set up once and keeps the state of every key it owns."""
 
@@ -210,28 +218,27 @@ class RayKeyedPool:
         # object that lived on the dead one (ray#53727).
         self.actors = [actor_class.remote(task) for _ in range(self.shards)]
         self.router = KeyRouter(self.shards)
+        self.in_flight: dict[Any, int] = {}  # batch -> its shard
 
     def map(self, items: Sequence[Any], *, key: Callable[[Any], str], batch_size: int) -> Iterator[Any]:
         queues = self.router.queues(items, key)
         starts = [iter(range(0, len(queue), batch_size)) for queue in queues]
-        in_flight: dict[Any, int] = {}
 
         def submit(shard: int, count: int) -> None:
             for start in itertools.islice(starts[shard], count):
                 batch = queues[shard][start : start + batch_size]
-                in_flight[self.actors[shard].run.remote(batch)] = shard
+                self.in_flight[self.actors[shard].run.remote(batch)] = shard
 
         for shard in range(self.shards):
             submit(shard, IN_FLIGHT_PER_SLOT)
-        while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            submit(in_flight.pop(done[0]), 1)
-            try:
-                records = _get(done[0])
-            except ray.exceptions.RayActorError as exc:  # its set-up raised: restarting cannot help
-                last = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-                raise CurationError(f"a Ray worker could not start: {last}") from None
-            yield from records
+        while self.in_flight:
+            done, _ = ray.wait(list(self.in_flight), num_returns=1)
+            submit(self.in_flight.pop(done[0]), 1)
+            yield from _keyed_records(done[0])
+
+    def finish(self) -> list[Any]:
+        refs, self.in_flight = list(self.in_flight), {}
+        return [record for ref in refs for record in _keyed_records(ref)]
 
     def close(self) -> None:
         for actor in self.actors:
