@@ -237,10 +237,17 @@ class RayKeyedPool:
             yield from _keyed_records(done[0])
 
     def finish(self) -> list[Any]:
-        refs, self.in_flight = list(self.in_flight), {}
-        return [record for ref in refs for record in _keyed_records(ref)]
+        records: list[Any] = []
+        while self.in_flight:
+            ref = next(iter(self.in_flight))
+            records += _keyed_records(ref)
+            del self.in_flight[ref]
+        return records
 
     def close(self) -> None:
+        for ref in self.in_flight:  # cancelled, not retried on a restarted actor (and not logged so)
+            ray.cancel(ref)
+        self.in_flight = {}
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
