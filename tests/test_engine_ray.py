@@ -12,7 +12,7 @@ import pytest
 from conftest import SAMPLES
 
 from curation.engine import EngineOptions
-from tests.engine_tasks import GpuTask, WhereTask
+from tests.engine_tasks import GpuTask, ModelTask, PrepareTask, WhereTask
 
 pytestmark = pytest.mark.ray
 
@@ -35,6 +35,34 @@ def test_map_uses_both_nodes_sets_up_once_per_worker_and_places_gpu_tasks(ray_cl
         gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
         placed = list(executor.map(GpuTask(), list(range(6)), batch_size=2, workers=1))
         assert {node for _, node, _ in placed} == {gpu_node} and all(ids == [0] for *_, ids in placed)
+
+
+@pytest.mark.ray(timeout=300)
+def test_pipeline_prepares_in_cpu_tasks_scores_in_a_gpu_actor_that_survives_its_death_then_cpu_actors(
+    ray_cluster, tmp_path: Path
+) -> None:
+    import ray
+
+    marker = tmp_path / "died"
+    with ray_executor(ray_cluster) as executor:
+        nodes = {n["NodeID"] for n in ray.nodes()}
+        gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
+        records = list(
+            executor.pipeline(PrepareTask(), ModelTask(str(marker), die_on=13), range(60), batch_size=4, workers=1)
+        )
+        assert sorted(n for n, *_ in records) == list(range(60))  # every item once, the dead call's too
+        assert {node for _, node, *_ in records} == nodes  # prepared on both nodes
+        assert {(node, tuple(gpus)) for *_, node, gpus, _, _ in records} == {(gpu_node, ("0",))}
+        scored_by = {pid for *_, pid in records}  # the actor before its death and after its restart
+        assert len(scored_by) == 2 and int(marker.read_text()) in scored_by
+        assert {setups for *_, setups, _ in records} == {1}
+        ray_cluster.cluster.remove_node(ray_cluster.nodes[1])  # the GPU node leaves: CPU actors
+        records = list(executor.pipeline(PrepareTask(), ModelTask(), range(20), batch_size=4, workers=1))
+        head = ray_cluster.nodes[0].node_id
+        assert sorted(n for n, *_ in records) == list(range(20))
+        assert {(node, tuple(gpus)) for *_, node, gpus, _, _ in records} == {(head, ())}
+    actors = [t for t in ray_cluster.tasks_seen() if t["name"] == "_TaskActor.__init__"]
+    assert sorted(t["resources"].get("GPU", 0) for t in actors) == [0, 1]  # one GPU actor (restarted), one CPU
 
 
 def _photo_catalog(root: Path) -> tuple[str, Path]:
