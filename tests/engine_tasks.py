@@ -87,3 +87,10 @@ class ModelTask(Task):
             os._exit(1)
         node, gpus = _where()
         return [(n, prepared["node"], prepared["pid"], node, gpus, self.setups, os.getpid()) for n in prepared["items"]]
+
+
+class UnloadableModelTask(ModelTask):
+    """A model task whose set-up fails, as with a checkpoint a node does not have."""
+
+    def setup(self) -> None:
+        raise ValueError("no weights here")
