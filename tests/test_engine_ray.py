@@ -246,6 +246,7 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
     stored[0].chmod(0o644)
     stored[0].write_bytes(stored[0].read_bytes()[:600])  # truncated on disk after the download
     shutil.copytree(local, tmp_path / "ray")
+    shutil.copytree(local, tmp_path / "no-gpu")
     args = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--commit-every", "50")
     runs = {}
     for name, engine in (("local", ()), ("ray", ("--engine", "ray", "--ray-address", ray_cluster.address))):
@@ -271,3 +272,14 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
     # The summary lines agree but for how many images were re-checked (chunks differ, decisions do not).
     same = [re.sub(r"\d+ re-checked", "N re-checked", runs[name].stdout) for name in ("local", "ray")]
     assert same[0] == same[1]
+    # Once the GPU node has left, CPU actors score: the same decisions (on 60 pairs, to stay short).
+    ray_cluster.cluster.remove_node(ray_cluster.nodes[1])
+    root = tmp_path / "no-gpu"
+    db = ("--db", str(root / "catalog.sqlite"), "--data-dir", str(root / "data"))
+    result = run_cli(*db, "--engine", "ray", "--ray-address", ray_cluster.address, *args, "--limit", "60", timeout=300)
+    assert result.returncode == 0 and "scored 60 image(s)" in result.stdout, result.stderr
+    actors = [t["resources"] for t in ray_cluster.tasks_seen() if t["name"] == "_TaskActor.__init__"]
+    assert sorted(actors, key=str) == [{"CPU": 1.0}, {"GPU": 1.0}]  # 2 CPUs left: one scores, one decodes
+    cpu_tables = _filter_tables(root)
+    assert len(cpu_tables["predictions"]) == 60 and len(cpu_tables["verdicts"]) >= 59
+    assert all(set(cpu_tables[table]) <= set(local_tables[table]) for table in cpu_tables)
