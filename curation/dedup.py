@@ -157,8 +157,15 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
     from curation import reference_sets
     from curation.catalog import open_catalog
 
-    catalog = open_catalog(settings.db_url)
     action = args.reference_command
+    if action == "add" and Path(args.path).suffix != ".npz":
+        if args.chunk_size < 1:
+            raise CurationError("--chunk-size must be at least 1")
+        from curation.engine import open_executor
+
+        with open_executor(settings, settings.data_dir) as executor:  # first: a cluster problem writes nothing
+            return _add_reference_folder(args, settings, executor)
+    catalog = open_catalog(settings.db_url)
     if action == "list":
         rows = reference_sets.list_sets(catalog)
         if not rows:
@@ -172,19 +179,24 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
         n = reference_sets.export_file(catalog, settings.data_dir, args.name, path)
         print(f"reference export: {args.name}: {n} hashes written to {path}")
         return 0
-    if action == "import" or (action == "add" and path.suffix == ".npz"):
-        n = reference_sets.import_file(catalog, settings.data_dir, args.name, path)
-        print(f"reference import: {args.name}: {n} hashes from {path}")
-        return 0
-    if args.chunk_size < 1:
-        raise CurationError("--chunk-size must be at least 1")
+    n = reference_sets.import_file(catalog, settings.data_dir, args.name, path)  # import, or add FILE.npz
+    print(f"reference import: {args.name}: {n} hashes from {path}")
+    return 0
+
+
+def _add_reference_folder(args: argparse.Namespace, settings: Any, executor: Executor) -> int:
+    """`curation dedup reference add NAME FOLDER|LIST`: hashing on ``executor``."""
+    from curation import reference_sets
+    from curation.catalog import open_catalog
+
     summary = reference_sets.add_folder(
-        catalog,
+        open_catalog(settings.db_url),
         settings.data_dir,
         args.name,
-        path,
+        Path(args.path),
         workers=options.resolve(DedupOptions, settings, {"workers": args.workers}).processes,
         chunk_size=args.chunk_size,
+        executor=executor,
     )
     failed_note = ""
     if summary.failed:

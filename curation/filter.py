@@ -30,7 +30,8 @@ DEFAULT_MODEL = "resnet50.tv_in1k"
 RULES = ("restricted", "top1")
 KEEP_RULES = ("all-wrong", "any-wrong")
 FAILED = "failed"
-# Images per cluster task: a few seconds of CPU inference, so chunks spread over the workers while
+# Images per cluster batch (one decode task, one call of a model's actor): 19 MB of 224 px crops
+# between them, a GPU batch, a few seconds of CPU inference; chunks spread over the workers while
 # each still commits (and a lost worker repeats) little.
 CLUSTER_CHUNK = 128
 # Inexact images (JPEG draft, bf16) whose log-odds(MSP) over the label space lies within this band of
@@ -358,9 +359,27 @@ def judge(logits: Any, label_wnids: list[str], columns: list[int] | None) -> lis
     ]
 
 
+class DecodeTask(Task):
+    """The filter's first stage on a cluster: a CPU worker reads, decodes and crops a batch of
+    (position, absolute path) for the model, as the local run's DataLoader workers do."""
+
+    def __init__(self, data_config: dict) -> None:
+        self.data_config = data_config
+
+    def setup(self) -> None:
+        from curation.inference import Preprocess
+
+        self.preprocess = Preprocess(self.data_config)
+
+    def run(self, batch: list[tuple[int, str]]) -> Any:
+        from curation.inference import decode_chunk
+
+        return decode_chunk(self.preprocess, [path for _, path in batch], start=batch[0][0])
+
+
 class ScoreTask(Task):
-    """Logits of chunks of images on a cluster worker: the model loaded once per worker (on its GPU
-    when it has one), the same input pipeline and exact fp32 re-check as the local run."""
+    """The filter's second stage on a cluster: logits of decoded chunks in a long-lived worker that
+    loads the model once (on its GPU when it has one), with the local run's exact fp32 re-check."""
 
     resource = "gpu"
 
@@ -386,32 +405,24 @@ class ScoreTask(Task):
                 f"{self.weights_hash}: every node needs the same checkpoint at the same path"
             )
 
-    def run(self, batch: list[tuple[int, list[str]]]) -> list[Any]:
-        from dataclasses import replace
-
-        from curation.inference import iter_logits
+    def run(self, decoded: Any) -> list[Any]:
+        from curation.inference import score_decoded
 
         pipeline = dict(self.pipeline)
         if self.loaded.device.type == "cpu":
-            pipeline["workers"] = 0  # a CPU task holds one core: decode in it
+            pipeline["workers"] = 0  # a CPU actor holds one core: the re-check decodes in it
         if self.min_confidence is not None:
             pipeline["near_decision"] = msp_near_threshold(self.argmax_over, self.min_confidence)
-        parts = []
-        for start, paths in batch:
-            for part in iter_logits(
-                self.loaded, [Path(p) for p in paths], chunk_size=len(paths), argmax_over=self.argmax_over, **pipeline
-            ):
-                errors = {start + position: error for position, error in part.errors.items()}
-                parts.append(replace(part, start=start + part.start, errors=errors))
-        return parts
+        return [score_decoded(self.loaded, decoded, argmax_over=self.argmax_over, **pipeline)]
 
 
-def _cluster_logits(cluster: Any, task: ScoreTask, paths: list[Path], chunk: int, bar: Any) -> Iterator[Any]:
-    """Chunks of logits from a cluster, in the order they finish."""
-    items = [
-        (start, [str(p.absolute()) for p in paths[start : start + chunk]]) for start in range(0, len(paths), chunk)
-    ]
-    for part in cluster.map(task, items, batch_size=1, workers=1):
+def _cluster_logits(
+    cluster: Any, decode: DecodeTask, score: ScoreTask, paths: list[Path], chunk: int, bar: Any
+) -> Iterator[Any]:
+    """Chunks of logits from a cluster, in the order they finish: decoded by CPU tasks, scored by
+    the model's actors."""
+    items = [(position, str(path.absolute())) for position, path in enumerate(paths)]
+    for part in cluster.pipeline(decode, score, items, batch_size=chunk, workers=1):
         bar.update(len(part.logits))
         yield part
 
@@ -426,7 +437,7 @@ def _score_model(
     chunk: int,
     bar: Any,
     min_confidence: float | None = None,
-    cluster_task: tuple[Any, ScoreTask] | None = None,
+    cluster_tasks: tuple[Any, DecodeTask, ScoreTask] | None = None,
 ) -> tuple[set[str], int]:
     """Score ``pairs`` with one model through one input pipeline, committing one chunk of images at a
     time; returns the images that failed and how many were re-checked in fp32. With ``min_confidence``
@@ -446,10 +457,10 @@ def _score_model(
     paths = [by_image[sha][0].path for sha in images]
     failed: set[str] = set()
     rechecked = 0
-    if cluster_task is None:
+    if cluster_tasks is None:
         parts = iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **pipeline)
     else:
-        parts = _cluster_logits(*cluster_task, paths, min(chunk, CLUSTER_CHUNK), bar)
+        parts = _cluster_logits(*cluster_tasks, paths, min(chunk, CLUSTER_CHUNK), bar)
     for part in parts:
         shas = images[part.start : part.start + len(part.logits)]
         errors = {position - part.start: error for position, error in part.errors.items()}
@@ -624,10 +635,14 @@ def _run(args: argparse.Namespace, settings: Any, opts: FilterOptions, cluster: 
     def argmax_over(columns: list[int]) -> list[int] | None:
         return columns if rule in ("restricted", "msp") else None
 
-    tasks: list[tuple[Any, ScoreTask] | None] = [None] * len(models)
+    tasks: list[tuple[Any, DecodeTask, ScoreTask] | None] = [None] * len(models)
     if cluster is not None:
         tasks = [
-            (cluster, ScoreTask(loaded.name, ckpt, loaded.weights_hash, pipeline, argmax_over(columns), min_confidence))
+            (
+                cluster,
+                DecodeTask(loaded.data_config),
+                ScoreTask(loaded.name, ckpt, loaded.weights_hash, pipeline, argmax_over(columns), min_confidence),
+            )
             for (loaded, columns), (_, ckpt) in zip(models, specs, strict=True)
         ]
     todo = n_pending if args.limit is None else min(args.limit, n_pending)
@@ -663,7 +678,7 @@ def _score_pages(
     where: tuple,
     todo: int,
     scoring: tuple[dict, int, float | None],
-    tasks: list[tuple[Any, ScoreTask] | None],
+    tasks: list[tuple[Any, DecodeTask, ScoreTask] | None],
 ) -> _Scored:
     """Score ``todo`` pending pairs, one page of at most PAGE_PAIRS at a time, each pair by the models
     that have not scored it; ``where`` is (class set or None, rule, data dir), ``scoring`` (pipeline,

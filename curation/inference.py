@@ -457,6 +457,25 @@ class LogitsChunk:
     rechecked: int
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """How a run scores its chunks (see :func:`iter_logits`), resolved for the model's device."""
+
+    precision: str
+    batch_size: int
+    workers: int
+    argmax_over: Sequence[int] | None = None
+    margin_recheck: float | None = None
+    near_decision: Any = None
+
+
+def _scoring(loaded: LoadedModel, precision: str, batch_size: int | None, workers: int | None, *rest: Any) -> _Scoring:
+    device = loaded.device
+    batch_size = batch_size or default_batch_size(device)
+    workers = default_workers(device) if workers is None else workers
+    return _Scoring(resolve_precision(precision, device), batch_size, workers, *rest)
+
+
 def iter_logits(
     loaded: LoadedModel,
     paths: Sequence[Path],
@@ -478,9 +497,8 @@ def iter_logits(
     chunk's logits giving the rows whose decision an approximation could flip, in place of the top-2
     margin rule (e.g. an MSP near a threshold)."""
     device = loaded.device
-    precision = resolve_precision(precision, device)
-    batch_size = batch_size or default_batch_size(device)
-    workers = default_workers(device) if workers is None else workers
+    scoring = _scoring(loaded, precision, batch_size, workers, argmax_over, margin_recheck, near_decision)
+    batch_size, workers = scoring.batch_size, scoring.workers
     chunk_size = max(1, -(-chunk_size // batch_size)) * batch_size  # whole batches
     if not paths:
         return
@@ -497,45 +515,110 @@ def iter_logits(
         prefetch_factor=4 if workers else None,
     )
     batches = _tensor_batches(loader, paths, preprocess, device) if tensor_decode else _pil_batches(loader)
-    autocast = torch.autocast(
-        device.type, dtype=_AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision != "fp32"
-    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     for start in range(0, len(paths), chunk_size):
-        end = min(start + chunk_size, len(paths))
-        logits = np.full((end - start, _num_classes(loaded)), np.nan, dtype=np.float32)
-        errors: dict[int, str] = {}
-        approximate = np.zeros(end - start, dtype=bool)
-        rows: list[int] = []
-        outputs = []  # kept on the device until the chunk ends: no GPU sync per batch
-        with torch.inference_mode(), autocast, _strict_fp32(precision == "fp32"):
-            for _ in range(start, end, batch_size):
-                indices, batch, batch_approximate, batch_errors = next(batches)
-                errors.update(batch_errors)
-                approximate[[i - start for i in batch_approximate]] = True
-                if indices:
-                    outputs.append(loaded.model(normalize_batch(batch, loaded.data_config, device)).float())
-                    rows += [i - start for i in indices]
-                if bar is not None:
-                    bar.update(len(indices) + len(batch_errors))
-            if outputs:
-                logits[rows] = torch.cat(outputs).cpu().numpy()
-        inexact = approximate | (precision != "fp32")
-        inexact[[i - start for i in errors]] = False
-        close = np.empty(0, dtype=np.int64)
-        if inexact.any() and near_decision is not None:
-            close = np.flatnonzero(inexact & near_decision(logits))
-        elif inexact.any():
-            threshold: Any = margin_recheck
-            if threshold is None:
-                threshold = recheck_threshold(np.nan_to_num(np.abs(logits).max(axis=1)))
-            close = np.flatnonzero(inexact & (top2_margin(logits, argmax_over) < threshold))
-        if len(close):
-            exact, exact_errors = _exact_logits(loaded, [paths[start + i] for i in close], batch_size, workers)
-            logits[close] = exact
-            errors.update({start + int(close[j]): err for j, err in exact_errors.items()})
-        yield LogitsChunk(start, logits, errors, len(close))
+        yield _chunk_logits(loaded, batches, paths, range(start, min(start + chunk_size, len(paths))), scoring, bar)
+
+
+def _chunk_logits(
+    loaded: LoadedModel, batches: Iterator[tuple], paths: Sequence[Path], span: range, scoring: _Scoring, bar: Any
+) -> LogitsChunk:
+    """Logits of ``paths[span]`` from the next batches of ``batches`` (indices, uint8 [B,3,H,W],
+    approximate indices, errors; ``scoring.batch_size`` paths each), close margins re-checked."""
+    device, start, precision = loaded.device, span.start, scoring.precision
+    logits = np.full((len(span), _num_classes(loaded)), np.nan, dtype=np.float32)
+    errors: dict[int, str] = {}
+    approximate = np.zeros(len(span), dtype=bool)
+    rows: list[int] = []
+    outputs = []  # kept on the device until the chunk ends: no GPU sync per batch
+    autocast = torch.autocast(
+        device.type, dtype=_AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision != "fp32"
+    )
+    with torch.inference_mode(), autocast, _strict_fp32(precision == "fp32"):
+        for _ in range(start, span.stop, scoring.batch_size):
+            indices, batch, batch_approximate, batch_errors = next(batches)
+            errors.update(batch_errors)
+            approximate[[i - start for i in batch_approximate]] = True
+            if indices:
+                outputs.append(loaded.model(normalize_batch(batch, loaded.data_config, device)).float())
+                rows += [i - start for i in indices]
+            if bar is not None:
+                bar.update(len(indices) + len(batch_errors))
+        if outputs:
+            logits[rows] = torch.cat(outputs).cpu().numpy()
+    inexact = approximate | (precision != "fp32")
+    inexact[[i - start for i in errors]] = False
+    close = np.empty(0, dtype=np.int64)
+    if inexact.any() and scoring.near_decision is not None:
+        close = np.flatnonzero(inexact & scoring.near_decision(logits))
+    elif inexact.any():
+        threshold: Any = scoring.margin_recheck
+        if threshold is None:
+            threshold = recheck_threshold(np.nan_to_num(np.abs(logits).max(axis=1)))
+        close = np.flatnonzero(inexact & (top2_margin(logits, scoring.argmax_over) < threshold))
+    if len(close):
+        exact, exact_errors = _exact_logits(
+            loaded, [paths[start + i] for i in close], scoring.batch_size, scoring.workers
+        )
+        logits[close] = exact
+        errors.update({start + int(close[j]): err for j, err in exact_errors.items()})
+    return LogitsChunk(start, logits, errors, len(close))
+
+
+# --------------------------------------------------------------------------- decode here, score elsewhere
+# A cluster decodes on CPU workers and scores in a model's actor (curation.engine's pipeline): the
+# crops travel between them, then the same model pass and exact re-check as iter_logits run.
+
+
+@dataclass
+class DecodedChunk:
+    """``paths`` decoded and cropped by :func:`decode_chunk`; ``start``: the position of ``paths[0]``
+    in the caller's list, which the scores' positions follow."""
+
+    start: int
+    paths: list[str]
+    indices: list[int]  # positions (in ``paths``) of the crops
+    crops: np.ndarray  # uint8 [len(indices), H, W, 3]
+    approximate: list[int]  # positions of crops made with JPEG draft scaling
+    errors: dict[int, str]  # positions that could not be read, with the reason
+
+
+def decode_chunk(preprocess: Preprocess, paths: Sequence[str], start: int = 0) -> DecodedChunk:
+    """Read, decode and crop ``paths`` as :func:`iter_logits`' CPU workers do (one bad file is an
+    error of its position)."""
+    files = _ImageFiles(paths, preprocess)
+    indices, crops, approximate, errors = _collate([files[i] for i in range(len(files))])
+    return DecodedChunk(start, files.paths, indices, crops.numpy(), approximate, errors)
+
+
+def score_decoded(
+    loaded: LoadedModel,
+    chunk: DecodedChunk,
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    precision: str = "fp32",
+    argmax_over: Sequence[int] | None = None,
+    margin_recheck: float | None = None,
+    near_decision: Any = None,
+) -> LogitsChunk:
+    """The logits of a decoded chunk: the model pass and exact re-check of :func:`iter_logits`
+    (``workers``: the re-check's decode threads), positions from ``chunk.start``."""
+    scoring = _scoring(loaded, precision, batch_size, workers, argmax_over, margin_recheck, near_decision)
+    row = {index: k for k, index in enumerate(chunk.indices)}
+
+    def batches() -> Iterator[tuple]:
+        for first in range(0, len(chunk.paths), scoring.batch_size):
+            span = range(first, min(first + scoring.batch_size, len(chunk.paths)))
+            indices = [i for i in span if i in row]
+            crops = torch.from_numpy(chunk.crops[[row[i] for i in indices]]) if indices else torch.empty(0, 0, 0, 0)
+            approximate = [i for i in chunk.approximate if i in span]
+            yield indices, crops.permute(0, 3, 1, 2), approximate, {i: e for i, e in chunk.errors.items() if i in span}
+
+    paths = [Path(p) for p in chunk.paths]
+    part = _chunk_logits(loaded, batches(), paths, range(len(paths)), scoring, None)
+    return LogitsChunk(chunk.start, part.logits, {chunk.start + i: e for i, e in part.errors.items()}, part.rechecked)
 
 
 def _exact_logits(

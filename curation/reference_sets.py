@@ -5,28 +5,33 @@ length, ``keys`` (UTF-8 paths relative to the folder), ``phash`` and ``dhash`` (
 While a folder is hashed, results go to append-only ``chunks/chunk-NNNNNN.npz`` files, each
 written to a temporary name and renamed, so a killed run loses at most one chunk in flight; a
 rerun skips every path already in ``hashes.npz`` or a chunk, and at the end the chunks are merged
-(duplicate keys dropped) into ``hashes.npz``. The same file is what ``export`` writes and
-``import`` reads, so a hashed ImageNet can be shared instead of hashed again.
+(duplicate keys dropped) into ``hashes.npz``. Hashing runs through the engine's executor (worker
+processes here, a Ray cluster's CPUs with ``--engine ray``). The same file is what ``export``
+writes and ``import`` reads, so a hashed ImageNet can be shared instead of hashed again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
 from curation.catalog import Catalog, ReferenceSet, utcnow
+from curation.engine import Executor, Sink, Task
 from curation.errors import CurationError
 from curation.hashing import hash_file
 
 FORMAT = "curation-reference-hashes-v1"
+# Images per hashing task: 32 x ~5 ms of hashing outweighs a task's scheduling cost (the process
+# pool's chunk size before the engine seam).
+HASH_BATCH = 32
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -117,13 +122,20 @@ def list_images(root: Path) -> list[str]:
     return sorted(found)
 
 
-def _hash_one(task: tuple[str, str]) -> tuple[str, int, int, str | None]:
-    key, path = task
-    try:
-        hashes = hash_file(path, orientations=2)  # references are matched in their own orientation
-    except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-item failure
-        return key, 0, 0, f"{type(exc).__name__}: {exc}"
-    return key, hashes.phash, hashes.dhash, None
+class ReferenceHashTask(Task):
+    """Hashes a batch of (key, absolute path) on a worker: (key, phash, dhash, None) or (key, 0, 0,
+    reason) per image; references are matched in their own orientation (2 hashed)."""
+
+    def run(self, batch: list[tuple[str, str]]) -> list[tuple[str, int, int, str | None]]:
+        records: list[tuple[str, int, int, str | None]] = []
+        for key, path in batch:
+            try:
+                hashes = hash_file(path, orientations=2)
+            except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-item failure
+                records.append((key, 0, 0, f"{type(exc).__name__}: {exc}"))
+                continue
+            records.append((key, hashes.phash, hashes.dhash, None))
+        return records
 
 
 def _done_chunks(chunk_dir: Path) -> list[Path]:
@@ -140,10 +152,17 @@ def read_image_list(path: Path) -> list[str]:
 
 
 def add_folder(
-    catalog: Catalog, data_dir: Path, name: str, root: Path, workers: int = 2, chunk_size: int = 2000
+    catalog: Catalog,
+    data_dir: Path,
+    name: str,
+    root: Path,
+    workers: int = 2,
+    chunk_size: int = 2000,
+    executor: Executor | None = None,
 ) -> AddSummary:
     """Hash every image under the folder ``root`` (or named in the list file ``root``, one path a
-    line) into reference set ``name``, resuming an earlier run."""
+    line) into reference set ``name`` on ``executor`` (default: ``workers`` local processes),
+    resuming an earlier run."""
     if root.is_file():
         listed = read_image_list(root)
         base = root.parent
@@ -183,43 +202,32 @@ def add_folder(
     if todo:
         from tqdm import tqdm
 
-        keys: list[str] = []
-        phash: list[int] = []
-        dhash: list[int] = []
-        bad: list[tuple[str, str]] = []
+        from curation.engine.local import LocalExecutor
 
-        def flush() -> None:
-            nonlocal next_chunk, keys, phash, dhash, bad
-            if not keys and not bad:
-                return
+        def write_chunk(records: list[tuple[str, int, int, str | None]]) -> None:
+            nonlocal next_chunk
+            good = [(key, ph, dh) for key, ph, dh, error in records if error is None]
+            bad = [(key, error) for key, _, _, error in records if error is not None]
             failures.extend(bad)
             _write_npz(
                 chunk_dir / f"chunk-{next_chunk:06d}.npz",
-                keys=np.array([k.encode() for k in keys], dtype="S") if keys else np.zeros(0, dtype="S1"),
-                phash=np.array(phash, dtype=np.uint64),
-                dhash=np.array(dhash, dtype=np.uint64),
+                keys=np.array([k.encode() for k, _, _ in good], dtype="S") if good else np.zeros(0, dtype="S1"),
+                phash=np.array([ph for _, ph, _ in good], dtype=np.uint64),
+                dhash=np.array([dh for _, _, dh in good], dtype=np.uint64),
                 failed=np.array([k.encode() for k, _ in bad], dtype="S") if bad else np.zeros(0, dtype="S1"),
                 errors=np.array([e for _, e in bad], dtype=str),
             )
             next_chunk += 1
-            keys, phash, dhash, bad = [], [], [], []
 
-        tasks = ((key, str(base / key)) for key in todo)
-        with Pool(max(1, workers)) as pool:
-            progress = tqdm(total=len(todo), desc=f"hashing {name}", unit="img", file=sys.stderr)
-            for key, ph, dh, error in pool.imap(_hash_one, tasks, chunksize=32):
-                if error is None:
-                    keys.append(key)
-                    phash.append(ph)
-                    dhash.append(dh)
+        items = [(key, str((base / key).absolute())) for key in todo]  # workers have other cwds
+        executor = executor or LocalExecutor()
+        # One chunk file per chunk_size records, whatever the time (a killed run loses one chunk);
+        # a batch that ran twice on a cluster (its worker died) is kept once.
+        with Sink(write_chunk, key=lambda record: record[0], rows=chunk_size, seconds=math.inf) as sink:
+            records = executor.map(ReferenceHashTask(), items, batch_size=HASH_BATCH, workers=max(1, workers))
+            for record in tqdm(records, total=len(todo), desc=f"hashing {name}", unit="img", file=sys.stderr):
+                if sink.add(record) and record[3] is None:  # add is False for a record seen before
                     hashed_now += 1
-                else:
-                    bad.append((key, error))
-                progress.update()
-                if len(keys) + len(bad) >= chunk_size:
-                    flush()
-            flush()
-            progress.close()
 
     parts = [read_hash_file(chunk) for chunk in _done_chunks(chunk_dir)]
     if hash_path.exists():
@@ -227,7 +235,8 @@ def add_folder(
     merged = _merge(parts)
     _save_hashes(hash_path, merged)
     # Files that could not be decoded, with the reason; they are tried again on the next run.
-    (folder / "failed.tsv").write_text("".join(f"{key}\t{error}\n" for key, error in failures), encoding="utf-8")
+    failed_list = "".join(f"{key}\t{error}\n" for key, error in sorted(failures))  # any order from the workers
+    (folder / "failed.tsv").write_text(failed_list, encoding="utf-8")
     shutil.rmtree(chunk_dir)
     with catalog.session() as session:
         row = session.get(ReferenceSet, name)

@@ -143,3 +143,12 @@ def ray_cluster(request: pytest.FixtureRequest):
         return
     with LoopbackCluster(nodes=2, gpu_nodes=1) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def ray_postgres(request: pytest.FixtureRequest):
+    """Inside the namespace, the session's PostgreSQL server, started there (on its 127.0.0.1, where
+    the Ray run reaches it); None outside (the test then re-runs inside)."""
+    from ray_harness import IN_NETNS
+
+    yield request.getfixturevalue("postgres") if os.environ.get(IN_NETNS) else None

@@ -175,6 +175,29 @@ class LoopbackCluster:
         self.cluster.remove_node(node, allow_graceful=False)
         self.nodes.remove(node)
 
+    def tasks_seen(self) -> list[dict[str, Any]]:
+        """Every task the cluster ran so far, from the task events the GCS keeps (for
+        ``ray.timeline``): each attempt (a retry, an actor's restart) as its name (``f`` or
+        ``Class.method``), required resources ({"CPU": 1.0, ...}) and the id of the node it ran on
+        ("" while unknown)."""
+        import ray
+        from ray._private.state import state
+
+        ray.init(address=self.address)
+        try:
+            seen: dict[tuple[bytes, int], dict[str, Any]] = {}
+            for event in state._get_all_task_events():  # several partial events per attempt
+                attempt = (event.task_id, event.attempt_number)
+                task = seen.setdefault(attempt, {"name": "", "resources": {}, "node": ""})
+                if event.HasField("task_info"):
+                    task["name"] = event.task_info.func_or_class_name
+                    task["resources"] = dict(event.task_info.required_resources)
+                if event.HasField("state_updates") and event.state_updates.node_id:
+                    task["node"] = event.state_updates.node_id.hex()
+            return list(seen.values())
+        finally:
+            ray.shutdown()
+
     def stop(self) -> None:
         import ray
 

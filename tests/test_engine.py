@@ -11,7 +11,7 @@ from curation.config import resolve_settings
 from curation.engine import Sink, open_executor
 from curation.engine.local import LocalExecutor
 from curation.errors import CurationError
-from tests.engine_tasks import SquareTask
+from tests.engine_tasks import ModelTask, PrepareTask, SquareTask
 
 
 @pytest.mark.parametrize("threads", [False, True])
@@ -21,6 +21,14 @@ def test_local_map_sets_up_once_per_worker_and_returns_every_record(threads: boo
     assert {setups for *_, setups in records} == {1}  # each worker set up exactly once
     pids = {pid for _, _, pid, _ in records}
     assert pids == {os.getpid()} if threads else (os.getpid() not in pids and len(pids) <= 2)
+
+
+def test_local_pipeline_prepares_in_workers_and_runs_the_model_here_set_up_once() -> None:
+    records = list(LocalExecutor().pipeline(PrepareTask(), ModelTask(), list(range(50)), batch_size=7, workers=2))
+    assert sorted(n for n, *_ in records) == list(range(50))
+    prepared_by = {pid for _, _, pid, *_ in records}
+    assert os.getpid() not in prepared_by and len(prepared_by) <= 2
+    assert {(setups, pid) for *_, setups, pid in records} == {(1, os.getpid())}
 
 
 def test_sink_commits_in_batches_and_keeps_one_record_per_key() -> None:

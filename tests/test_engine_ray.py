@@ -9,10 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, VAL
 
 from curation.engine import EngineOptions
-from tests.engine_tasks import BrokenSetupTask, GpuTask, WhereTask
+from curation.errors import CurationError
+from tests.engine_tasks import BrokenSetupTask, GpuTask, ModelTask, PrepareTask, UnloadableModelTask, WhereTask
 
 pytestmark = pytest.mark.ray
 
@@ -39,8 +40,6 @@ def test_map_uses_both_nodes_sets_up_once_per_worker_and_places_gpu_tasks(ray_cl
 
 @pytest.mark.ray(timeout=300)
 def test_keyed_pool_keeps_each_key_on_one_actor_across_calls_and_spreads_actors(ray_cluster) -> None:
-    from curation.errors import CurationError
-
     with ray_executor(ray_cluster) as executor:
         with executor.keyed(WhereTask(), workers=8) as pool:
             assert pool.shards == 4  # one actor per cluster CPU
@@ -55,8 +54,39 @@ def test_keyed_pool_keeps_each_key_on_one_actor_across_calls_and_spreads_actors(
                 list(pool.map([1, 2, 3], key=str, batch_size=2))
 
 
-def _photo_catalog(root: Path) -> tuple[str, Path]:
-    """A catalog of 30 shared photos, 3 re-encoded and 1 mirrored copies, and 1 unreadable file."""
+@pytest.mark.ray(timeout=300)
+def test_pipeline_prepares_in_cpu_tasks_scores_in_a_gpu_actor_that_survives_its_death_then_cpu_actors(
+    ray_cluster, tmp_path: Path
+) -> None:
+    import ray
+
+    marker = tmp_path / "died"
+    with ray_executor(ray_cluster) as executor:
+        nodes = {n["NodeID"] for n in ray.nodes()}
+        gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
+        records = list(
+            executor.pipeline(PrepareTask(), ModelTask(str(marker), die_on=13), range(60), batch_size=4, workers=1)
+        )
+        assert sorted(n for n, *_ in records) == list(range(60))  # every item once, the dead call's too
+        assert {node for _, node, *_ in records} == nodes  # prepared on both nodes
+        assert {(node, tuple(gpus)) for *_, node, gpus, _, _ in records} == {(gpu_node, ("0",))}
+        scored_by = {pid for *_, pid in records} - {int(marker.read_text())}  # the actor died on item 13
+        assert len(scored_by) == 1  # and its restart scored the rest (calls may run out of order)
+        assert {setups for *_, setups, _ in records} == {1}
+        ray_cluster.cluster.remove_node(ray_cluster.nodes[1])  # the GPU node leaves: CPU actors
+        records = list(executor.pipeline(PrepareTask(), ModelTask(), range(20), batch_size=4, workers=1))
+        head = ray_cluster.nodes[0].node_id
+        assert sorted(n for n, *_ in records) == list(range(20))
+        assert {(node, tuple(gpus)) for *_, node, gpus, _, _ in records} == {(head, ())}
+        with pytest.raises(CurationError, match=r"^a Ray worker failed: ValueError: no weights here$"):
+            list(executor.pipeline(PrepareTask(), UnloadableModelTask(), range(8), batch_size=4, workers=1))
+    actors = [t for t in ray_cluster.tasks_seen() if t["name"] == "_TaskActor.__init__"]
+    assert sorted(t["resources"].get("GPU", 0) for t in actors) == [0, 0, 1]  # one GPU actor (restarted), CPU ones
+
+
+def _photo_catalog(root: Path, url: str | None = None) -> tuple[str, Path]:
+    """A catalog (at ``url``, default a SQLite file in ``root``) of 30 shared photos, 3 re-encoded and
+    1 mirrored copies, and 1 unreadable file."""
     import hashlib
     import io
 
@@ -65,7 +95,7 @@ def _photo_catalog(root: Path) -> tuple[str, Path]:
 
     from curation import catalog as cat
 
-    url, data_dir = f"sqlite:///{root / 'c.sqlite'}", root / "data"
+    url, data_dir = url or f"sqlite:///{root / 'c.sqlite'}", root / "data"
     photos = sorted(SAMPLES.glob("*.JPEG"))[:30]
     catalog = cat.open_catalog(url)
     with catalog.session() as session:
@@ -85,25 +115,31 @@ def _photo_catalog(root: Path) -> tuple[str, Path]:
     return url, data_dir
 
 
-def _dedup_tables(root: Path) -> dict[str, list[tuple]]:
-    """The dedup tables without timestamps; paths in failure reasons relative to ``root``."""
-    con = sqlite3.connect(root / "c.sqlite")
-    con.create_function("unroot", 1, lambda text: text and text.replace(str(root), "ROOT"))
+DEDUP_TABLES = {
+    "hashes": "SELECT sha256, phash, dhash, phash_mirror, dhash_mirror, orientation_hashes FROM perceptual_hashes "
+    "ORDER BY sha256",
+    "statuses": "SELECT sha256, status, cluster_id, label_conflict, reason FROM dedup_status ORDER BY sha256",
+    "links": "SELECT sha256, other, reference, hash_kind, distance FROM duplicate_links ORDER BY sha256, other",
+}
+
+
+def _dedup_tables(root: Path, url: str | None = None) -> dict[str, list[tuple]]:
+    """The dedup tables (of the catalog at ``url``, default the SQLite file in ``root``) without
+    timestamps; paths in failure reasons relative to ``root``."""
+    from sqlalchemy import create_engine, text
+
+    def unroot(value: object) -> object:
+        return value.replace(str(root), "ROOT") if isinstance(value, str) else value
+
+    engine = create_engine(url or f"sqlite:///{root / 'c.sqlite'}")
     try:
-        return {
-            "hashes": con.execute(
-                "SELECT sha256, phash, dhash, phash_mirror, dhash_mirror, orientation_hashes FROM perceptual_hashes "
-                "ORDER BY sha256"
-            ).fetchall(),
-            "statuses": con.execute(
-                "SELECT sha256, status, cluster_id, label_conflict, unroot(reason) FROM dedup_status ORDER BY sha256"
-            ).fetchall(),
-            "links": con.execute(
-                "SELECT sha256, other, reference, hash_kind, distance FROM duplicate_links ORDER BY sha256, other"
-            ).fetchall(),
-        }
+        with engine.connect() as con:
+            return {
+                name: [tuple(map(unroot, row)) for row in con.execute(text(query))]
+                for name, query in DEDUP_TABLES.items()
+            }
     finally:
-        con.close()
+        engine.dispose()
 
 
 @pytest.mark.ray(timeout=400)
@@ -128,6 +164,42 @@ def test_dedup_on_ray_writes_the_same_catalog_as_local(ray_cluster, tmp_path: Pa
     assert len(local["hashes"]) == 34 and len(local["links"]) == 4
     assert sum(status == "failed" for _, status, *_ in local["statuses"]) == 1
     assert ray == local
+
+
+@pytest.mark.ray(timeout=400)
+def test_reference_hashing_and_dedup_on_ray_with_a_postgresql_catalog_equal_local(
+    ray_cluster, ray_postgres, tmp_path: Path, run_cli
+) -> None:
+    import numpy as np
+    from test_dedup import _reference_folder
+
+    from tests.pg_server import PG_TEMPLATE
+
+    references = tmp_path / "imagenet_like"  # 30 val photos, a catalog photo and an unreadable file
+    _reference_folder(references, sorted(VAL.glob("*.JPEG"))[:30])
+    shutil.copy(sorted(SAMPLES.glob("*.JPEG"))[7], references / "n01498041" / "leaked.JPEG")
+    (references / "n01498041" / "broken.jpg").write_bytes(b"not an image")
+    engines = {"local": (), "ray": ("--engine", "ray", "--ray-address", ray_cluster.address)}
+    runs, urls = {}, {}
+    for name, engine in engines.items():
+        urls[name], data_dir = _photo_catalog(tmp_path / name, ray_postgres.create_database(PG_TEMPLATE))
+        cli = ("--db", urls[name], "--data-dir", str(data_dir), *engine)
+        added = run_cli(*cli, "dedup", "reference", "add", "val", str(references), timeout=300)
+        assert added.returncode == 0, added.stderr
+        runs[name] = run_cli(*cli, "dedup", "--against", "val", timeout=300)
+        assert runs[name].returncode == 0, runs[name].stderr
+        runs[name].stdout = added.stdout.replace(str(tmp_path / name), "ROOT") + runs[name].stdout
+    assert ray_cluster.drivers_seen() == 2  # reference add and dedup ran on the cluster
+    assert runs["ray"].stdout == runs["local"].stdout
+    assert "val: 31 hashes (31 hashed now, 0 already done, 1 unreadable" in runs["ray"].stdout
+    assert "1 leaked (against val)" in runs["ray"].stdout
+    local, ray = (_dedup_tables(tmp_path / name, urls[name]) for name in engines)
+    assert len(local["hashes"]) == 34 and sum(link[2] == "val" for link in local["links"]) == 1
+    assert ray == local
+    files = [tmp_path / name / "data" / "references" / "val" for name in engines]
+    with np.load(files[0] / "hashes.npz") as here, np.load(files[1] / "hashes.npz") as there:
+        assert all(np.array_equal(here[k], there[k]) for k in ("keys", "phash", "dhash")) and len(here["keys"]) == 31
+    assert (files[0] / "failed.tsv").read_text() == (files[1] / "failed.tsv").read_text() != ""
 
 
 @pytest.mark.ray(timeout=300)
@@ -190,7 +262,8 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
     stored[0].chmod(0o644)
     stored[0].write_bytes(stored[0].read_bytes()[:600])  # truncated on disk after the download
     shutil.copytree(local, tmp_path / "ray")
-    args = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint))
+    shutil.copytree(local, tmp_path / "no-gpu")
+    args = ("filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--commit-every", "50")
     runs = {}
     for name, engine in (("local", ()), ("ray", ("--engine", "ray", "--ray-address", ray_cluster.address))):
         root = tmp_path / name
@@ -199,12 +272,33 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
         assert runs[name].returncode == 0, runs[name].stderr
     assert "scored 200 image(s)" in runs["local"].stdout and "1 image(s) failed" in runs["local"].stdout
     assert ray_cluster.drivers_seen() == 1  # the Ray run did run on the cluster
+    # Decoding in CPU tasks spread over both nodes (4 chunks of 50 images), the model in one actor
+    # holding the GPU, on the GPU node.
+    gpu_node = ray_cluster.nodes[1].node_id
+    tasks = ray_cluster.tasks_seen()
+    decoded = [t for t in tasks if t["name"] == "_run_batch"]
+    assert len(decoded) == 4 and {t["node"] for t in decoded} == {n.node_id for n in ray_cluster.nodes}
+    assert all(t["resources"] == {"CPU": 1.0} for t in decoded)
+    assert [t["resources"] for t in tasks if t["name"] == "_TaskActor.__init__"] == [{"GPU": 1.0}]
+    scored = [t for t in tasks if t["name"] == "_TaskActor.run"]
+    assert len(scored) == 4 and {t["node"] for t in scored} == {gpu_node}
     local_tables, ray_tables = _filter_tables(tmp_path / "local"), _filter_tables(tmp_path / "ray")
     assert len(local_tables["predictions"]) == 200 and len(local_tables["verdicts"]) == 199
     assert ray_tables == local_tables
     # The summary lines agree but for how many images were re-checked (chunks differ, decisions do not).
     same = [re.sub(r"\d+ re-checked", "N re-checked", runs[name].stdout) for name in ("local", "ray")]
     assert same[0] == same[1]
+    # Once the GPU node has left, CPU actors score: the same decisions (on 60 pairs, to stay short).
+    ray_cluster.cluster.remove_node(ray_cluster.nodes[1])
+    root = tmp_path / "no-gpu"
+    db = ("--db", str(root / "catalog.sqlite"), "--data-dir", str(root / "data"))
+    result = run_cli(*db, "--engine", "ray", "--ray-address", ray_cluster.address, *args, "--limit", "60", timeout=300)
+    assert result.returncode == 0 and "scored 60 image(s)" in result.stdout, result.stderr
+    actors = [t["resources"] for t in ray_cluster.tasks_seen() if t["name"] == "_TaskActor.__init__"]
+    assert sorted(actors, key=str) == [{"CPU": 1.0}, {"GPU": 1.0}]  # 2 CPUs left: one scores, one decodes
+    cpu_tables = _filter_tables(root)
+    assert len(cpu_tables["predictions"]) == 60 and len(cpu_tables["verdicts"]) >= 59
+    assert all(set(cpu_tables[table]) <= set(local_tables[table]) for table in cpu_tables)
 
 
 # --------------------------------------------------------------------------- crawl

@@ -120,6 +120,24 @@ def test_corrupt_and_missing_files_are_nan_rows_with_reasons(lite0, tmp_path):
     assert np.isfinite(result.logits[0]).all() and np.isnan(result.logits[1:]).all()
 
 
+def test_decoded_elsewhere_scores_as_iter_logits(lite0, tmp_path):
+    """A cluster's two stages (decode_chunk on a CPU worker, score_decoded in the model's actor) give
+    iter_logits' logits, errors and re-checks, at the caller's positions."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((SAMPLES / "n01498041.JPEG").read_bytes()[:300])
+    paths = _sample_paths()[12:24] + [broken] + _sample_paths()[-8:]  # the largest (drafted), small ones
+    options = {"precision": "bf16", "batch_size": 8, "workers": 0}
+    [local] = inf.iter_logits(lite0, paths, chunk_size=len(paths), **options)
+    decoded = inf.decode_chunk(inf.Preprocess(lite0.data_config), [str(p) for p in paths], start=40)
+    assert len(decoded.indices) == len(paths) - 1 and decoded.crops.shape == (len(paths) - 1, 224, 224, 3)
+    assert decoded.approximate and set(decoded.errors) == {12}
+    scored = inf.score_decoded(lite0, decoded, **options)
+    assert scored.start == 40 and list(scored.errors) == [52] and scored.errors[52] == local.errors[12]
+    assert scored.rechecked == local.rechecked > 0
+    assert np.array_equal(np.isnan(scored.logits), np.isnan(local.logits))
+    assert np.abs(np.nan_to_num(scored.logits - local.logits)).max() < 1e-4
+
+
 def test_tensor_decode_path_on_cpu_handles_png_cmyk_and_corrupt_files(lite0, tmp_path):
     """The GPU path's code (batched torchvision decode + tensor resize), run on the CPU."""
     source = SAMPLES / "n01531178.JPEG"

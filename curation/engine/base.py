@@ -23,6 +23,9 @@ class Task:
         """Open what every batch reuses (an HTTP pool, a model)."""
 
     def run(self, batch: Sequence[Any]) -> list[Any]:
+        """One record per item of ``batch``. As the first stage of :meth:`Executor.pipeline`, one
+        value for the whole batch instead (e.g. its decoded images); as the second, ``batch`` is
+        that value."""
         raise NotImplementedError
 
 
@@ -60,6 +63,16 @@ class Executor(Protocol):
 
     def keyed(self, task: Task, *, workers: int) -> KeyedPool:
         """A :class:`KeyedPool` of ``task`` using ``workers`` threads in all."""
+        ...
+
+    def pipeline(
+        self, prepare: Task, task: Task, items: Sequence[Any], *, batch_size: int, workers: int
+    ) -> Iterator[Any]:
+        """Two stages per batch: ``prepare`` on CPU workers (read, decode) turns it into one value,
+        which ``task`` turns into records in a few long-lived workers holding ``task.resource``
+        (one per GPU; CPU workers where there is none) that set it up once (load the model). Yields
+        the records in any order, as ``map`` does; the prepared values go from worker to worker,
+        not through the driver where the back-end can."""
         ...
 
     def close(self) -> None:

@@ -42,18 +42,31 @@ class LocalExecutor:
         return cls()
 
     def map(self, task: Task, items: Sequence[Any], *, batch_size: int, workers: int) -> Iterator[Any]:
+        for records in self._run_batches(task, items, batch_size, workers):
+            yield from records
+
+    def pipeline(
+        self, prepare: Task, task: Task, items: Sequence[Any], *, batch_size: int, workers: int
+    ) -> Iterator[Any]:
+        """``prepare`` in the worker pool, ``task`` set up once in this process (the one accelerator)."""
+        if not items:
+            return
+        task.setup()
+        for prepared in self._run_batches(prepare, items, batch_size, workers):
+            yield from task.run(prepared)
+
+    def _run_batches(self, task: Task, items: Sequence[Any], batch_size: int, workers: int) -> Iterator[Any]:
+        """``task.run`` of every batch, in order for threads, as they finish for processes."""
         if not items:
             return
         workers = max(1, min(workers, -(-len(items) // batch_size)))
         if self.threads:
             task.setup()
             with ThreadPoolExecutor(workers, thread_name_prefix=f"{type(task).__name__}") as pool:
-                for records in pool.map(task.run, batches(items, batch_size)):
-                    yield from records
+                yield from pool.map(task.run, batches(items, batch_size))
             return
         with multiprocessing.Pool(workers, _init_worker, (task,)) as pool:
-            for records in pool.imap_unordered(_run_batch, batches(items, batch_size)):
-                yield from records
+            yield from pool.imap_unordered(_run_batch, batches(items, batch_size))
 
     def keyed(self, task: Task, *, workers: int) -> LocalKeyedPool:
         return LocalKeyedPool(task, workers)
