@@ -295,6 +295,24 @@ class Annotation(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ReviewCount(Base):
+    """How many reviewable pairs of a class hold ``votes`` non-skip verdicts (``annotator`` = ''),
+    and how many of them ``annotator`` has a verdict on: the review queue's sizes in O(classes).
+    Derived: triggers keep it exact in every transaction that writes verdicts, filter verdicts or
+    dedup statuses (migration 0009); a catalog copy rebuilds it instead of copying it."""
+
+    __tablename__ = "review_counts"
+    __table_args__ = (
+        Index("ix_review_counts_zero", "annotator", sqlite_where=text("pairs = 0"), postgresql_where=text("pairs = 0")),
+        {"info": {"derived": True}},
+    )
+
+    annotator: Mapped[str] = mapped_column(String(100), primary_key=True)
+    wnid: Mapped[str] = mapped_column(String(16), primary_key=True)
+    votes: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pairs: Mapped[int] = mapped_column(Integer)
+
+
 # --------------------------------------------------------------------------- release
 
 
