@@ -519,20 +519,25 @@ def _cluster_everything(
     every = full or bool(unchecked)
     affected = np.ones(len(table.shas), bool) if every else np.isin(roots, roots[table.new])
     _write_clusters(catalog, table, roots, affected, leaked)
-    _mark_clustered(catalog, table.shas[new_rows])
+    _mark_clustered(catalog, None)
     return bool(len(new_rows))
 
 
-def _mark_clustered(catalog: Catalog, shas: np.ndarray) -> None:
-    """Record that these images are clustered and in the stored index (last: a crash before leaves
-    them new, and the next run clusters them again to the same result)."""
+def _mark_clustered(catalog: Catalog, shas: np.ndarray | None) -> None:
+    """Record that these images (None: every one not clustered yet; dedup is the only writer of the
+    hashes, so those are the ones it read) are clustered and in the stored index. Last: a crash
+    before leaves them new, and the next run clusters them again to the same result."""
     from sqlalchemy import update
 
     from curation.catalog import PerceptualHash
 
+    hashes = PerceptualHash.__table__
     with catalog.session() as session:
+        if shas is None:
+            session.execute(update(hashes).where(hashes.c.clustered.is_(False)).values(clustered=True))
+            return
         for part in _chunks([sha.decode() for sha in shas]):
-            session.execute(update(PerceptualHash).where(PerceptualHash.sha256.in_(part)).values(clustered=True))
+            session.execute(update(hashes).where(hashes.c.sha256.in_(part)).values(clustered=True))
 
 
 def _cluster_members(catalog: Catalog, shas: list[str]) -> set[str]:
