@@ -789,25 +789,43 @@ def test_a_lost_index_is_rebuilt_from_the_catalog(catalog, tmp_path):
 
     rng = np.random.default_rng(3)
     codes = [int(v) for v in rng.integers(0, 2**63, size=40, dtype=np.int64)]
+    mirrors = [int(v) for v in rng.integers(0, 2**63, size=4, dtype=np.int64)]
     d = 0x1234_5678_9ABC_DEF0
     with catalog.session() as session:
         old = _insert_hashes(session, [(c, d, c ^ (1 << 63), d) for c in codes])
     dedup(catalog, tmp_path)
     shutil.rmtree(index_dir(tmp_path))
     with catalog.session() as session:
-        (copy,) = _insert_hashes(session, [(codes[7] ^ 0b11, d, 0, d)], start=40)
+        (copy,) = _insert_hashes(session, [(codes[7] ^ 0b11, d, mirrors[0], d)], start=40)
     with _rows_read() as read:
         summary = dedup(catalog, tmp_path)
         assert read == [41] and summary.clusters == 1 and statuses(catalog)[copy].cluster_id in (old[7], copy)
         with catalog.session() as session:
-            (second,) = _insert_hashes(session, [(codes[9] ^ 0b101, d, 1, d)], start=41)
+            (second,) = _insert_hashes(session, [(codes[9] ^ 0b101, d, mirrors[1], d)], start=41)
         summary = dedup(catalog, tmp_path)
     assert read[1] == 1 + 2 and summary.clusters == 2  # the new image twice, the one it joins
     assert statuses(catalog)[second].cluster_id in (old[9], second)
+
+    def segments() -> list[tuple[str, int]]:
+        with catalog.session() as session:
+            state = json.loads(session.get(cat.Meta, INDEX_META).value)
+        named = [(entry["name"], entry["rows"]) for entry in state["segments"]]
+        assert {folder.name for folder in index_dir(tmp_path).iterdir()} == {name for name, _ in named}
+        return named
+
+    assert [rows for _, rows in segments()] == [41, 1]  # the rebuilt index, then the rerun's segment
+    # Two more reruns: the second one-row segment merges with the first; a copy of an image of the
+    # merged segment (its mirror matching the new image's own hashes) is still found.
     with catalog.session() as session:
-        named = [(s["name"], s["rows"]) for s in json.loads(session.get(cat.Meta, INDEX_META).value)["segments"]]
-    assert [rows for _, rows in named] == [41, 1]  # the rebuilt index, then the rerun's segment
-    assert {folder.name for folder in index_dir(tmp_path).iterdir()} == {name for name, _ in named}
+        (third,) = _insert_hashes(session, [(codes[11] ^ 0b1, d, mirrors[2], d)], start=42)
+    dedup(catalog, tmp_path)
+    assert [rows for _, rows in segments()] == [41, 2]
+    with catalog.session() as session:
+        (fourth,) = _insert_hashes(session, [(mirrors[1] ^ 0b1000, d, mirrors[3], d)], start=43)
+    summary = dedup(catalog, tmp_path)
+    rows = statuses(catalog)
+    assert rows[fourth].cluster_id == rows[second].cluster_id and rows[third].cluster_id in (old[11], third)
+    assert summary.clusters == 3 and [rows for _, rows in segments()] == [41, 3]  # merged again
 
 
 def test_dedup_of_an_empty_catalog_ends_cleanly(run_cli, tmp_path: Path) -> None:
