@@ -9,8 +9,9 @@ linearly (it does the same work for every query); the index's answers on that su
 brute force's.
 
 Part 3 (``--rerun N``) — a dedup rerun after adding 100 images to a catalog of N hashed images
-(synthetic hash rows, 1 % of them near-copies of others), against the first, full dedup of the same
-catalog, median and range of ``--repeats`` reruns, in one process.
+(synthetic hash rows, 1 % of them near-copies of 1,000 others, and 10 % of each 100 new ones),
+against the first, full dedup of the same catalog: median and range of ``--repeats`` reruns, in one
+process.
 
 Part 2 — images/s for hashing real JPEGs from ``../shared/images``: our draft-mode decode
 (``curation.hashing.hash_file``: pHash + dHash of the image and of its mirror, and of all eight
@@ -164,15 +165,19 @@ def _bench_hashing_blobs(folder: str, blobs: list[bytes]) -> None:
     print()
 
 
-def _synthetic_rows(rng: np.random.Generator, start: int, n: int, pool: np.ndarray | None) -> list[dict]:
-    """``n`` Image + hash rows; 1 % are copies (a few bits apart) of codes from ``pool``."""
+def _synthetic_rows(
+    rng: np.random.Generator, start: int, n: int, pool: np.ndarray | None, share: float = 0.01
+) -> list[dict]:
+    """``n`` Image + hash rows; a ``share`` of them are copies (a few bits apart) of rows of ``pool``."""
     from curation.hashing import to_signed
 
     codes = balanced_codes(rng, 2 * n).reshape(n, 2)
-    if pool is not None and len(pool):
-        planted = rng.choice(n, size=max(1, n // 100), replace=False)
-        codes[planted] = pool[rng.choice(len(pool), size=len(planted))] ^ np.uint64(0b101)
     dhash = rng.integers(0, 2**63, size=(n, 2), dtype=np.int64)
+    if pool is not None and len(pool):  # (pHash, dHash) rows: the copies differ in 2 bits of each
+        planted = rng.choice(n, size=max(1, int(n * share)), replace=False)
+        originals = pool[rng.choice(len(pool), size=len(planted))]
+        codes[planted] = (originals[:, 0] ^ np.uint64(0b101))[:, None]
+        dhash[planted] = (originals[:, 1].astype(np.int64) ^ 0b11)[:, None]
     rows = []
     for k in range(n):
         sha = hashlib.sha256(f"bench {start + k}".encode()).hexdigest()
@@ -218,21 +223,25 @@ def bench_rerun(n: int, new: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         catalog = cat.open_catalog(f"sqlite:///{data_dir / 'catalog.sqlite'}")
-        first = _synthetic_rows(rng, 0, n, None)
-        pool = np.array([int(r["phash"]) % 2**64 for r in first[:1000]], dtype=np.uint64)
-        _add_rows(catalog, first)
+        seeds = _synthetic_rows(rng, 0, 1000, None)
+        pool = np.array([(int(r["phash"]) % 2**64, r["dhash"] % 2**64) for r in seeds], dtype=np.uint64)
+        _add_rows(catalog, seeds + _synthetic_rows(rng, 1000, n - 1000, pool))
+
+        lines = []
 
         def dedup() -> float:
             start = time.perf_counter()
-            run_stage(catalog, data_dir, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], workers=1)
+            summary = run_stage(catalog, data_dir, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], workers=1)
+            lines.append(summary.line())
             return time.perf_counter() - start
 
         full = dedup()
         reruns = []
         for round_ in range(repeats):
-            _add_rows(catalog, _synthetic_rows(rng, n + round_ * new, new, pool))
+            _add_rows(catalog, _synthetic_rows(rng, n + round_ * new, new, pool, share=0.1))
             reruns.append(dedup())
         catalog.engine.dispose()
+    print(f"{lines[0]}\n{lines[-1]}\n")
     median = statistics.median(reruns)
     print(f"## Dedup rerun: +{new} images into {n:,} hashed images ({repeats} reruns)\n")
     print(f"first (full) dedup: {full:.2f} s")
