@@ -410,6 +410,7 @@ def run_stage(
     from curation import reference_sets
     from curation.catalog import Meta
     from curation.dedup_index import StoredIndex
+    from curation.dialect import catalog_lock
 
     references = {name: reference_sets.load(catalog, data_dir, name) for name in against}  # fail before work
     if orientations not in ORIENTATION_CHOICES:
@@ -421,21 +422,24 @@ def run_stage(
     hashed_now, rehashed, failures = _hash_new_images(catalog, data_dir, workers, orientations, executor)
     rule = f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations"
     match = _Match(max_distance, margin, orientations, rule)
-    with catalog.session() as session:
-        stored = session.get(Meta, RULE_META)
-        full = rehashed > 0 or stored is None or stored.value != rule
-    checked, signatures = _reference_signatures(catalog, rule, against)
-    unchecked = {name: ref for name, ref in references.items() if checked.get(name) != signatures[name]}
-    index = None if full or unchecked else StoredIndex.open(catalog, data_dir, rule, max_distance, 2 * orientations)
-    if index is not None:
-        clustered = _cluster_new(catalog, index, references, match)
-    else:
-        clustered = _cluster_everything(catalog, data_dir, references, unchecked, match, full)
-    _write_changes(catalog, {sha: _status_row(sha, "failed", reason=reason) for sha, reason in failures.items()}, {})
-    with catalog.session() as session:
-        session.merge(Meta(key=RULE_META, value=rule))
-        kept = {} if clustered or full else checked  # images clustered without a set must be checked again
-        session.merge(Meta(key=REFERENCES_META, value=json.dumps({**kept, **signatures}, sort_keys=True)))
+    with catalog_lock(catalog.engine, "dedup"):  # one run at a time owns the stored index
+        with catalog.session() as session:
+            stored = session.get(Meta, RULE_META)
+            full = rehashed > 0 or stored is None or stored.value != rule
+        checked, signatures = _reference_signatures(catalog, rule, against)
+        unchecked = {name: ref for name, ref in references.items() if checked.get(name) != signatures[name]}
+        columns = 2 * orientations
+        index = None if full or unchecked else StoredIndex.open(catalog, data_dir, rule, max_distance, columns)
+        if index is not None:
+            clustered = _cluster_new(catalog, index, references, match)
+        else:
+            clustered = _cluster_everything(catalog, data_dir, references, unchecked, match, full)
+        failed = {sha: _status_row(sha, "failed", reason=reason) for sha, reason in failures.items()}
+        _write_changes(catalog, failed, {})
+        with catalog.session() as session:
+            session.merge(Meta(key=RULE_META, value=rule))
+            kept = {} if clustered or full else checked  # images clustered without a set are checked again
+            session.merge(Meta(key=REFERENCES_META, value=json.dumps({**kept, **signatures}, sort_keys=True)))
     summary = _summarise(catalog)
     summary.hashed_now, summary.rehashed, summary.failed = hashed_now, rehashed, len(failures)
     summary.against, summary.rule = list(against), rule
