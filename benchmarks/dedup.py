@@ -8,6 +8,11 @@ references, per query) runs in the same process on a subset of the queries and i
 linearly (it does the same work for every query); the index's answers on that subset must equal
 brute force's.
 
+Part 3 (``--rerun N``) — a dedup rerun after adding 100 images to a catalog of N hashed images
+(synthetic hash rows, 1 % of them near-copies of 1,000 others, and 10 % of each 100 new ones),
+against the first, full dedup of the same catalog: median and range of ``--repeats`` reruns, in one
+process.
+
 Part 2 — images/s for hashing real JPEGs from ``../shared/images``: our draft-mode decode
 (``curation.hashing.hash_file``: pHash + dHash of the image and of its mirror, and of all eight
 orientations as ``--orientations 8`` stores) against plain ``imagehash`` pHash + dHash on full
@@ -15,11 +20,13 @@ decodes, one process each.
 
     .venv/bin/python benchmarks/dedup.py                       # full size
     .venv/bin/python benchmarks/dedup.py --references 200000 --queries 10000   # quick
+    .venv/bin/python benchmarks/dedup.py --rerun 100000        # part 3 only
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import sys
 import time
@@ -158,6 +165,92 @@ def _bench_hashing_blobs(folder: str, blobs: list[bytes]) -> None:
     print()
 
 
+def _synthetic_rows(
+    rng: np.random.Generator, start: int, n: int, pool: np.ndarray | None, share: float = 0.01
+) -> list[dict]:
+    """``n`` Image + hash rows; a ``share`` of them are copies (a few bits apart) of rows of ``pool``."""
+    from curation.hashing import to_signed
+
+    codes = balanced_codes(rng, 2 * n).reshape(n, 2)
+    dhash = rng.integers(0, 2**63, size=(n, 2), dtype=np.int64)
+    if pool is not None and len(pool):  # (pHash, dHash) rows: the copies differ in 2 bits of each
+        planted = rng.choice(n, size=max(1, int(n * share)), replace=False)
+        originals = pool[rng.choice(len(pool), size=len(planted))]
+        codes[planted] = (originals[:, 0] ^ np.uint64(0b101))[:, None]
+        dhash[planted] = (originals[:, 1].astype(np.int64) ^ 0b11)[:, None]
+    rows = []
+    for k in range(n):
+        sha = hashlib.sha256(f"bench {start + k}".encode()).hexdigest()
+        rows.append(
+            {
+                "sha256": sha,
+                "phash": to_signed(int(codes[k, 0])),
+                "dhash": int(dhash[k, 0]),
+                "phash_mirror": to_signed(int(codes[k, 1])),
+                "dhash_mirror": int(dhash[k, 1]),
+            }
+        )
+    return rows
+
+
+def _add_rows(catalog, rows: list[dict]) -> None:
+    from sqlalchemy import insert
+
+    from curation import catalog as cat
+
+    with catalog.session() as session:
+        for begin in range(0, len(rows), 20_000):
+            part = rows[begin : begin + 20_000]
+            session.execute(
+                insert(cat.Image),
+                [
+                    {"sha256": r["sha256"], "path": "x.jpg", "width": 64, "height": 64, "format": "JPEG", "bytes": 1}
+                    for r in part
+                ],
+            )
+            session.execute(insert(cat.PerceptualHash), part)
+
+
+def bench_rerun(n: int, new: int, repeats: int) -> None:
+    """A dedup rerun with ``new`` images against a catalog of ``n``, vs the first full run."""
+    import statistics
+    import tempfile
+
+    from curation import catalog as cat
+    from curation.dedup import DEFAULT_DHASH_MARGIN, run_stage
+
+    rng = np.random.default_rng(11)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        catalog = cat.open_catalog(f"sqlite:///{data_dir / 'catalog.sqlite'}")
+        seeds = _synthetic_rows(rng, 0, 1000, None)
+        pool = np.array([(int(r["phash"]) % 2**64, r["dhash"] % 2**64) for r in seeds], dtype=np.uint64)
+        _add_rows(catalog, seeds + _synthetic_rows(rng, 1000, n - 1000, pool))
+
+        lines = []
+
+        def dedup() -> float:
+            start = time.perf_counter()
+            summary = run_stage(catalog, data_dir, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], workers=1)
+            lines.append(summary.line())
+            return time.perf_counter() - start
+
+        full = dedup()
+        reruns = []
+        for round_ in range(repeats):
+            _add_rows(catalog, _synthetic_rows(rng, n + round_ * new, new, pool, share=0.1))
+            reruns.append(dedup())
+        catalog.engine.dispose()
+    print(f"{lines[0]}\n{lines[-1]}\n")
+    median = statistics.median(reruns)
+    print(f"## Dedup rerun: +{new} images into {n:,} hashed images ({repeats} reruns)\n")
+    print(f"first (full) dedup: {full:.2f} s")
+    print(
+        f"rerun +{new}: median {median:.3f} s (range {min(reruns):.3f}-{max(reruns):.3f}); "
+        f"{full / median:.1f}x faster than the full run\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--references", type=int, default=1_281_167)
@@ -165,7 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brute-queries", type=int, default=2_000, help="queries brute force really runs")
     parser.add_argument("--radius", type=int, default=DEFAULT_MAX_DISTANCE)
     parser.add_argument("--images", type=int, default=200, help="real JPEGs to hash from each shared folder")
+    parser.add_argument("--rerun", type=int, default=0, help="part 3 only: hashed images in the catalog")
+    parser.add_argument("--new", type=int, default=100, help="images added before each rerun")
+    parser.add_argument("--repeats", type=int, default=3, help="reruns measured")
     args = parser.parse_args(argv)
+    if args.rerun:
+        bench_rerun(args.rerun, args.new, args.repeats)
+        return 0
     bench_index(args.references, args.queries, min(args.brute_queries, args.queries), args.radius)
     bench_hashing(args.images)
     return 0

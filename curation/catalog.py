@@ -32,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     func,
     inspect,
     select,
@@ -212,6 +213,14 @@ class PerceptualHash(Base):
     """64-bit perceptual hashes of an image (stored as signed 64-bit integers)."""
 
     __tablename__ = "perceptual_hashes"
+    __table_args__ = (
+        Index(  # the images dedup has not clustered yet: a rerun finds them without a scan (migration 0008)
+            "ix_perceptual_hashes_unclustered",
+            "sha256",
+            sqlite_where=text("clustered IS 0"),
+            postgresql_where=text("clustered IS false"),
+        ),
+    )
 
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
     phash: Mapped[int] = mapped_column(BigInteger)
@@ -221,6 +230,7 @@ class PerceptualHash(Base):
     # (pHash, dHash) of the six other orientations (rotations, their mirrors): 12 big-endian uint64
     # (curation.hashing.pack_extra); NULL until `dedup --orientations 8` hashes them (rows before 0004 too).
     orientation_hashes: Mapped[bytes | None] = mapped_column(LargeBinary)
+    clustered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # by dedup, into the index
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -231,7 +241,8 @@ class DedupStatus(Base):
 
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    cluster_id: Mapped[str | None] = mapped_column(String(64))  # sha256 of the representative
+    # sha256 of the representative; indexed: a dedup rerun reads the clusters new images join by it
+    cluster_id: Mapped[str | None] = mapped_column(String(64), index=True)
     label_conflict: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str | None] = mapped_column(Text)  # why an image could not be hashed (status "failed")
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -282,6 +293,24 @@ class Annotation(Base):
     verdict: Mapped[str] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ReviewCount(Base):
+    """How many reviewable pairs of a class hold ``votes`` non-skip verdicts (``annotator`` = ''),
+    and how many of them ``annotator`` has a verdict on: the review queue's sizes in O(classes).
+    Derived: triggers keep it exact in every transaction that writes verdicts, filter verdicts or
+    dedup statuses (migration 0009); a catalog copy rebuilds it instead of copying it."""
+
+    __tablename__ = "review_counts"
+    __table_args__ = (
+        Index("ix_review_counts_zero", "annotator", sqlite_where=text("pairs = 0"), postgresql_where=text("pairs = 0")),
+        {"info": {"derived": True}},
+    )
+
+    annotator: Mapped[str] = mapped_column(String(100), primary_key=True)
+    wnid: Mapped[str] = mapped_column(String(16), primary_key=True)
+    votes: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pairs: Mapped[int] = mapped_column(Integer)
 
 
 # --------------------------------------------------------------------------- release

@@ -20,9 +20,11 @@ images, hashed in parallel and resumably, or a hash file), ``reference import NA
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -362,18 +364,21 @@ def _hash_new_images(
 
 LOAD_BLOCK = 10_000  # hash rows read and turned into arrays at a time
 RULE_META = "dedup:rule"  # the match rule the stored clusters were made with
+# The reference sets every clustered image has been checked against, and what they were then.
+REFERENCES_META = "dedup:references"
+NEW_ONLY = object()  # _load_table's subset: the images new to dedup
 # Images whose statuses are decided, compared with the catalog and written at once.
 STATUS_BATCH = 5000
 
 
 @dataclass
 class _Table:
-    """Every hashed image in sha256 order (an image's id is its row): hashes of the queried
-    orientations, whether it is new to dedup, and the row of its stored cluster's representative."""
+    """Hashed images in sha256 order (an image's id is its row): hashes of the queried orientations,
+    whether it is new to dedup (not clustered yet), and the row of its stored cluster's representative."""
 
     shas: np.ndarray  # S64: hex sha256
     hashes: np.ndarray  # (n, 2 * orientations) uint64
-    new: np.ndarray  # bool: no status yet, or a failed one
+    new: np.ndarray  # bool: not clustered yet
     stored_cluster: np.ndarray  # int64 row, -1 when none
 
     def rows(self, shas: Any) -> np.ndarray:
@@ -399,12 +404,13 @@ def run_stage(
 ) -> Summary:
     """Hash new images, cluster near-duplicates (each image queried in ``orientations`` orientations,
     2 or 8), check reference sets, and write the statuses and links that changed. With the rule of
-    the stored clusters and nothing rehashed, only new images are queried (against all) and merged
-    into the stored clusters; otherwise every image is."""
-    import numpy as np
-
+    the stored clusters, nothing rehashed and every reference set checked before, only the new
+    images are searched in the stored index (:mod:`curation.dedup_index`) and only the clusters they
+    hit are read and rewritten; otherwise every image is read (and the index rebuilt)."""
     from curation import reference_sets
     from curation.catalog import Meta
+    from curation.dedup_index import StoredIndex
+    from curation.dialect import catalog_lock
 
     references = {name: reference_sets.load(catalog, data_dir, name) for name in against}  # fail before work
     if orientations not in ORIENTATION_CHOICES:
@@ -415,44 +421,159 @@ def run_stage(
         executor = LocalExecutor()
     hashed_now, rehashed, failures = _hash_new_images(catalog, data_dir, workers, orientations, executor)
     rule = f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations"
-    with catalog.session() as session:
-        stored = session.get(Meta, RULE_META)
-        full = rehashed > 0 or stored is None or stored.value != rule
-        idle = not full and not references and _count_new(session) == 0
-    if not idle:
-        table = _load_table(catalog, orientations, full)
-        roots = _cluster(table, max_distance, margin, full)
-        leaked = _check_references(catalog, table, references, max_distance, margin)
-        every = full or bool(references)
-        affected = np.ones(len(table.shas), bool) if every else np.isin(roots, roots[table.new])
-        _write_clusters(catalog, table, roots, affected, leaked)
-    _write_changes(catalog, {sha: _status_row(sha, "failed", reason=reason) for sha, reason in failures.items()}, {})
-    with catalog.session() as session:
-        session.merge(Meta(key=RULE_META, value=rule))
+    match = _Match(max_distance, margin, orientations, rule)
+    with catalog_lock(catalog.engine, "dedup"):  # one run at a time owns the stored index
+        with catalog.session() as session:
+            stored = session.get(Meta, RULE_META)
+            full = rehashed > 0 or stored is None or stored.value != rule
+        checked, signatures = _reference_signatures(catalog, rule, against)
+        unchecked = {name: ref for name, ref in references.items() if checked.get(name) != signatures[name]}
+        columns = 2 * orientations
+        index = None if full or unchecked else StoredIndex.open(catalog, data_dir, rule, max_distance, columns)
+        if index is not None:
+            clustered = _cluster_new(catalog, index, references, match)
+        else:
+            clustered = _cluster_everything(catalog, data_dir, references, unchecked, match, full)
+        failed = {sha: _status_row(sha, "failed", reason=reason) for sha, reason in failures.items()}
+        _write_changes(catalog, failed, {})
+        with catalog.session() as session:
+            session.merge(Meta(key=RULE_META, value=rule))
+            kept = {} if clustered or full else checked  # images clustered without a set are checked again
+            session.merge(Meta(key=REFERENCES_META, value=json.dumps({**kept, **signatures}, sort_keys=True)))
     summary = _summarise(catalog)
     summary.hashed_now, summary.rehashed, summary.failed = hashed_now, rehashed, len(failures)
     summary.against, summary.rule = list(against), rule
     return summary
 
 
-def _count_new(session: Any) -> int:
-    """Hashed images without a status (or with a failed one): an indexed anti-join count."""
-    from sqlalchemy import func, or_, select
+@dataclass(frozen=True)
+class _Match:
+    """The match rule in force."""
 
-    from curation.catalog import DedupStatus, PerceptualHash
-
-    stmt = (
-        select(func.count())
-        .select_from(PerceptualHash)
-        .outerjoin(DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256)
-        .where(or_(DedupStatus.sha256.is_(None), DedupStatus.status == "failed"))
-    )
-    return int(session.scalar(stmt) or 0)
+    max_distance: int
+    margin: int
+    orientations: int
+    rule: str
 
 
-def _load_table(catalog: Catalog, orientations: int, full: bool) -> _Table:
-    """Stream every hash row into numpy arrays, a block of rows at a time (~0.2 KB an image with 2
-    orientations; no per-image Python object outlives its block)."""
+def _reference_signatures(catalog: Catalog, rule: str, names: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The reference sets every clustered image was checked against, as they were then (hash file,
+    size, time and the rule), and what the sets ``names`` are now."""
+    from curation.catalog import Meta, ReferenceSet
+
+    with catalog.session() as session:
+        stored = session.get(Meta, REFERENCES_META)
+        try:
+            checked = {str(k): str(v) for k, v in json.loads(stored.value).items()} if stored else {}
+        except (ValueError, AttributeError):
+            checked = {}
+        signatures = {}
+        for name in names:
+            row = session.get(ReferenceSet, name)
+            signatures[name] = f"{rule}|{row.hash_file}|{row.count}|{row.updated_at}" if row else ""
+    return checked, signatures
+
+
+def _cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match: _Match) -> bool:
+    """The rerun: search the new images in the stored index, read the stored clusters they hit,
+    merge and rewrite those clusters only. Returns whether there were new images."""
+    import numpy as np
+
+    new = _load_table(catalog, match.orientations, full=False, subset=NEW_ONLY)
+    if not len(new.shas):
+        return False
+    hit: set[bytes] = set()
+    for _queries, shas in index.hits(new.hashes, match.max_distance, match.margin):
+        hit.update(shas.tolist())
+    members = _cluster_members(catalog, sorted(sha.decode() for sha in hit))
+    table = _load_table(catalog, match.orientations, full=False, subset=sorted(members | set(new.shas.astype(str))))
+    roots = _cluster(table, match.max_distance, match.margin, full=False)
+    leaked = _check_references(catalog, table, references, match, np.flatnonzero(table.new))
+    index.add(new.shas, new.hashes)
+    index.commit(catalog)  # before the statuses: every image with a status is in the index
+    _write_clusters(catalog, table, roots, np.ones(len(table.shas), bool), leaked)
+    _mark_clustered(catalog, new.shas)
+    return True
+
+
+def _cluster_everything(
+    catalog: Catalog,
+    data_dir: Path,
+    references: dict[str, Any],
+    unchecked: dict[str, Any],
+    match: _Match,
+    full: bool,
+) -> bool:
+    """Read every hash: cluster all images (``full``) or merge the new ones into the stored
+    clusters; check every image against the ``unchecked`` reference sets and the new ones against
+    the others; rebuild the stored index. Returns whether there were new images."""
+    import numpy as np
+
+    from curation.dedup_index import StoredIndex
+
+    table = _load_table(catalog, match.orientations, full)
+    roots = _cluster(table, match.max_distance, match.margin, full)
+    new_rows = np.flatnonzero(table.new)
+    checked_before = {name: ref for name, ref in references.items() if name not in unchecked}
+    _check_references(catalog, table, checked_before, match, new_rows)
+    leaked = _check_references(catalog, table, unchecked, match, None)
+    index = StoredIndex.empty(catalog, data_dir, match.rule, match.max_distance)
+    index.add(table.shas, table.hashes)
+    index.commit(catalog)
+    every = full or bool(unchecked)
+    affected = np.ones(len(table.shas), bool) if every else np.isin(roots, roots[table.new])
+    _write_clusters(catalog, table, roots, affected, leaked)
+    _mark_clustered(catalog, None)
+    return bool(len(new_rows))
+
+
+def _mark_clustered(catalog: Catalog, shas: np.ndarray | None) -> None:
+    """Record that these images (None: every one not clustered yet; dedup is the only writer of the
+    hashes, so those are the ones it read) are clustered and in the stored index. Last: a crash
+    before leaves them new, and the next run clusters them again to the same result."""
+    from sqlalchemy import update
+
+    from curation.catalog import PerceptualHash
+
+    hashes = PerceptualHash.__table__
+    with catalog.session() as session:
+        if shas is None:
+            session.execute(update(hashes).where(hashes.c.clustered.is_(False)).values(clustered=True))
+            return
+        for part in _chunks([sha.decode() for sha in shas]):
+            session.execute(update(hashes).where(hashes.c.sha256.in_(part)).values(clustered=True))
+
+
+def _cluster_members(catalog: Catalog, shas: list[str]) -> set[str]:
+    """Every image of the stored clusters of ``shas`` (an image alone is its own cluster), found
+    through the index on ``dedup_status.cluster_id``."""
+    from sqlalchemy import select
+
+    from curation.catalog import DedupStatus
+
+    members = set(shas)
+    with catalog.session() as session:
+        keys: set[str] = set()
+        for part in _chunks(shas):
+            for sha, cluster in session.execute(
+                select(DedupStatus.sha256, DedupStatus.cluster_id).where(DedupStatus.sha256.in_(part))
+            ):
+                keys.add(cluster or sha)
+        members |= keys
+        for part in _chunks(sorted(keys)):
+            members.update(session.scalars(select(DedupStatus.sha256).where(DedupStatus.cluster_id.in_(part))))
+    return members
+
+
+def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _load_table(catalog: Catalog, orientations: int, full: bool, subset: Any = None) -> _Table:
+    """Stream hash rows into numpy arrays, a block of rows at a time (~0.2 KB an image with 2
+    orientations; no per-image Python object outlives its block): every row, the rows new to dedup
+    (``subset=NEW_ONLY``: not clustered yet) or those of a list of sha256s."""
     import numpy as np
     from sqlalchemy import select
 
@@ -461,27 +582,34 @@ def _load_table(catalog: Catalog, orientations: int, full: bool) -> _Table:
 
     columns = [PerceptualHash.phash, PerceptualHash.dhash, PerceptualHash.phash_mirror, PerceptualHash.dhash_mirror]
     extra = [PerceptualHash.orientation_hashes] if orientations > 2 else []
-    stmt = select(PerceptualHash.sha256, DedupStatus.status, DedupStatus.cluster_id, *columns, *extra).outerjoin(
+    stmt = select(PerceptualHash.sha256, PerceptualHash.clustered, DedupStatus.cluster_id, *columns, *extra).outerjoin(
         DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256
     )
+    if subset is NEW_ONLY:  # through the partial index on the unclustered rows
+        statements = [stmt.where(PerceptualHash.clustered.is_(False))]
+    elif subset is not None:
+        statements = [stmt.where(PerceptualHash.sha256.in_(part)) for part in _chunks(list(subset))]
+    else:
+        statements = [stmt]
     empty = np.zeros(0, "S64"), np.zeros((0, 2 * orientations), np.uint64), np.zeros(0, bool), np.zeros(0, "S64")
     blocks: list[tuple[np.ndarray, ...]] = [empty]
     with catalog.session() as session:
-        for part in session.execute(stmt.execution_options(yield_per=LOAD_BLOCK)).partitions():
-            hashes = [
-                ImageHashes(
-                    *(to_unsigned(v) for v in row[3:7]), extra=unpack_extra(row[7]) if extra else ()
-                ).orientation_row()[: 2 * orientations]
-                for row in part
-            ]
-            blocks.append(
-                (
-                    np.array([row[0] for row in part], dtype="S64"),
-                    np.array(hashes, dtype=np.uint64).reshape(-1, 2 * orientations),
-                    np.array([row[1] is None or row[1] == "failed" for row in part], dtype=bool),
-                    np.array([row[2] or "" for row in part], dtype="S64"),
+        for statement in statements:
+            for part in session.execute(statement.execution_options(yield_per=LOAD_BLOCK)).partitions():
+                hashes = [
+                    ImageHashes(
+                        *(to_unsigned(v) for v in row[3:7]), extra=unpack_extra(row[7]) if extra else ()
+                    ).orientation_row()[: 2 * orientations]
+                    for row in part
+                ]
+                blocks.append(
+                    (
+                        np.array([row[0] for row in part], dtype="S64"),
+                        np.array(hashes, dtype=np.uint64).reshape(-1, 2 * orientations),
+                        np.array([not row[1] for row in part], dtype=bool),
+                        np.array([row[2] or "" for row in part], dtype="S64"),
+                    )
                 )
-            )
     shas, hashes, new, cluster_ids = (np.concatenate(column) for column in zip(*blocks, strict=True))
     order = np.argsort(shas, kind="stable")
     table = _Table(shas[order], hashes[order], new[order], np.full(len(shas), -1, dtype=np.int64))
@@ -510,47 +638,75 @@ def _cluster(table: _Table, max_distance: int, margin: int, full: bool) -> np.nd
 
 
 def _check_references(
-    catalog: Catalog, table: _Table, references: dict[str, Any], max_distance: int, margin: int
+    catalog: Catalog, table: _Table, references: dict[str, Any], match: _Match, rows: np.ndarray | None
 ) -> np.ndarray:
-    """Rewrite the links of the reference sets checked now (earlier sets' links stay); returns
-    whether each row is leaked by any set's link."""
+    """Rewrite the links of the reference sets checked now (other sets' links stay), of every row or
+    of ``rows`` only; returns whether each row is leaked by any set's link."""
     import numpy as np
     from sqlalchemy import delete, insert, select
 
     from curation.catalog import DuplicateLink
+
+    queried = np.arange(len(table.shas)) if rows is None else rows
+    for name, ref in references.items():
+        links = _reference_links(table.hashes[queried], table.shas[queried], name, ref, match)
+        with catalog.session() as session:
+            if rows is None:
+                session.execute(delete(DuplicateLink).where(DuplicateLink.reference == name))
+            else:
+                for part in _chunks([sha.decode() for sha in table.shas[queried]]):
+                    session.execute(
+                        delete(DuplicateLink).where(DuplicateLink.reference == name, DuplicateLink.sha256.in_(part))
+                    )
+            if links:
+                session.execute(insert(DuplicateLink), links)
+    linked_to_a_set = DuplicateLink.reference.is_not(None)
+    with catalog.session() as session:
+        if rows is None:
+            linked = list(session.scalars(select(DuplicateLink.sha256).where(linked_to_a_set).distinct()))
+        else:  # a few clusters: their images' links by the sha256 index
+            linked = [
+                sha
+                for part in _chunks([sha.decode() for sha in table.shas])
+                for sha in session.scalars(
+                    select(DuplicateLink.sha256).where(linked_to_a_set, DuplicateLink.sha256.in_(part)).distinct()
+                )
+            ]
+    found = table.rows(linked)
+    leaked = np.zeros(len(table.shas), dtype=bool)
+    leaked[found[found >= 0]] = True
+    return leaked
+
+
+def _reference_links(hashes: np.ndarray, shas: np.ndarray, name: str, ref: Any, match: _Match) -> list[dict]:
+    """A link per (image, reference item) within the rule: the smallest distance, then the first
+    orientation."""
+    import numpy as np
+
     from curation.hamming_index import HammingIndex
     from curation.hashing import ORIENTATIONS
     from curation.near_duplicates import iter_matches
 
-    for name, ref in references.items():
-        index = HammingIndex(ref.phash, max_distance)
-        found = list(iter_matches(table.hashes, index, ref.dhash, max_distance, margin))
-        q, c, d, k = (
-            np.concatenate([getattr(f, a) for f in found]) if found else np.zeros(0, np.int64)
-            for a in ("query", "item", "distance", "orientation")
-        )
-        best = np.lexsort((k, d, c, q))  # per (query, item): the smallest distance, then the first orientation
-        first = best[np.r_[True, (q[best][1:] != q[best][:-1]) | (c[best][1:] != c[best][:-1])]] if len(q) else best
-        links = [
-            {
-                "sha256": table.shas[q[i]].decode(),
-                "other": ref.keys[c[i]].decode("utf-8", "replace"),
-                "reference": name,
-                "hash_kind": ORIENTATIONS[int(k[i])].kind,
-                "distance": int(d[i]),
-            }
-            for i in first
-        ]
-        with catalog.session() as session:
-            session.execute(delete(DuplicateLink).where(DuplicateLink.reference == name))
-            if links:
-                session.execute(insert(DuplicateLink), links)
-    with catalog.session() as session:
-        linked = session.scalars(select(DuplicateLink.sha256).where(DuplicateLink.reference.is_not(None)).distinct())
-        rows = table.rows(list(linked))
-    leaked = np.zeros(len(table.shas), dtype=bool)
-    leaked[rows[rows >= 0]] = True
-    return leaked
+    if not len(hashes):
+        return []
+    index = HammingIndex(ref.phash, match.max_distance)
+    found = list(iter_matches(hashes, index, ref.dhash, match.max_distance, match.margin))
+    q, c, d, k = (
+        np.concatenate([getattr(f, a) for f in found]) if found else np.zeros(0, np.int64)
+        for a in ("query", "item", "distance", "orientation")
+    )
+    best = np.lexsort((k, d, c, q))
+    first = best[np.r_[True, (q[best][1:] != q[best][:-1]) | (c[best][1:] != c[best][:-1])]] if len(q) else best
+    return [
+        {
+            "sha256": shas[q[i]].decode(),
+            "other": ref.keys[c[i]].decode("utf-8", "replace"),
+            "reference": name,
+            "hash_kind": ORIENTATIONS[int(k[i])].kind,
+            "distance": int(d[i]),
+        }
+        for i in first
+    ]
 
 
 def _status_row(sha: str, status: str, cluster: str | None = None, conflict: bool = False, reason: str | None = None):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import combinations
 from math import comb
+from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -83,6 +85,11 @@ def plan_blocks(n_codes: int, radius: int) -> list[tuple[int, int, int]]:
     return [(int(shift), bits, flips) for shift, bits, flips in zip(shifts, widths, budgets, strict=True)]
 
 
+def _mapped(path: Path) -> np.ndarray:
+    """A read-only memory map of a ``.npy`` file as a plain ndarray (what the compiled scans take)."""
+    return np.asarray(np.load(path, mmap_mode="r"))
+
+
 def _flip_masks(bits: int, flips: int) -> np.ndarray:
     """Every ``bits``-bit value with at most ``flips`` bits set, as int32."""
     masks = [0] if flips >= 0 else []
@@ -115,6 +122,33 @@ class HammingIndex:
 
     def __len__(self) -> int:
         return len(self.codes)
+
+    def save(self, folder: Path, prefix: str) -> dict[str, Any]:
+        """Write the codes and block tables as ``.npy`` files named ``prefix...`` in ``folder``;
+        returns the plan that :meth:`load` needs with them."""
+        np.save(folder / f"{prefix}codes.npy", self.codes)
+        for b, (order, sorted_codes, starts, sizes, _masks) in enumerate(self._tables):
+            for name, array in (("order", order), ("sorted", sorted_codes), ("starts", starts), ("sizes", sizes)):
+                np.save(folder / f"{prefix}{b}_{name}.npy", array)
+        return {"radius": self.radius, "blocks": self.blocks, "flips": self.flips}
+
+    @classmethod
+    def load(cls, folder: Path, prefix: str, plan: dict[str, Any]) -> HammingIndex:
+        """An index written by :meth:`save`, its arrays memory-mapped: a search reads only the
+        buckets it probes, so opening a large index costs nothing."""
+        index = cls.__new__(cls)
+        index.codes = _mapped(folder / f"{prefix}codes.npy")
+        index.radius = int(plan["radius"])
+        index.blocks = [(int(shift), int(bits)) for shift, bits in plan["blocks"]]
+        index.flips = [int(flips) for flips in plan["flips"]]
+        index._tables = [
+            (
+                *(_mapped(folder / f"{prefix}{b}_{name}.npy") for name in ("order", "sorted", "starts", "sizes")),
+                _flip_masks(bits, flips),
+            )
+            for b, ((_shift, bits), flips) in enumerate(zip(index.blocks, index.flips, strict=True))
+        ]
+        return index
 
     @staticmethod
     def _block(codes: np.ndarray, shift: int, bits: int) -> np.ndarray:

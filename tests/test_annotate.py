@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import SAMPLES
+from conftest import REPO, SAMPLES
 from PIL import Image as PILImage
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, insert, select, text
 
 from curation import catalog as cat
 from curation.annotate.agreement import agreement_stats, conflicts, fleiss_kappa
@@ -249,7 +249,107 @@ def test_paging_while_voting_shows_each_pair_once_per_annotator(review, order):
     with catalog.session() as s:
         assert next_pairs(s, "carol", 2, limit=100) == []  # two votes each: every pair left the queue
         assert remaining(s, "carol", 3) == len(review.queue)
-        assert remaining(s, "carol", 3, cap=2) == 2  # counted up to the cap only
+        assert remaining(s, "carol", 3, wnid=review.queue[0][1]) == 1  # per class
+
+
+def _migration(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "db" / "migrations" / "versions" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _queue_sizes(session, annotators: list[str], wnids: list[str]) -> dict:
+    """remaining() per annotator, vote count and class, against the queue itself (next_pairs)."""
+    sizes = {}
+    for name in annotators:
+        for needed in (1, 2, 3):
+            queue = next_pairs(session, name, needed, limit=10_000)
+            sizes[(name, needed, None)] = (remaining(session, name, needed), len(queue))
+            for wnid in wnids:
+                in_class = sum(1 for _, w in queue if w == wnid)
+                sizes[(name, needed, wnid)] = (remaining(session, name, needed, wnid), in_class)
+    return sizes
+
+
+def test_review_counts_stay_exact_whoever_writes(catalog_url, tmp_path):
+    """The queue sizes come from review_counts, which triggers keep exact: after random votes,
+    re-votes, skips, undos, CSV imports, auto-accepts, filter verdicts kept or dropped and dedup
+    statuses set or cleared (multi-row statements included), every count equals the queue's length
+    and the table equals a recount from scratch, on SQLite and PostgreSQL."""
+    import random
+
+    from curation.annotate.auto_accept import auto_accept
+    from curation.dialect import upsert
+
+    rng = random.Random(5)
+    catalog = cat.open_catalog(catalog_url)
+    with catalog.session() as s:
+        wnids = list(s.scalars(select(cat.ImageClass.wnid).order_by(cat.ImageClass.wnid).limit(3)))
+        shas = [hashlib.sha256(f"pair {k}".encode()).hexdigest() for k in range(12)]
+        s.execute(
+            insert(cat.Image),
+            [{"sha256": h, "path": "x.jpg", "width": 1, "height": 1, "format": "JPEG", "bytes": 1} for h in shas],
+        )
+        verdicts = [
+            {"sha256": h, "wnid": w, "kept": rng.random() < 0.7, "models": "[]", "keep_rule": "all-wrong"}
+            for h in shas
+            for w in wnids
+            if rng.random() < 0.6
+        ]
+        s.execute(insert(cat.FilterVerdict), verdicts)
+    pairs = [(v["sha256"], v["wnid"]) for v in verdicts]
+    annotators = ["ann", "bo", "cy"]
+    for step in range(60):
+        with catalog.session() as s:
+            action = rng.choice(["vote", "vote", "vote", "undo", "kept", "dedup", "undedup", "csv", "bulk"])
+            sha, wnid = rng.choice(pairs)
+            if action == "vote":
+                record_vote(s, sha, wnid, rng.choice(annotators), rng.choice(["accept", "skip", "wrong_class"]))
+            elif action == "undo":
+                undo_vote(s, sha, wnid, rng.choice(annotators))
+            elif action == "kept":
+                verdict = s.get(cat.FilterVerdict, (sha, wnid))
+                verdict.kept = not verdict.kept
+            elif action == "dedup":
+                status = rng.choice([cat.REPRESENTATIVE, cat.DUPLICATE, cat.LEAKED])
+                upsert(s, cat.DedupStatus, {"sha256": sha, "status": status}, keys=["sha256"], update=["status"])
+            elif action == "undedup":
+                s.execute(delete(cat.DedupStatus).where(cat.DedupStatus.sha256 == sha))
+            elif action == "csv":  # several votes on one pair in one import
+                rows = "".join(f"{sha},{wnid},{name},{rng.choice(['accept', 'skip'])},,\n" for name in annotators)
+                import_csv(s, io.StringIO("sha256,wnid,annotator,verdict,note,created_at\n" + rows))
+            else:  # one multi-row statement: every vote of a pair replaced at once
+                s.execute(delete(cat.Annotation).where(cat.Annotation.sha256 == sha, cat.Annotation.wnid == wnid))
+                votes = [
+                    {"sha256": sha, "wnid": wnid, "annotator": name, "verdict": rng.choice(["accept", "skip"])}
+                    for name in annotators
+                ]
+                s.execute(insert(cat.Annotation), votes)
+        if step == 30:
+            with catalog.session() as s:
+                auto_accept(s)
+                s.execute(delete(cat.FilterVerdict).where(cat.FilterVerdict.wnid == wnids[0]))
+            pairs = [pair for pair in pairs if pair[1] != wnids[0]]
+        with catalog.session() as s:
+            sizes = _queue_sizes(s, [*annotators, "newcomer"], wnids)
+            assert all(counted == listed for counted, listed in sizes.values()), (step, action, sizes)
+    with catalog.session() as s:
+        maintained = set(
+            s.execute(
+                select(cat.ReviewCount.annotator, cat.ReviewCount.wnid, cat.ReviewCount.votes, cat.ReviewCount.pairs)
+            )
+        )
+        s.execute(delete(cat.ReviewCount))
+        s.execute(text(_migration("0009_review_counts").RECOUNT))
+        recounted = set(
+            s.execute(
+                select(cat.ReviewCount.annotator, cat.ReviewCount.wnid, cat.ReviewCount.votes, cat.ReviewCount.pairs)
+            )
+        )
+    assert maintained == recounted and all(row[3] > 0 for row in maintained)
 
 
 def test_crop_box_and_links():

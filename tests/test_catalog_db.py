@@ -102,7 +102,7 @@ def test_db_copy_round_trip_sqlite_postgresql_sqlite_keeps_every_row(tmp_path, p
     try:
         first = run_cli("db", "copy", source, pg)
         assert first.returncode == 0, first.stderr
-        assert f"{sum(map(len, before.values()))} rows in 14 tables" in first.stdout
+        assert f"{sum(map(len, before.values()))} rows in {len(before)} tables" in first.stdout
         assert every_row(pg) == before
         back = f"sqlite:///{tmp_path / 'back.sqlite'}"
         assert copy_catalog(pg, back).rows == sum(map(len, before.values()))

@@ -3,8 +3,10 @@ by the documented rule, leaks against a reference set, kill -9 while hashing a r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -588,47 +590,102 @@ def _clusters_and_links(catalog: cat.Catalog) -> tuple[dict, set]:
         rows = {r.sha256: (r.status, r.cluster_id, r.label_conflict) for r in session.scalars(select(cat.DedupStatus))}
         links = set(
             session.execute(
-                select(cat.DuplicateLink.sha256, cat.DuplicateLink.other, cat.DuplicateLink.hash_kind)
+                select(
+                    cat.DuplicateLink.sha256,
+                    cat.DuplicateLink.other,
+                    cat.DuplicateLink.hash_kind,
+                    cat.DuplicateLink.reference,
+                )
             ).all()
         )
     return rows, links
 
 
 @pytest.mark.parametrize("orientations", [2, 8])
-def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(tmp_path, orientations):
-    """The rerun queries only the new images and merges them into the stored clusters: a larger copy
-    that takes over a cluster, a copy that joins two stored clusters, copies turned by 90°."""
+def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(catalog_url, tmp_path, orientations):
+    """The rerun searches only the new images in the stored index and merges them into the stored
+    clusters: a larger copy that takes over a cluster, a copy that joins two stored clusters, copies
+    turned by 90° and upside down, leaks of a reference set (one found by a run without ``--against``
+    and checked on the next run with it), on the catalog under test (SQLite or PostgreSQL) against a
+    dedup from scratch on SQLite."""
     photos = shared_photos()[:40]
     _, turned, upside_down = _turned_copies(VAL / "ILSVRC2012_val_00000347.JPEG")
+    reference_photos = sorted(VAL.glob("*.JPEG"))[100:130]
+    _reference_folder(tmp_path / "reference", reference_photos)
     base = _base_photo()
     first_batch = [(p.read_bytes(), WNIDS[k % 2]) for k, p in enumerate(photos[:30])]
     first_batch += [(jpeg(base, 95), WNIDS[0]), (jpeg(base, 70), WNIDS[0]), (turned, WNIDS[0])]
     first_batch += [(jpeg(Image.open(photos[k]), 60), WNIDS[0]) for k in (3, 4)]
-    second_batch = [(p.read_bytes(), WNIDS[2]) for p in photos[30:]]
+    first_batch += [(jpeg(Image.open(reference_photos[2]), 70), WNIDS[1])]
+    middle_batch = [(jpeg(Image.open(reference_photos[5]), 80), WNIDS[2]), (photos[30].read_bytes(), WNIDS[2])]
+    second_batch = [(p.read_bytes(), WNIDS[2]) for p in photos[31:]]
     second_batch += [(jpeg(base.resize((base.width * 2, base.height * 2)), 90), WNIDS[1]), (upside_down, WNIDS[0])]
     second_batch += [(jpeg(base, 85), WNIDS[0]), (jpeg(Image.open(photos[3]).resize((320, 240)), 80), WNIDS[3])]
-    second_batch += [(jpeg(Image.open(photos[31]), 50), WNIDS[2])]
+    second_batch += [
+        (jpeg(Image.open(photos[31]), 50), WNIDS[2]),
+        (jpeg(Image.open(reference_photos[2]), 50), WNIDS[2]),
+    ]
+    second_batch += [(jpeg(Image.open(photos[4]).resize((300, 200)), 75), WNIDS[1])]
 
-    def build(name: str, batches: list) -> cat.Catalog:
-        catalog = cat.open_catalog(f"sqlite:///{tmp_path / name}.sqlite")
+    def build(url: str, name: str, batches: list[tuple[list, list[str]]]) -> cat.Catalog:
+        from curation import reference_sets
+
+        catalog = cat.open_catalog(url)
+        reference_sets.add_folder(catalog, tmp_path / name, "ref30", tmp_path / "reference", workers=1)
         t0 = datetime(2026, 1, 1)
-        for batch in batches:
+        added = 0
+        for batch, against in batches:
             with catalog.session() as session:
-                for k, (data, wnid) in enumerate(batch):
-                    add_image(session, tmp_path / name, data, wnid, found=t0 + timedelta(minutes=k))
-            dedup(catalog, tmp_path / name, orientations=orientations)
+                for data, wnid in batch:
+                    add_image(session, tmp_path / name, data, wnid, found=t0 + timedelta(minutes=added))
+                    added += 1
+            dedup(catalog, tmp_path / name, against, orientations=orientations)
         return catalog
 
-    stepwise = build("stepwise", [first_batch, second_batch])
-    scratch = build("scratch", [first_batch + second_batch])
+    last_batch = [(jpeg(Image.open(photos[10]), 65), WNIDS[0]), (jpeg(Image.open(reference_photos[5]), 60), WNIDS[3])]
+    batches = [(first_batch, ["ref30"]), (middle_batch, []), (second_batch, ["ref30"]), (last_batch, ["ref30"])]
+    with _rows_read() as read:
+        stepwise = build(catalog_url, "stepwise", batches)
+    every = sum(len(batch) for batch, _ in batches)
+    # A rerun reads its new images twice (alone, then with the clusters they join) and those clusters;
+    # the run after one without --against reads every image: they must all be checked against the set.
+    assert read[0] == len(first_batch) and read[2] == every - len(last_batch), read
+    assert read[1] == 2 * len(middle_batch) and read[3] == 2 * len(last_batch) + 2, read
+    all_at_once = [item for batch, _ in batches for item in batch]
+    scratch = build(f"sqlite:///{tmp_path / 'scratch.sqlite'}", "scratch", [(all_at_once, ["ref30"])])
     rows, links = _clusters_and_links(stepwise)
     assert (rows, links) == _clusters_and_links(scratch)
-    assert len(rows) == len(first_batch) + len(second_batch)
+    assert len(rows) == every
     sizes = Counter(cluster for _, cluster, _ in rows.values() if cluster)
     assert len(sizes) >= 3 and max(sizes.values()) >= 4  # the base photo's copies, photo 3's and 31's
+    leaked = {sha for sha, (status, _, _) in rows.items() if status == cat.LEAKED}
+    assert len(leaked) == 4 and sum(1 for link in links if link[3] == "ref30") == 4
 
 
-def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalog):
+@contextlib.contextmanager
+def _rows_read():
+    """The number of hash rows each dedup run read from the catalog (the sum of its reads)."""
+    from curation import dedup as stage
+
+    counts: list[int] = []
+    real_load, real_run = stage._load_table, stage.run_stage
+
+    def load(*args, **kwargs):
+        table = real_load(*args, **kwargs)
+        counts[-1] += len(table.shas)
+        return table
+
+    def run(*args, **kwargs):
+        counts.append(0)
+        return real_run(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage, "_load_table", load)
+        patch.setattr(sys.modules[__name__], "run_stage", run)
+        yield counts
+
+
+def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalog, tmp_path):
     """1,500 images with the same hashes and 300 near-copies of them (distinct hashes, a few bits
     apart): every pair matches, 3.2 M pairs, which as Python objects alone would take over 1 GB.
     Catalog rows are inserted directly (no image files: nothing is left to hash)."""
@@ -651,7 +708,7 @@ def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalo
             )
     tracemalloc.start()
     try:
-        summary = dedup(catalog, Path("unused"))
+        summary = dedup(catalog, tmp_path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -665,6 +722,24 @@ def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalo
             .where(cat.DuplicateLink.sha256 == cat.DuplicateLink.other)
         )
     assert links == len(codes) - 1 and self_links == 0
+
+    # One more copy: the rerun reads that cluster (linear in its size), not every pair of it.
+    with catalog.session() as session:
+        sha = hashlib.sha256(b"one more copy").hexdigest()
+        session.add(cat.Image(sha256=sha, path=f"x/{sha}.jpg", width=100, height=100, format="JPEG", bytes=1))
+        session.flush()
+        values = {"phash": to_signed(phash ^ 0b111), "dhash": to_signed(dhash)}
+        session.add(
+            cat.PerceptualHash(sha256=sha, phash_mirror=values["phash"], dhash_mirror=values["dhash"], **values)
+        )
+    tracemalloc.start()
+    try:
+        summary = dedup(catalog, tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.clusters == 1 and summary.duplicates == len(codes)
+    assert peak < 150 * 2**20, f"rerun peak {peak / 2**20:.0f} MiB"
 
 
 def _insert_hashes(session, rows: list[tuple[int, int, int, int]], start: int = 0) -> list[str]:
@@ -689,20 +764,68 @@ def _insert_hashes(session, rows: list[tuple[int, int, int, int]], start: int = 
     return shas
 
 
-def test_a_rerun_finds_an_old_image_whose_mirror_matches_a_new_one(catalog):
+def test_a_rerun_finds_an_old_image_whose_mirror_matches_a_new_one(catalog, tmp_path):
     """The rule compares an orientation of the query with the plain hashes of the other image: an old
     image whose mirror matches a new image's plain hashes (while the new image's mirror matches
     nothing) must still join it on the incremental rerun, and the stored cluster must hold."""
     a, x, far, d = 0x0F0F_0F0F_0F0F_0F0F, 0x3333_3333_0000_FFFF, 0xFFFF_0000_5555_AAAA, 0x1234_5678_9ABC_DEF0
     with catalog.session() as session:
         old, twin = _insert_hashes(session, [(a, d, x, d), (a ^ 1, d, x ^ 1, d)])
-    assert dedup(catalog, Path("unused")).clusters == 1
+    assert dedup(catalog, tmp_path).clusters == 1
     with catalog.session() as session:
         (new,) = _insert_hashes(session, [(x, d, far, d)], start=2)
-    summary = dedup(catalog, Path("unused"))
+    summary = dedup(catalog, tmp_path)
     rows = statuses(catalog)
     assert summary.clusters == 1 and summary.duplicates == 2
     assert len({rows[s].cluster_id for s in (old, twin, new)}) == 1
+
+
+def test_a_lost_index_is_rebuilt_from_the_catalog(catalog, tmp_path):
+    """The stored index is a cache the catalog names: with its folder gone, the rerun reads every
+    hash, finds the same matches and writes a new index; the next rerun uses that one."""
+    import shutil
+
+    from curation.dedup_index import INDEX_META, index_dir
+
+    rng = np.random.default_rng(3)
+    codes = [int(v) for v in rng.integers(0, 2**63, size=40, dtype=np.int64)]
+    mirrors = [int(v) for v in rng.integers(0, 2**63, size=4, dtype=np.int64)]
+    d = 0x1234_5678_9ABC_DEF0
+    with catalog.session() as session:
+        old = _insert_hashes(session, [(c, d, c ^ (1 << 63), d) for c in codes])
+    dedup(catalog, tmp_path)
+    shutil.rmtree(index_dir(tmp_path))
+    with catalog.session() as session:
+        (copy,) = _insert_hashes(session, [(codes[7] ^ 0b11, d, mirrors[0], d)], start=40)
+    with _rows_read() as read:
+        summary = dedup(catalog, tmp_path)
+        assert read == [41] and summary.clusters == 1 and statuses(catalog)[copy].cluster_id in (old[7], copy)
+        with catalog.session() as session:
+            (second,) = _insert_hashes(session, [(codes[9] ^ 0b101, d, mirrors[1], d)], start=41)
+        summary = dedup(catalog, tmp_path)
+    assert read[1] == 1 + 2 and summary.clusters == 2  # the new image twice, the one it joins
+    assert statuses(catalog)[second].cluster_id in (old[9], second)
+
+    def segments() -> list[tuple[str, int]]:
+        with catalog.session() as session:
+            state = json.loads(session.get(cat.Meta, INDEX_META).value)
+        named = [(entry["name"], entry["rows"]) for entry in state["segments"]]
+        assert {folder.name for folder in index_dir(tmp_path).iterdir()} == {name for name, _ in named}
+        return named
+
+    assert [rows for _, rows in segments()] == [41, 1]  # the rebuilt index, then the rerun's segment
+    # Two more reruns: the second one-row segment merges with the first; a copy of an image of the
+    # merged segment (its mirror matching the new image's own hashes) is still found.
+    with catalog.session() as session:
+        (third,) = _insert_hashes(session, [(codes[11] ^ 0b1, d, mirrors[2], d)], start=42)
+    dedup(catalog, tmp_path)
+    assert [rows for _, rows in segments()] == [41, 2]
+    with catalog.session() as session:
+        (fourth,) = _insert_hashes(session, [(mirrors[1] ^ 0b1000, d, mirrors[3], d)], start=43)
+    summary = dedup(catalog, tmp_path)
+    rows = statuses(catalog)
+    assert rows[fourth].cluster_id == rows[second].cluster_id and rows[third].cluster_id in (old[11], third)
+    assert summary.clusters == 3 and [rows for _, rows in segments()] == [41, 3]  # merged again
 
 
 def test_dedup_of_an_empty_catalog_ends_cleanly(run_cli, tmp_path: Path) -> None:

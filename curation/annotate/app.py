@@ -27,7 +27,6 @@ from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflict
 from curation.annotate.queue import (
     CENTRE_CROP_FRACTION,
     ORDERS,
-    REMAINING_CAP,
     describe,
     is_sha256,
     is_wnid,
@@ -258,9 +257,8 @@ def create_app(cfg: ReviewConfig) -> Flask:
                 boot = {"items": describe(s, found, name, cfg.crop_fraction), "remaining": len(found), "batch": BATCH}
         else:
             boot = load(name, order, wnid, None)
-            with cfg.catalog.session() as s:  # once per page load, not per batch; exact up to the cap
+            with cfg.catalog.session() as s:  # once per page load: exact, from the maintained counts
                 boot["remaining"] = remaining(s, name, cfg.votes_needed, wnid)
-            boot["more"] = boot["remaining"] >= REMAINING_CAP
         boot.update(order=order, wnid=wnid, verdicts=list(verdict_ui))
         items = boot["items"]
         return render_template(
@@ -343,8 +341,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
         with cfg.catalog.session() as s:
             numbers = agreement_stats(s)
             left = remaining(s, annotator(), cfg.votes_needed) if annotator() else None
-        shown = None if left is None else f"{left}+" if left >= REMAINING_CAP else str(left)
-        return render_template("stats.html", stats=numbers, remaining=shown, verdicts=VOTE_VERDICTS)
+        return render_template("stats.html", stats=numbers, remaining=left, verdicts=VOTE_VERDICTS)
 
     @app.get("/conflicts")
     def conflict_list() -> Any:

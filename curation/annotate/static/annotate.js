@@ -92,7 +92,7 @@
     const it = items[pos];
     $("frame").hidden = !it;
     $("done").hidden = !!it || !exhausted;
-    $("remaining").textContent = String(Math.max(0, boot.remaining - votes.size)) + (boot.more ? "+" : "");
+    $("remaining").textContent = String(Math.max(0, boot.remaining - votes.size));
     document.querySelectorAll(".verdict").forEach((b) => b.classList.toggle("chosen", !!it && votes.get(keyOf(it)) === b.dataset.verdict));
     if (!it) {
       for (const id of ["class-name", "wnid", "gloss", "title", "source", "author", "license", "size"]) $(id).textContent = "";
