@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
 from curation import catalog as cat
@@ -49,7 +49,7 @@ class ReportData:
     sheet_items: dict[str, list[Item]]
     sources: dict[str, Counter]  # "downloaded" / "shown" -> source -> count
     licences: Counter
-    confidences: dict[str, list[float]]  # model -> confidences on kept images
+    confidences: dict[str, list[int]]  # model -> kept images per CONFIDENCE_BINS bin of its confidence
     by_target: dict[str, Any] | None = None  # out-of-distribution kinds: the funnel by target folder
 
 
@@ -158,16 +158,7 @@ def gather(session: Session, votes_needed: int, per_class: int) -> ReportData:
         )
     )
     shown_sources, licences = _release_sources(session, latest)
-    confidences: dict[str, list[float]] = {}
-    for model, confidence in session.execute(
-        select(cat.Prediction.model, cat.Prediction.confidence)
-        .join(
-            cat.FilterVerdict,
-            (cat.FilterVerdict.sha256 == cat.Prediction.sha256) & (cat.FilterVerdict.wnid == cat.Prediction.wnid),
-        )
-        .where(cat.FilterVerdict.kept.is_(True), cat.Prediction.confidence.is_not(None))
-    ):
-        confidences.setdefault(model, []).append(float(confidence))
+    confidences = confidence_histograms(session)
     return ReportData(
         funnel=rows,
         totals=totals,
@@ -224,25 +215,50 @@ def _target_table(by_target: dict[str, Any]) -> list[str]:
 
 
 def _release_sources(session: Session, latest: cat.Release | None) -> tuple[Counter, Counter]:
-    """Sources and licences of the latest release's images (of every download before a release)."""
-    query = select(cat.Candidate.image_sha256, cat.Candidate.wnid, cat.Candidate.source, cat.Candidate.license).where(
-        cat.Candidate.status == cat.DOWNLOADED
-    )
+    """Sources and licences of the latest release's images (of every download before a release),
+    each (image, class) pair counted once, by its first candidate: two GROUP BY aggregates in SQL,
+    memory proportional to the number of sources and licences."""
+    query = select(func.min(cat.Candidate.id).label("id")).where(cat.Candidate.status == cat.DOWNLOADED)
     if latest is not None:
         query = query.join(
             cat.ReleaseItem,
             (cat.ReleaseItem.sha256 == cat.Candidate.image_sha256) & (cat.ReleaseItem.wnid == cat.Candidate.wnid),
         ).where(cat.ReleaseItem.release_id == latest.id)
-    seen: set[tuple[str, str]] = set()
-    sources: Counter = Counter()
-    licences: Counter = Counter()
-    for sha, wnid, source, licence in session.execute(query.order_by(cat.Candidate.id)):
-        if (sha, wnid) in seen:
-            continue
-        seen.add((sha, wnid))
-        sources[source] += 1
-        licences[licence or "unknown"] += 1
-    return sources, licences
+    first = query.group_by(cat.Candidate.image_sha256, cat.Candidate.wnid).subquery()
+
+    def count_by(column: Any) -> Counter:
+        by = select(column, func.count()).join(first, first.c.id == cat.Candidate.id).group_by(column)
+        return Counter(dict(session.execute(by).all()))
+
+    return count_by(cat.Candidate.source), count_by(func.coalesce(cat.Candidate.license, "unknown"))
+
+
+# Bins of the confidence histogram over [0, 1]; their edges are numpy's (np.histogram's bins=20, range=(0, 1)).
+CONFIDENCE_BINS = 20
+
+
+def confidence_histograms(session: Session) -> dict[str, list[int]]:
+    """Per model, kept images per confidence bin, counted in SQL (one GROUP BY; memory per bin, not
+    per prediction). A value goes to the bin np.histogram puts it in: the number of inner edges it
+    reaches (the last bin holds 1.0)."""
+    import numpy as np
+
+    confidence = cat.Prediction.confidence
+    inner_edges = np.linspace(0, 1, CONFIDENCE_BINS + 1)[1:-1]
+    bin_of = sum((case((confidence >= float(edge), 1), else_=0) for edge in inner_edges), literal(0))
+    rows = session.execute(
+        select(cat.Prediction.model, bin_of.label("bin"), func.count())
+        .join(
+            cat.FilterVerdict,
+            (cat.FilterVerdict.sha256 == cat.Prediction.sha256) & (cat.FilterVerdict.wnid == cat.Prediction.wnid),
+        )
+        .where(cat.FilterVerdict.kept.is_(True), confidence.between(0, 1))
+        .group_by(cat.Prediction.model, bin_of)
+    )
+    histograms: dict[str, list[int]] = {}
+    for model, index, n in rows:
+        histograms.setdefault(model, [0] * CONFIDENCE_BINS)[int(index)] += n
+    return histograms
 
 
 # --------------------------------------------------------------------------- plots
@@ -316,8 +332,11 @@ def plot_confidence(data: ReportData, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
-    for model, values in sorted(data.confidences.items()):
-        ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{model} ({len(values)})")
+    centres = [(k + 0.5) / CONFIDENCE_BINS for k in range(CONFIDENCE_BINS)]
+    for model, counts in sorted(data.confidences.items()):
+        ax.hist(
+            centres, bins=CONFIDENCE_BINS, range=(0, 1), weights=counts, alpha=0.6, label=f"{model} ({sum(counts)})"
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -63,3 +63,55 @@ def test_report_on_an_empty_catalog(run_cli, catalog_url, tmp_path):
     for name in PLOTS:
         with Image.open(tmp_path / "report" / name) as im:
             assert im.format == "PNG" and min(im.size) > 200
+
+
+def test_report_counts_in_sql_equal_a_walk_of_every_row(catalog_url, tmp_path):
+    """The sources/licences aggregates and the confidence histogram come from SQL; they equal what a
+    walk of every download and kept prediction gives: first candidate per (image, class) pair, and
+    np.histogram's bins (values on a bin edge included)."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from curation.report import CONFIDENCE_BINS, _release_sources, confidence_histograms
+
+    build_catalog(catalog_url, tmp_path / "data")
+    catalog = cat.open_catalog(catalog_url)
+    with catalog.session() as s:
+        kept = (
+            s.execute(
+                select(cat.Prediction)
+                .join(
+                    cat.FilterVerdict,
+                    (cat.FilterVerdict.sha256 == cat.Prediction.sha256)
+                    & (cat.FilterVerdict.wnid == cat.Prediction.wnid),
+                )
+                .where(cat.FilterVerdict.kept.is_(True))
+            )
+            .scalars()
+            .all()
+        )
+        for prediction, value in zip(kept, [0.0, 0.05, 0.15, 0.35, 0.7, 0.95, 1.0, 0.999999, 0.1499999], strict=False):
+            prediction.confidence = value
+        first = s.scalars(select(cat.Candidate).order_by(cat.Candidate.id)).first()
+        # A second, later candidate of the same pair from another source: counted once, as the first.
+        s.add(cat.Candidate(wnid=first.wnid, source="urls", url="http://127.0.0.1:9/again.jpg", license=None,
+                            status=cat.DOWNLOADED, image_sha256=first.image_sha256))  # fmt: skip
+        s.add(cat.Candidate(wnid=first.wnid, source="urls", url="http://127.0.0.1:9/no-licence.jpg", license=None,
+                            status=cat.DOWNLOADED, image_sha256=kept[-1].sha256))  # fmt: skip
+    with catalog.session() as s:
+        values = [p.confidence for p in kept]
+        expected, _ = np.histogram(values, bins=CONFIDENCE_BINS, range=(0, 1))
+        assert confidence_histograms(s) == {"resnet50.tv_in1k": expected.tolist()}
+        seen, sources, licences = set(), {}, {}
+        rows = s.execute(
+            select(cat.Candidate.image_sha256, cat.Candidate.wnid, cat.Candidate.source, cat.Candidate.license)
+            .where(cat.Candidate.status == cat.DOWNLOADED)
+            .order_by(cat.Candidate.id)
+        )
+        for sha, wnid, source, licence in rows:
+            if (sha, wnid) not in seen:
+                seen.add((sha, wnid))
+                sources[source] = sources.get(source, 0) + 1
+                licences[licence or "unknown"] = licences.get(licence or "unknown", 0) + 1
+        assert _release_sources(s, None) == (sources, licences)
+        assert "urls" in sources and "unknown" in licences  # the test exercises both
