@@ -158,6 +158,11 @@ def _class_set(session: Any, classes_arg: str | None) -> list[str]:
     return wanted
 
 
+# Below this many images a local run decodes in its own process instead of starting decode workers:
+# on 2 shared cores (load ~6), --limit 100 of EfficientNet-Lite0 took 26 s with the default worker and
+# 21 s without (benchmarks/scale.py catalogs); a worker only pays once its overlap outlasts its start.
+WORKER_MIN_IMAGES = 256
+
 # Pairs read and scored per page: bounds the driver's memory (~0.3 KB a pair) whatever the catalog's size.
 PAGE_PAIRS = 50_000
 
@@ -191,13 +196,16 @@ def _scored_by(key: tuple[str, str], rule: str) -> Any:
 
 
 def _downloaded_pairs(columns: list[Any], wnids: list[str] | None) -> Any:
-    """SELECT ``columns`` over the distinct downloaded (image, class) pairs, in (sha256, wnid) order
-    (GROUP BY walks ix_candidates_image_wnid); ``wnids`` None means every class."""
+    """SELECT ``columns`` over the distinct downloaded (image, class) pairs, in (sha256, wnid) order:
+    GROUP BY walks ix_candidates_image_wnid_status and a LIMIT stops it early. The status test is
+    written ``status || '' = ?`` so that no index serves it: SQLite, without statistics, otherwise
+    picked ix_candidates_status and sorted every downloaded row in a temp B-tree (6 s for a page of 100
+    at 300,000 downloads; 16 ms on the pair index). ``wnids`` None means every class."""
     from sqlalchemy import select
 
     from curation.catalog import DOWNLOADED, Candidate
 
-    stmt = select(*columns).where(Candidate.status == DOWNLOADED, Candidate.image_sha256.is_not(None))
+    stmt = select(*columns).where(Candidate.status.concat("") == DOWNLOADED, Candidate.image_sha256.is_not(None))
     if wnids is not None:
         stmt = stmt.where(Candidate.wnid.in_(wnids))
     return stmt.group_by(Candidate.image_sha256, Candidate.wnid).order_by(Candidate.image_sha256, Candidate.wnid)
@@ -581,6 +589,10 @@ def _run(args: argparse.Namespace, settings: Any, opts: FilterOptions, cluster: 
     """The stage on the local engine (``cluster`` None) or on a cluster."""
     from sqlalchemy import func, select
 
+    from curation.cpu_share import cpu_sample
+
+    started = cpu_sample()  # before torch's import and the model load: the interval that measures free cores
+
     from curation.catalog import ImageClass, Meta, open_catalog
     from curation.kinds import catalog_kind
 
@@ -604,6 +616,8 @@ def _run(args: argparse.Namespace, settings: Any, opts: FilterOptions, cluster: 
 
             loaded.model = torch.compile(loaded.model)
         models.append((loaded, class_indices(loaded, wnids)))
+    if device.type == "cpu" and cluster is None:
+        _fit_threads(started)
     if args.calibrate is not None:
         return calibrate(args.calibrate, models, opts.workers)
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
@@ -646,6 +660,8 @@ def _run(args: argparse.Namespace, settings: Any, opts: FilterOptions, cluster: 
             for (loaded, columns), (_, ckpt) in zip(models, specs, strict=True)
         ]
     todo = n_pending if args.limit is None else min(args.limit, n_pending)
+    if cluster is None and opts.workers is None and todo < WORKER_MIN_IMAGES:
+        pipeline["workers"] = 0  # decode in this process: a worker costs more than it overlaps
     where = (in_set, rule, settings.data_dir)
     scored = _score_pages(catalog, models, where, todo, (pipeline, chunk, min_confidence), tasks)
     counts = _update_verdicts(catalog, in_set, keys, rule, keep, min_confidence)
@@ -660,6 +676,21 @@ def _run(args: argparse.Namespace, settings: Any, opts: FilterOptions, cluster: 
         f"failed {counts['failed']}"
     )
     return 0
+
+
+def _fit_threads(started: Any) -> None:
+    """One torch thread per core that other processes left free while this run started up."""
+    import torch
+
+    from curation.cpu_share import threads_for_free_cores
+
+    threads = threads_for_free_cores(started)
+    if threads is not None and threads != torch.get_num_threads():
+        print(
+            f"filter: {threads} of {torch.get_num_threads()} cores free: inference uses {threads} thread(s)",
+            file=sys.stderr,
+        )
+        torch.set_num_threads(threads)
 
 
 @dataclass
