@@ -7,15 +7,15 @@ Every crawled row updated both: each was one more B-tree page written per URL (r
 hash). Measured by benchmarks/crawl_growth.py (5,000 new URLs into a catalog padded with 300,000
 downloaded rows): see the README's Scale section.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-01 19:45:00.000000
 """
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
