@@ -494,6 +494,22 @@ def _recorded_paths(catalog: Catalog, paths: list[str]) -> set[str]:
         }
 
 
+def group_page(
+    jobs: list[_Job], reused: dict[str, tuple[str, str | None]], writer: _OutcomeWriter, progress: tqdm
+) -> dict[str, list[_Job]]:
+    """Record the jobs whose URL was downloaded before (for another class) and group the rest by
+    URL: one fetch serves every job of a group."""
+    same_url: dict[str, list[_Job]] = {}
+    for job in jobs:
+        if job.url in reused:
+            sha, final_url = reused[job.url]
+            writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
+            progress.update()
+        else:
+            same_url.setdefault(job.url, []).append(job)
+    return same_url
+
+
 class _Pipeline:
     """Fetching waits on the network, checking uses the CPU: separate pools keep every connection
     busy while images are decoded (the decoder releases the GIL). One fetch serves every class
@@ -515,14 +531,7 @@ class _Pipeline:
 
     def run(self, jobs: list[_Job], reused: dict[str, tuple[str, str | None]]) -> None:
         """Download one page of jobs to the end (so the next page sees its URLs as known)."""
-        self.same_url = {}
-        for job in jobs:
-            if job.url in reused:
-                sha, final_url = reused[job.url]
-                self.writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
-                self.progress.update()
-            else:
-                self.same_url.setdefault(job.url, []).append(job)
+        self.same_url = group_page(jobs, reused, self.writer, self.progress)
         for group in self.same_url.values():
             self.fetchers.submit(self.fetch, group[0]).add_done_callback(self.done.put)
             self.unfinished += 1

@@ -26,13 +26,13 @@ from tqdm import tqdm
 from curation import options, storage
 from curation.config import Settings
 from curation.crawl import (
-    DOWNLOADED,
     CrawlOptions,
     _check_and_store,
     _fetch_bytes,
     _Job,
     _Outcome,
     _OutcomeWriter,
+    group_page,
 )
 from curation.engine import Executor, Task
 from curation.netguard import AddressGuard
@@ -104,14 +104,7 @@ class ClusterPipeline:
 
     def run(self, jobs: list[_Job], reused: dict[str, tuple[str, str | None]]) -> None:
         """Download one page of jobs to the end, commit, then drop the page's batch journals."""
-        self.same_url = {}
-        for job in jobs:
-            if job.url in reused:
-                sha, final_url = reused[job.url]
-                self.writer.add(_Outcome(job, DOWNLOADED, image=None, detail=sha, final_url=final_url))
-                self.progress.update()
-            else:
-                self.same_url.setdefault(job.url, []).append(job)
+        self.same_url = group_page(jobs, reused, self.writer, self.progress)
         firsts = [group[0] for group in self.same_url.values()]
         for outcome in self.pool.map(firsts, key=host_key, batch_size=CLUSTER_BATCH):
             self._finish(outcome)

@@ -685,33 +685,43 @@ def _rows_read():
         yield counts
 
 
+def _add_hashed(catalog, rows: list[tuple[str, int, int]]) -> None:
+    """Image rows named by sha256(name) with these (phash, dhash) codes, mirrors equal; no files."""
+    from curation.hashing import to_signed
+
+    with catalog.session() as session:
+        for name, phash, dhash in rows:
+            sha = hashlib.sha256(name.encode()).hexdigest()
+            session.add(cat.Image(sha256=sha, path=f"x/{sha}.jpg", width=100, height=100, format="JPEG", bytes=1))
+            session.flush()
+            values = {"phash": to_signed(phash), "dhash": to_signed(dhash)}
+            session.add(
+                cat.PerceptualHash(sha256=sha, phash_mirror=values["phash"], dhash_mirror=values["dhash"], **values)
+            )
+
+
+def _traced_dedup(catalog, data_dir):
+    """A dedup run and the peak of Python memory it allocated."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        summary = dedup(catalog, data_dir)
+        return summary, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalog, tmp_path):
     """1,500 images with the same hashes and 300 near-copies of them (distinct hashes, a few bits
     apart): every pair matches, 3.2 M pairs, which as Python objects alone would take over 1 GB.
     Catalog rows are inserted directly (no image files: nothing is left to hash)."""
-    import tracemalloc
-
-    from curation.hashing import to_signed
-
     rng = np.random.default_rng(7)
     phash, dhash = (int(v) for v in rng.integers(0, 2**63, size=2, dtype=np.int64))
     flips = [(1 << i) | (1 << j) for i in range(25) for j in range(i + 1, 25)][:300]
     codes = [phash] * 1500 + [phash ^ f for f in flips]
-    with catalog.session() as session:
-        for k, code in enumerate(codes):
-            sha = hashlib.sha256(f"copy {k}".encode()).hexdigest()
-            session.add(cat.Image(sha256=sha, path=f"x/{sha}.jpg", width=100, height=100, format="JPEG", bytes=1))
-            session.flush()
-            values = {"phash": to_signed(code), "dhash": to_signed(dhash)}
-            session.add(
-                cat.PerceptualHash(sha256=sha, phash_mirror=values["phash"], dhash_mirror=values["dhash"], **values)
-            )
-    tracemalloc.start()
-    try:
-        summary = dedup(catalog, tmp_path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _add_hashed(catalog, [(f"copy {k}", code, dhash) for k, code in enumerate(codes)])
+    summary, peak = _traced_dedup(catalog, tmp_path)
     assert summary.clusters == 1 and summary.duplicates == len(codes) - 1
     assert peak < 150 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     with catalog.session() as session:
@@ -724,20 +734,8 @@ def test_a_cluster_of_thousands_of_copies_costs_memory_linear_in_its_size(catalo
     assert links == len(codes) - 1 and self_links == 0
 
     # One more copy: the rerun reads that cluster (linear in its size), not every pair of it.
-    with catalog.session() as session:
-        sha = hashlib.sha256(b"one more copy").hexdigest()
-        session.add(cat.Image(sha256=sha, path=f"x/{sha}.jpg", width=100, height=100, format="JPEG", bytes=1))
-        session.flush()
-        values = {"phash": to_signed(phash ^ 0b111), "dhash": to_signed(dhash)}
-        session.add(
-            cat.PerceptualHash(sha256=sha, phash_mirror=values["phash"], dhash_mirror=values["dhash"], **values)
-        )
-    tracemalloc.start()
-    try:
-        summary = dedup(catalog, tmp_path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _add_hashed(catalog, [("one more copy", phash ^ 0b111, dhash)])
+    summary, peak = _traced_dedup(catalog, tmp_path)
     assert summary.clusters == 1 and summary.duplicates == len(codes)
     assert peak < 150 * 2**20, f"rerun peak {peak / 2**20:.0f} MiB"
 
