@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,12 @@ FIXTURES = SHARED / "sources" / "fixtures"
 # checkpoint) goes to a closed loopback port, in this process and in every CLI subprocess. Set before
 # anything imports huggingface_hub, which reads it once.
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
+
+# A runner that starts the tests in the background (nohup, `cmd &` in a script) leaves SIGINT
+# ignored, and the crawl processes the Ctrl-C tests start would inherit that and never see it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def old_catalog(path: Path, revision: str, candidate_status: str) -> str:
