@@ -572,6 +572,43 @@ def test_an_unreadable_image_is_recorded_and_the_stage_still_exits_0(catalog_url
     assert rows[bad].status == "failed" and "UnidentifiedImageError" in rows[bad].reason
 
 
+def test_images_are_hashed_a_page_at_a_time(catalog, tmp_path, monkeypatch):
+    """The driver reads and hands out one page of images to hash (1 M at once held 2.7 GiB in the
+    driver and its forked workers); an unreadable image is recorded and the next pages go on."""
+    from curation import dedup as dedup_module
+    from curation.engine.local import LocalExecutor
+    from curation.hashing import hash_file, to_signed
+
+    with catalog.session() as session:
+        shas = sorted(add_image(session, tmp_path, p.read_bytes()) for p in shared_photos()[:7])
+        broken = shas[3]
+        (tmp_path / session.get(cat.Image, broken).path).write_bytes(b"truncated")
+    pages: list[int] = []
+
+    class CountingExecutor(LocalExecutor):
+        def map(self, task, items, **kwargs):
+            pages.append(len(items))
+            return super().map(task, items, **kwargs)
+
+    monkeypatch.setattr(dedup_module, "HASH_PAGE", 3)
+    summary = run_stage(catalog, tmp_path, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], 2, 2, CountingExecutor())
+    assert pages == [3, 3, 1] and (summary.hashed_now, summary.failed) == (6, 1)
+    with catalog.session() as session:
+        rows = {r.sha256: (r.phash, r.dhash) for r in session.scalars(select(cat.PerceptualHash))}
+        paths = {sha: tmp_path / session.get(cat.Image, sha).path for sha in shas}
+    expected = {sha: hash_file(str(paths[sha]), orientations=2) for sha in shas if sha != broken}
+    assert rows == {sha: (to_signed(h.phash), to_signed(h.dhash)) for sha, h in expected.items()}
+    assert statuses(catalog)[broken].status == "failed"
+    pages.clear()
+    assert (
+        dedup_module.run_stage(
+            catalog, tmp_path, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], 2, 2, CountingExecutor()
+        ).hashed_now
+        == 0
+    )
+    assert pages == [1]  # only the unreadable image is tried again
+
+
 def test_reference_from_a_list_of_images(run_cli, catalog_url, tmp_path):
     photos = sorted(VAL.glob("*.JPEG"))[:5]
     listing = tmp_path / "list.txt"
