@@ -8,10 +8,10 @@ references, per query) runs in the same process on a subset of the queries and i
 linearly (it does the same work for every query); the index's answers on that subset must equal
 brute force's.
 
-Part 3 (``--rerun N``) — a dedup rerun after adding 100 images to a catalog of N hashed images
-(synthetic hash rows, 1 % of them near-copies of 1,000 others, and 10 % of each 100 new ones),
-against the first, full dedup of the same catalog: median and range of ``--repeats`` reruns, in one
-process.
+Part 3 (``--rerun N [--stress]``) — a dedup rerun after adding 100 images to a catalog of N hashed images
+(synthetic hash rows, 1 % of them near-copies of 1,000 others, and 10 % of each 100 new ones; with
+``--stress`` all of them copies of 1,500 others), against the first, full dedup of the same catalog:
+median and range of ``--repeats`` reruns, in one process.
 
 Part 2 — images/s for hashing real JPEGs from ``../shared/images``: our draft-mode decode
 (``curation.hashing.hash_file``: pHash + dHash of the image and of its mirror, and of all eight
@@ -211,8 +211,10 @@ def _add_rows(catalog, rows: list[dict]) -> None:
             session.execute(insert(cat.PerceptualHash), part)
 
 
-def bench_rerun(n: int, new: int, repeats: int) -> None:
-    """A dedup rerun with ``new`` images against a catalog of ``n``, vs the first full run."""
+def bench_rerun(n: int, new: int, repeats: int, stress: bool = False) -> None:
+    """A dedup rerun with ``new`` images against a catalog of ``n``, vs the first full run. With
+    ``stress``, every image (the new ones too) is a copy of one of 1,500 seeds: clusters of n / 1,500,
+    as in ``benchmarks/scale.py --shapes stress``."""
     import statistics
     import tempfile
 
@@ -223,9 +225,10 @@ def bench_rerun(n: int, new: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         catalog = cat.open_catalog(f"sqlite:///{data_dir / 'catalog.sqlite'}")
-        seeds = _synthetic_rows(rng, 0, 1000, None)
+        n_seeds, share = (1500, 1.0) if stress else (1000, 0.01)
+        seeds = _synthetic_rows(rng, 0, n_seeds, None)
         pool = np.array([(int(r["phash"]) % 2**64, r["dhash"] % 2**64) for r in seeds], dtype=np.uint64)
-        _add_rows(catalog, seeds + _synthetic_rows(rng, 1000, n - 1000, pool))
+        _add_rows(catalog, seeds + _synthetic_rows(rng, n_seeds, n - n_seeds, pool, share))
 
         lines = []
 
@@ -238,7 +241,7 @@ def bench_rerun(n: int, new: int, repeats: int) -> None:
         full = dedup()
         reruns = []
         for round_ in range(repeats):
-            _add_rows(catalog, _synthetic_rows(rng, n + round_ * new, new, pool, share=0.1))
+            _add_rows(catalog, _synthetic_rows(rng, n + round_ * new, new, pool, share=1.0 if stress else 0.1))
             reruns.append(dedup())
         catalog.engine.dispose()
     print(f"{lines[0]}\n{lines[-1]}\n")
@@ -261,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", type=int, default=0, help="part 3 only: hashed images in the catalog")
     parser.add_argument("--new", type=int, default=100, help="images added before each rerun")
     parser.add_argument("--repeats", type=int, default=3, help="reruns measured")
+    parser.add_argument("--stress", action="store_true", help="part 3: every image a copy of one of 1,500 seeds")
     args = parser.parse_args(argv)
     if args.rerun:
-        bench_rerun(args.rerun, args.new, args.repeats)
+        bench_rerun(args.rerun, args.new, args.repeats, args.stress)
         return 0
     bench_index(args.references, args.queries, min(args.brute_queries, args.queries), args.radius)
     bench_hashing(args.images)

@@ -528,25 +528,166 @@ def _reference_signatures(catalog: Catalog, rule: str, names: list[str]) -> tupl
 
 
 def _cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match: _Match) -> bool:
-    """The rerun: search the new images in the stored index, read the stored clusters they hit,
-    merge and rewrite those clusters only. Returns whether there were new images."""
+    """The rerun: search the new images in the stored index and merge them into the stored clusters
+    they hit, reading each hit cluster's representative only (its survivor, and the cluster's
+    leaked and label-conflict flags, stand for all its members). A stored cluster of several is read
+    whole only when its representative loses: to a new image, or to another cluster's. Returns
+    whether there were new images."""
     import numpy as np
 
     new = _load_table(catalog, match.orientations, full=False, subset=NEW_ONLY)
     if not len(new.shas):
         return False
-    hit: set[bytes] = set()
-    for _queries, shas in index.hits(new.hashes, match.max_distance, match.margin):
-        hit.update(shas.tolist())
-    members = _cluster_members(catalog, sorted(sha.decode() for sha in hit))
-    table = _load_table(catalog, match.orientations, full=False, subset=sorted(members | set(new.shas.astype(str))))
-    roots = _cluster(table, match.max_distance, match.margin, full=False)
+    query_rows, hit_shas = _index_hits(index, new, match)
+    stored = _stored_clusters(catalog, np.unique(hit_shas))
+    keys = np.array([stored[sha].key for sha in hit_shas.tolist()], dtype="S64")
+    table = _load_table(catalog, match.orientations, full=False, subset=_subset(new.shas, stored))
+    links = (table.rows(new.shas[query_rows]), table.rows(keys))
+    roots = _cluster(table, match.max_distance, match.margin, full=False, links=links)
     leaked = _check_references(catalog, table, references, match, np.flatnonzero(table.new))
+    flags = _StoredFlags.of(table, stored)
+    survivors, conflicted = _survivors(catalog, table, roots)
+    losing = flags.losing_clusters(table, roots, survivors)
+    if losing:  # read those clusters whole: every member's link and cluster id change
+        members = _cluster_members(catalog, losing)
+        table = _load_table(catalog, match.orientations, full=False, subset=_subset(new.shas, stored, members))
+        links = (table.rows(new.shas[query_rows]), table.rows(keys))
+        roots = _cluster(table, match.max_distance, match.margin, full=False, links=links)
+        leaked = _check_references(catalog, table, {}, match, np.flatnonzero(table.new))
+        flags = _StoredFlags.of(table, stored)
+        survivors, conflicted = _survivors(catalog, table, roots)
+    leaked |= flags.leaked
     index.add(new.shas, new.hashes)
     index.commit(catalog)  # before the statuses: every image with a status is in the index
-    _write_clusters(catalog, table, roots, np.ones(len(table.shas), bool), leaked)
+    conflicted |= {int(root) for root in roots[flags.conflict]}
+    _spread_flags(catalog, table, (roots, leaked, conflicted), survivors, flags)
+    _write_clusters(catalog, table, roots, np.ones(len(table.shas), bool), leaked, flags.conflict)
     _mark_clustered(catalog, new.shas)
     return True
+
+
+def _index_hits(index: Any, new: _Table, match: _Match) -> tuple[np.ndarray, np.ndarray]:
+    """(row of the new image, sha256 of the indexed image) of every match in the stored index."""
+    import numpy as np
+
+    found = list(index.hits(new.hashes, match.max_distance, match.margin))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, "S64")
+    return np.concatenate([q for q, _ in found]).astype(np.int64), np.concatenate([s for _, s in found])
+
+
+def _subset(
+    new_shas: np.ndarray, stored: dict[bytes, _Stored], members: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """The images a rerun reads: the new ones, the representative of every hit cluster, ``members``."""
+    keys = {info.key.decode() for info in stored.values()}
+    return sorted(keys | members | set(new_shas.astype(str)))
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What the stored status of an indexed image says about its cluster."""
+
+    key: bytes  # the representative's sha256 (the image itself when alone)
+    several: bool
+    leaked: bool
+    conflict: bool
+
+
+def _stored_clusters(catalog: Catalog, shas: np.ndarray) -> dict[bytes, _Stored]:
+    """The stored cluster of each of these images, by the primary key of ``dedup_status`` (an image
+    without a status, left by a crash before its statuses were written, is alone)."""
+    from sqlalchemy import select
+
+    from curation.catalog import LEAKED, DedupStatus
+
+    stored = {sha: _Stored(sha, False, False, False) for sha in shas.tolist()}
+    columns = (DedupStatus.sha256, DedupStatus.cluster_id, DedupStatus.status, DedupStatus.label_conflict)
+    with catalog.session() as session:
+        for part in _chunks([sha.decode() for sha in shas.tolist()]):
+            for sha, cluster, status, conflict in session.execute(select(*columns).where(DedupStatus.sha256.in_(part))):
+                key = (cluster or sha).encode()
+                stored[sha.encode()] = _Stored(key, cluster is not None, status == LEAKED, bool(conflict))
+    return stored
+
+
+@dataclass
+class _StoredFlags:
+    """Per table row, for the representatives of stored clusters: the stored cluster's flags."""
+
+    leaked: np.ndarray  # bool
+    conflict: np.ndarray  # bool
+    several: np.ndarray  # bool: a stored cluster of several images
+
+    @classmethod
+    def of(cls, table: _Table, stored: dict[bytes, _Stored]) -> _StoredFlags:
+        import numpy as np
+
+        flags = cls(*(np.zeros(len(table.shas), bool) for _ in range(3)))
+        clusters = {info.key: info for info in stored.values()}
+        rows = table.rows(list(clusters))
+        for row, info in zip(rows.tolist(), clusters.values(), strict=True):
+            if row >= 0:
+                flags.leaked[row], flags.conflict[row], flags.several[row] = info.leaked, info.conflict, info.several
+        return flags
+
+    def losing_clusters(self, table: _Table, roots: np.ndarray, survivors: dict[int, int]) -> list[str]:
+        """The stored clusters of several whose representative is not its new cluster's survivor."""
+        import numpy as np
+
+        rows = np.flatnonzero(self.several)
+        return [table.shas[r].decode() for r in rows.tolist() if survivors[int(roots[r])] != r]
+
+
+def _survivors(catalog: Catalog, table: _Table, roots: np.ndarray) -> tuple[dict[int, int], set[int]]:
+    """The survivor row of each cluster (by root row) by the representative rule, and the roots of
+    the clusters whose rows were found for more than one class."""
+    import numpy as np
+
+    shas = [sha.decode() for sha in table.shas.tolist()]
+    several = np.flatnonzero(np.bincount(roots, minlength=len(roots))[roots] > 1)
+    details = _member_details(catalog, [shas[r] for r in several.tolist()])
+    survivors = {int(root): int(root) for root in np.unique(roots)}
+    wnids: dict[int, set[str]] = {}
+    for row in several.tolist():
+        root, best = int(roots[row]), survivors[int(roots[row])]
+        wnids.setdefault(root, set()).update(details[shas[row]].wnids)
+        if details[shas[row]].survival_order(shas[row]) < details[shas[best]].survival_order(shas[best]):
+            survivors[root] = row
+    return survivors, {root for root, found in wnids.items() if len(found) > 1}
+
+
+def _spread_flags(
+    catalog: Catalog,
+    table: _Table,
+    clusters: tuple[np.ndarray, np.ndarray, set[int]],
+    survivors: dict[int, int],
+    flags: _StoredFlags,
+) -> None:
+    """Where a stored cluster of several keeps its representative and becomes leaked or conflicted,
+    set the flag on all its members in one indexed UPDATE (those not read included). Before the
+    statuses of the rows read: a crash in between leaves the representative's stored flags behind,
+    so the rerun spreads them again."""
+    import numpy as np
+    from sqlalchemy import update
+
+    from curation.catalog import LEAKED, DedupStatus, utcnow
+
+    roots, leaked, conflicted = clusters  # root row of each row, leaked rows, roots of conflicted clusters
+    cluster_leaked = np.zeros(len(roots), bool)
+    cluster_leaked[roots[leaked]] = True
+    statuses = DedupStatus.__table__
+    with catalog.session() as session:
+        for root, row in survivors.items():
+            if not flags.several[row]:
+                continue
+            members = statuses.c.cluster_id == table.shas[row].decode()
+            if cluster_leaked[root] and not flags.leaked[row]:
+                change = update(statuses).where(members, statuses.c.status != LEAKED)
+                session.execute(change.values(status=LEAKED, updated_at=utcnow()))
+            if root in conflicted and not flags.conflict[row]:
+                change = update(statuses).where(members, statuses.c.label_conflict.is_(False))
+                session.execute(change.values(label_conflict=True, updated_at=utcnow()))
 
 
 def _cluster_everything(
@@ -673,9 +814,12 @@ def _load_table(catalog: Catalog, orientations: int, full: bool, subset: Any = N
     return table
 
 
-def _cluster(table: _Table, max_distance: int, margin: int, full: bool) -> np.ndarray:
+def _cluster(
+    table: _Table, max_distance: int, margin: int, full: bool, links: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """The root row of every row's cluster: the stored clusters (unless ``full``) merged with the
-    matches of the new rows, or every row matched against all."""
+    matches of the new rows and with ``links`` (pairs of rows found matching elsewhere), or every
+    row matched against all."""
     import numpy as np
 
     from curation.near_duplicates import UnionFind, merge_matches
@@ -687,6 +831,8 @@ def _cluster(table: _Table, max_distance: int, margin: int, full: bool) -> np.nd
     new = None if full else np.flatnonzero(table.new)
     if full or len(new):
         merge_matches(table.hashes, uf, max_distance, margin, new)
+    if links is not None:
+        uf.union(*links)
     return uf.roots()
 
 
@@ -767,10 +913,16 @@ def _status_row(sha: str, status: str, cluster: str | None = None, conflict: boo
 
 
 def _write_clusters(
-    catalog: Catalog, table: _Table, roots: np.ndarray, affected: np.ndarray, leaked: np.ndarray
+    catalog: Catalog,
+    table: _Table,
+    roots: np.ndarray,
+    affected: np.ndarray,
+    leaked: np.ndarray,
+    conflict: np.ndarray | None = None,
 ) -> None:
     """Decide the statuses and crawl links of the affected rows' clusters, a batch of clusters at a
-    time, and write what changed."""
+    time, and write what changed. A ``conflict`` row flags its whole cluster as found for several
+    classes (a stored flag that members not read carry)."""
     import numpy as np
 
     rows = np.flatnonzero(affected)
@@ -779,19 +931,25 @@ def _write_clusters(
     ends = np.r_[starts[1:], len(rows)].astype(np.int64) if len(rows) else rows
     cluster_leaked = np.zeros(len(roots), dtype=bool)
     cluster_leaked[roots[leaked]] = True
+    cluster_conflict = np.zeros(len(roots), dtype=bool)
+    if conflict is not None:
+        cluster_conflict[roots[conflict]] = True
+    flags = (cluster_leaked[roots], cluster_conflict[roots])
     batch: list[np.ndarray] = []
     size = 0
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         batch.append(rows[start:end])
         size += end - start
         if size >= STATUS_BATCH:
-            _decide_and_write(catalog, table, batch, cluster_leaked[roots])
+            _decide_and_write(catalog, table, batch, *flags)
             batch, size = [], 0
     if batch:
-        _decide_and_write(catalog, table, batch, cluster_leaked[roots])
+        _decide_and_write(catalog, table, batch, *flags)
 
 
-def _decide_and_write(catalog: Catalog, table: _Table, clusters: list[np.ndarray], leaked: np.ndarray) -> None:
+def _decide_and_write(
+    catalog: Catalog, table: _Table, clusters: list[np.ndarray], leaked: np.ndarray, conflicted: np.ndarray
+) -> None:
     """Statuses and crawl links of whole clusters (rows); the survivor of a cluster of several: the
     largest resolution, then the most open licence, then the earliest found."""
     import numpy as np
@@ -811,7 +969,7 @@ def _decide_and_write(catalog: Catalog, table: _Table, clusters: list[np.ndarray
             continue
         best = min(range(len(members)), key=lambda j: details[shas[j]].survival_order(shas[j]))
         rep_sha = shas[best]
-        conflict = len(set().union(*(details[sha].wnids for sha in shas))) > 1
+        conflict = bool(conflicted[members[0]]) or len(set().union(*(details[sha].wnids for sha in shas))) > 1
         # The link names the survivor; in a chain of near-duplicates its distance can exceed the threshold.
         distances = np.bitwise_count(table.hashes[members][:, 0::2] ^ table.hashes[members[best], 0])
         nearest = np.argmin(distances, axis=1)  # the first orientation at the smallest distance

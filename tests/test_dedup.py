@@ -638,17 +638,13 @@ def _clusters_and_links(catalog: cat.Catalog) -> tuple[dict, set]:
     return rows, links
 
 
-@pytest.mark.parametrize("orientations", [2, 8])
-def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(catalog_url, tmp_path, orientations):
-    """The rerun searches only the new images in the stored index and merges them into the stored
-    clusters: a larger copy that takes over a cluster, a copy that joins two stored clusters, copies
-    turned by 90° and upside down, leaks of a reference set (one found by a run without ``--against``
-    and checked on the next run with it), on the catalog under test (SQLite or PostgreSQL) against a
-    dedup from scratch on SQLite."""
+def _rerun_batches() -> list[list[tuple[bytes, str]]]:
+    """Four batches of (JPEG, wnid) whose reruns merge into stored clusters: a larger copy that takes
+    over a cluster, a copy that joins two stored clusters, copies turned by 90° and upside down, a
+    copy found for another class, copies of reference images."""
     photos = shared_photos()[:40]
     _, turned, upside_down = _turned_copies(VAL / "ILSVRC2012_val_00000347.JPEG")
     reference_photos = sorted(VAL.glob("*.JPEG"))[100:130]
-    _reference_folder(tmp_path / "reference", reference_photos)
     base = _base_photo()
     first_batch = [(p.read_bytes(), WNIDS[k % 2]) for k, p in enumerate(photos[:30])]
     first_batch += [(jpeg(base, 95), WNIDS[0]), (jpeg(base, 70), WNIDS[0]), (turned, WNIDS[0])]
@@ -663,33 +659,49 @@ def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(
         (jpeg(Image.open(reference_photos[2]), 50), WNIDS[2]),
     ]
     second_batch += [(jpeg(Image.open(photos[4]).resize((300, 200)), 75), WNIDS[1])]
-
-    def build(url: str, name: str, batches: list[tuple[list, list[str]]]) -> cat.Catalog:
-        from curation import reference_sets
-
-        catalog = cat.open_catalog(url)
-        reference_sets.add_folder(catalog, tmp_path / name, "ref30", tmp_path / "reference", workers=1)
-        t0 = datetime(2026, 1, 1)
-        added = 0
-        for batch, against in batches:
-            with catalog.session() as session:
-                for data, wnid in batch:
-                    add_image(session, tmp_path / name, data, wnid, found=t0 + timedelta(minutes=added))
-                    added += 1
-            dedup(catalog, tmp_path / name, against, orientations=orientations)
-        return catalog
-
     last_batch = [(jpeg(Image.open(photos[10]), 65), WNIDS[0]), (jpeg(Image.open(reference_photos[5]), 60), WNIDS[3])]
-    batches = [(first_batch, ["ref30"]), (middle_batch, []), (second_batch, ["ref30"]), (last_batch, ["ref30"])]
+    return [first_batch, middle_batch, second_batch, last_batch]
+
+
+def _build_in_runs(url: str, data_dir: Path, runs: list[tuple[list, list[str]]], orientations: int) -> cat.Catalog:
+    """A catalog with the reference set ``ref30``, one dedup run after adding each batch."""
+    from curation import reference_sets
+
+    catalog = cat.open_catalog(url)
+    reference_sets.add_folder(catalog, data_dir, "ref30", data_dir.parent / "reference", workers=1)
+    added = 0
+    for batch, against in runs:
+        _add_batch(catalog, data_dir, batch, added)
+        added += len(batch)
+        dedup(catalog, data_dir, against, orientations=orientations)
+    return catalog
+
+
+def _add_batch(catalog: cat.Catalog, data_dir: Path, batch: list[tuple[bytes, str]], added: int) -> None:
+    """Add images found a minute apart, the first ``added`` minutes after the first image."""
+    with catalog.session() as session:
+        for k, (data, wnid) in enumerate(batch):
+            add_image(session, data_dir, data, wnid, found=datetime(2026, 1, 1) + timedelta(minutes=added + k))
+
+
+@pytest.mark.parametrize("orientations", [2, 8])
+def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(catalog_url, tmp_path, orientations):
+    """The rerun searches only the new images in the stored index and merges them into the stored
+    clusters, on the catalog under test (SQLite or PostgreSQL) against a dedup from scratch on
+    SQLite; leaks of a reference set: one found by a run without ``--against`` and checked on the
+    next run with it."""
+    _reference_folder(tmp_path / "reference", sorted(VAL.glob("*.JPEG"))[100:130])
+    batches = _rerun_batches()
+    runs = [(batches[0], ["ref30"]), (batches[1], []), (batches[2], ["ref30"]), (batches[3], ["ref30"])]
     with _rows_read() as read:
-        stepwise = build(catalog_url, "stepwise", batches)
-    every = sum(len(batch) for batch, _ in batches)
-    # A rerun reads its new images twice (alone, then with the clusters they join) and those clusters;
-    # the run after one without --against reads every image: they must all be checked against the set.
-    assert read[0] == len(first_batch) and read[2] == every - len(last_batch), read
-    assert read[1] == 2 * len(middle_batch) and read[3] == 2 * len(last_batch) + 2, read
-    all_at_once = [item for batch, _ in batches for item in batch]
-    scratch = build(f"sqlite:///{tmp_path / 'scratch.sqlite'}", "scratch", [(all_at_once, ["ref30"])])
+        stepwise = _build_in_runs(catalog_url, tmp_path / "stepwise", runs, orientations)
+    every = sum(len(batch) for batch in batches)
+    # A rerun reads its new images twice (alone, then with the representatives of the clusters they
+    # join); the run after one without --against reads every image: they must all be checked against the set.
+    assert read[0] == len(batches[0]) and read[2] == every - len(batches[3]), read
+    assert read[1] == 2 * len(batches[1]) and read[3] == 2 * len(batches[3]) + 2, read
+    scratch_url = f"sqlite:///{tmp_path / 'scratch.sqlite'}"
+    scratch = _build_in_runs(scratch_url, tmp_path / "scratch", [(sum(batches, []), ["ref30"])], orientations)
     rows, links = _clusters_and_links(stepwise)
     assert (rows, links) == _clusters_and_links(scratch)
     assert len(rows) == every
@@ -697,6 +709,54 @@ def test_a_rerun_after_adding_images_gives_the_clusters_of_a_dedup_from_scratch(
     assert len(sizes) >= 3 and max(sizes.values()) >= 4  # the base photo's copies, photo 3's and 31's
     leaked = {sha for sha, (status, _, _) in rows.items() if status == cat.LEAKED}
     assert len(leaked) == 4 and sum(1 for link in links if link[3] == "ref30") == 4
+
+
+def test_reruns_read_the_clusters_they_join_whole_only_when_their_representative_loses(catalog_url, tmp_path):
+    """Every run checks the same reference set, so each rerun goes through the stored index. A copy
+    of photo 4 found for another class flags photo 4's stored cluster as conflicted without reading
+    its other member; the larger copy of the base photo takes over the base photo's cluster, which is
+    then read whole; the result equals a dedup from scratch."""
+    from curation import dedup as stage
+
+    _reference_folder(tmp_path / "reference", sorted(VAL.glob("*.JPEG"))[100:130])
+    batches = _rerun_batches()
+    loaded: list[set[str]] = []
+    real_load, real_members = stage._load_table, stage._cluster_members
+    read_whole: list[list[str]] = []
+
+    def load(*args, **kwargs):
+        table = real_load(*args, **kwargs)
+        loaded[-1].update(table.shas.astype(str).tolist())
+        return table
+
+    def members(catalog, shas):
+        read_whole.append(shas)
+        return real_members(catalog, shas)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage, "_load_table", load)
+        patch.setattr(stage, "_cluster_members", members)
+        data_dir = tmp_path / "stepwise"
+        loaded.append(set())
+        catalog = _build_in_runs(catalog_url, data_dir, [(batches[0], ["ref30"])], 2)
+        for k in range(1, len(batches)):
+            loaded.append(set())
+            _add_batch(catalog, data_dir, batches[k], sum(len(b) for b in batches[:k]))
+            dedup(catalog, data_dir, ["ref30"])
+    base_copies = [hashlib.sha256(jpeg(_base_photo(), q)).hexdigest() for q in (95, 70)]
+    photo_4 = _sha(shared_photos()[4].read_bytes()), _sha(jpeg(Image.open(shared_photos()[4]), 60))
+    assert read_whole == [[base_copies[0]]], read_whole
+    assert set(base_copies) <= loaded[2] and photo_4[0] in loaded[2] and photo_4[1] not in loaded[2]
+    scratch_url = f"sqlite:///{tmp_path / 'scratch.sqlite'}"
+    scratch = _build_in_runs(scratch_url, tmp_path / "scratch", [(sum(batches, []), ["ref30"])], 2)
+    rows, links = _clusters_and_links(catalog)
+    assert (rows, links) == _clusters_and_links(scratch)
+    cluster_of_4 = [sha for sha, (_, cluster, _) in rows.items() if cluster == rows[photo_4[0]][1]]
+    assert len(cluster_of_4) == 3 and all(rows[sha][2] for sha in cluster_of_4)  # conflicted, all three
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @contextlib.contextmanager
