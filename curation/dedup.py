@@ -311,14 +311,14 @@ def _hash_new_images(
 
     hashed = completed = 0
     failures: dict[str, str] = {}
-    after = ""
-    total = _unhashed_count(catalog, orientations)
+    page = _unhashed_page(catalog, orientations, "")
+    total = len(page) if len(page) < HASH_PAGE else _unhashed_count(catalog, orientations)
     with tqdm(total=total, desc="hashing", unit="img", file=sys.stderr, disable=not total) as bar:
-        while page := _unhashed_page(catalog, orientations, after):
-            after = page[-1][0]
+        while page:
             page_hashed, page_completed = _hash_page(catalog, data_dir, page, workers, orientations, executor, failures)
             hashed, completed = hashed + page_hashed, completed + page_completed
             bar.update(len(page))
+            page = _unhashed_page(catalog, orientations, page[-1][0])
     return hashed, completed, failures
 
 
@@ -330,7 +330,8 @@ def _missing_column(orientations: int) -> Any:
 
 
 def _unhashed_count(catalog: Catalog, orientations: int) -> int:
-    """How many images are still to hash: two counts, not an anti-join over every image."""
+    """How many images are still to hash, for the progress bar of a run with more than a page: two
+    counts, not an anti-join over every image."""
     from sqlalchemy import func, select
 
     from curation.catalog import Image, PerceptualHash
@@ -1094,25 +1095,31 @@ def _write_changes(
 
 
 def _summarise(catalog: Catalog) -> Summary:
-    """The catalog-wide counts of the summary line: aggregate queries over the statuses."""
-    from sqlalchemy import distinct, func, select
+    """The catalog-wide counts of the summary line: one pass over the statuses (conditional sums; a
+    cluster's members share its leaked and label-conflict flags, and a cluster that is not leaked
+    has one representative that names it) and a count of the images."""
+    from sqlalchemy import and_, case, distinct, func, select
 
     from curation.catalog import DUPLICATE, LEAKED, REPRESENTATIVE, DedupStatus, Image
 
+    def rows_where(*conditions: Any) -> Any:
+        return func.coalesce(func.sum(case((and_(*conditions), 1), else_=0)), 0)
+
+    status, cluster = DedupStatus.status, DedupStatus.cluster_id
+    counts = select(
+        rows_where(status == REPRESENTATIVE),
+        rows_where(status == DUPLICATE),
+        rows_where(status == LEAKED),
+        rows_where(DedupStatus.label_conflict.is_(True)),
+        rows_where(status == REPRESENTATIVE, cluster.is_not(None)),
+        func.count(distinct(case((status == LEAKED, cluster)))),
+        rows_where(status == LEAKED, cluster.is_(None)),
+    )
     summary = Summary()
     with catalog.session() as session:
         summary.images = session.scalar(select(func.count()).select_from(Image)) or 0
-        by_status = dict(session.execute(select(DedupStatus.status, func.count()).group_by(DedupStatus.status)).all())
-        summary.representatives = by_status.get(REPRESENTATIVE, 0)
-        summary.duplicates = by_status.get(DUPLICATE, 0)
-        summary.leaked = by_status.get(LEAKED, 0)
-        summary.clusters = session.scalar(select(func.count(distinct(DedupStatus.cluster_id)))) or 0
-        summary.label_conflicts = (
-            session.scalar(select(func.count()).select_from(DedupStatus).where(DedupStatus.label_conflict.is_(True)))
-            or 0
-        )
-        leaked = DedupStatus.status == LEAKED
-        clustered = session.scalar(select(func.count(distinct(DedupStatus.cluster_id))).where(leaked)) or 0
-        alone = select(func.count()).select_from(DedupStatus).where(leaked, DedupStatus.cluster_id.is_(None))
-        summary.leaked_representatives = clustered + (session.scalar(alone) or 0)
+        reps, dups, leaked, conflicts, kept_clusters, leaked_clusters, leaked_alone = session.execute(counts).one()
+    summary.representatives, summary.duplicates, summary.leaked = int(reps), int(dups), int(leaked)
+    summary.clusters, summary.label_conflicts = int(kept_clusters) + int(leaked_clusters), int(conflicts)
+    summary.leaked_representatives = int(leaked_clusters) + int(leaked_alone)
     return summary
