@@ -875,6 +875,46 @@ def test_a_rerun_finds_an_old_image_whose_mirror_matches_a_new_one(catalog, tmp_
     assert len({rows[s].cluster_id for s in (old, twin, new)}) == 1
 
 
+def test_a_leaked_new_image_marks_every_member_of_the_stored_cluster_it_joins(catalog, tmp_path):
+    """A new image that matches a reference item joins a stored cluster of two whose images do not
+    (pHash 12 and 13 bits from it): the whole cluster becomes leaked, its member that the rerun never
+    reads included (one UPDATE by cluster id)."""
+    from curation import dedup as stage
+    from curation import reference_sets
+
+    x, far, d = 0x0F0F_0F0F_0F0F_0F0F, 0xFFFF_0000_5555_AAAA, 0x1234_5678_9ABC_DEF0
+    hash_file = tmp_path / "reference.npz"
+    np.savez(
+        hash_file,
+        keys=np.array([b"ref/one.jpg"]),
+        phash=np.array([x ^ 0xFFF], np.uint64),
+        dhash=np.array([d], np.uint64),
+    )
+    reference_sets.import_file(catalog, tmp_path, "synthetic", hash_file)
+    with catalog.session() as session:  # the larger (start=10) survives: the copy, 111 pixels wide
+        original, copy = _insert_hashes(session, [(x, d, far, d), (x ^ 1 << 20, d, far, d)], start=10)
+    first = dedup(catalog, tmp_path, ["synthetic"])
+    assert first.clusters == 1 and first.leaked == 0
+    with catalog.session() as session:
+        (new,) = _insert_hashes(session, [(x ^ 0x3F, d, far, d)])
+    loaded: set[str] = set()
+    real_load = stage._load_table
+
+    def load(*args, **kwargs):
+        table = real_load(*args, **kwargs)
+        loaded.update(table.shas.astype(str).tolist())
+        return table
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage, "_load_table", load)
+        summary = dedup(catalog, tmp_path, ["synthetic"])
+    rows = statuses(catalog)
+    assert copy in loaded and original not in loaded
+    assert [rows[sha].status for sha in (original, copy, new)] == [cat.LEAKED] * 3
+    assert {rows[sha].cluster_id for sha in (original, copy, new)} == {copy}
+    assert summary.leaked == 3 and summary.leaked_representatives == 1 and summary.clusters == 1
+
+
 def test_a_lost_index_is_rebuilt_from_the_catalog(catalog, tmp_path):
     """The stored index is a cache the catalog names: with its folder gone, the rerun reads every
     hash, finds the same matches and writes a new index; the next rerun uses that one."""
