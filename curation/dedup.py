@@ -542,21 +542,19 @@ def _cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match
     query_rows, hit_shas = _index_hits(index, new, match)
     stored = _stored_clusters(catalog, np.unique(hit_shas))
     keys = np.array([stored[sha].key for sha in hit_shas.tolist()], dtype="S64")
-    table = _load_table(catalog, match.orientations, full=False, subset=_subset(new.shas, stored))
-    links = (table.rows(new.shas[query_rows]), table.rows(keys))
-    roots = _cluster(table, match.max_distance, match.margin, full=False, links=links)
-    leaked = _check_references(catalog, table, references, match, np.flatnonzero(table.new))
-    flags = _StoredFlags.of(table, stored)
-    survivors, conflicted = _survivors(catalog, table, roots)
-    losing = flags.losing_clusters(table, roots, survivors)
-    if losing:  # read those clusters whole: every member's link and cluster id change
-        members = _cluster_members(catalog, losing)
+
+    def merge(members: set[str], checked_now: dict[str, Any]) -> tuple[Any, ...]:
+        """Read the new images, the hit representatives and ``members``; cluster them and decide."""
         table = _load_table(catalog, match.orientations, full=False, subset=_subset(new.shas, stored, members))
         links = (table.rows(new.shas[query_rows]), table.rows(keys))
         roots = _cluster(table, match.max_distance, match.margin, full=False, links=links)
-        leaked = _check_references(catalog, table, {}, match, np.flatnonzero(table.new))
-        flags = _StoredFlags.of(table, stored)
-        survivors, conflicted = _survivors(catalog, table, roots)
+        leaked = _check_references(catalog, table, checked_now, match, np.flatnonzero(table.new))
+        return table, roots, leaked, _StoredFlags.of(table, stored), *_survivors(catalog, table, roots)
+
+    table, roots, leaked, flags, survivors, conflicted = merge(set(), references)
+    losing = flags.losing_clusters(table, roots, survivors)
+    if losing:  # read those clusters whole: every member's link and cluster id change
+        table, roots, leaked, flags, survivors, conflicted = merge(_cluster_members(catalog, losing), {})
     leaked |= flags.leaked
     index.add(new.shas, new.hashes)
     index.commit(catalog)  # before the statuses: every image with a status is in the index
@@ -577,9 +575,7 @@ def _index_hits(index: Any, new: _Table, match: _Match) -> tuple[np.ndarray, np.
     return np.concatenate([q for q, _ in found]).astype(np.int64), np.concatenate([s for _, s in found])
 
 
-def _subset(
-    new_shas: np.ndarray, stored: dict[bytes, _Stored], members: frozenset[str] | set[str] = frozenset()
-) -> list[str]:
+def _subset(new_shas: np.ndarray, stored: dict[bytes, _Stored], members: set[str]) -> list[str]:
     """The images a rerun reads: the new ones, the representative of every hit cluster, ``members``."""
     keys = {info.key.decode() for info in stored.values()}
     return sorted(keys | members | set(new_shas.astype(str)))
