@@ -35,7 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from curation import options, storage
+from curation import dedup, options, storage
 from curation.catalog import (
     DOWNLOADED,
     FAILED,
@@ -695,6 +695,7 @@ class _OutcomeWriter:
                 .having(func.count(func.distinct(Candidate.wnid)) > 1)
             )
             session.execute(update(Image).where(Image.sha256.in_(shared)).values(multi_class=True))
+            dedup.found_again(session, sorted(set(shas) - (set(images) - stored)))
         self.journal.recorded(i.relative_path for i in images.values())
         self.summary.new_images += len(set(images) - stored)
         for o in batch:

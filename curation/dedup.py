@@ -718,10 +718,25 @@ def _cluster_everything(
     return bool(len(new_rows))
 
 
+def found_again(session: Any, shas: list[str]) -> None:
+    """Images the crawl found again (a new candidate: maybe another class, licence or first find)
+    become new to dedup, so that its next run decides their clusters again: the survivor and the
+    label-conflict flag depend on every candidate of every member."""
+    from sqlalchemy import update
+
+    from curation.catalog import PerceptualHash
+
+    hashes = PerceptualHash.__table__
+    for part in _chunks(sorted(shas)):
+        session.execute(
+            update(hashes).where(hashes.c.sha256.in_(part), hashes.c.clustered.is_(True)).values(clustered=False)
+        )
+
+
 def _mark_clustered(catalog: Catalog, shas: np.ndarray | None) -> None:
-    """Record that these images (None: every one not clustered yet; dedup is the only writer of the
-    hashes, so those are the ones it read) are clustered and in the stored index. Last: a crash
-    before leaves them new, and the next run clusters them again to the same result."""
+    """Record that these images (None: every one not clustered yet, which are the ones read unless a
+    crawl found one again meanwhile) are clustered and in the stored index. Last: a crash before
+    leaves them new, and the next run clusters them again to the same result."""
     from sqlalchemy import update
 
     from curation.catalog import PerceptualHash

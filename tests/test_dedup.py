@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from curation.hashing import (
     pack_extra,
     unpack_extra,
 )
+from tests.replay_server import JPEG, ReplayServer, Reply
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from dedup_thresholds import VARIANTS, shared_photos, variant_bytes  # noqa: E402
@@ -757,6 +759,48 @@ def test_reruns_read_the_clusters_they_join_whole_only_when_their_representative
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _crawl_list(url: str, data_dir: Path, server: Any, rows: list[tuple[str, bytes, str, str]]) -> None:
+    """Crawl a URL list of (path, bytes, wnid, licence) served by ``server`` on 127.0.0.1."""
+    from curation.config import Settings
+    from curation.crawl import crawl
+
+    for path, data, _, _ in rows:
+        server.route(path, Reply(body=data, headers=JPEG))
+    listing = data_dir.parent / f"{data_dir.name}-{len(server.routes)}.csv"
+    listing.write_text("url,wnid,license\n" + "".join(f"{server.base}{p},{w},{lic}\n" for p, _, w, lic in rows))
+    allow = {"allow_private_hosts": ["127.0.0.0/8"], "min_side": 64, "contact": "tests@example.org"}
+    summary = crawl(Settings(db_url=url, data_dir=data_dir, toml={"crawl": allow}), urls=listing)
+    assert summary.outcomes["downloaded"] == len(rows), summary.outcomes
+
+
+def test_an_image_the_crawl_finds_again_is_decided_again_by_the_rerun(catalog_url, tmp_path):
+    """Three copies of one photo are crawled for one class under an unknown licence and clustered.
+    The crawl then finds a duplicate's bytes again at another URL, for another class and under CC0:
+    the rerun reads it again, it takes over the cluster (same size, better licence) and all three
+    are flagged as found for two classes, as in a dedup from scratch."""
+    base = _base_photo()
+    copies = [jpeg(base, quality) for quality in (95, 85, 70)]
+    first = [(f"/{k}.jpg", data, WNIDS[0], "all rights reserved") for k, data in enumerate(copies)]
+    with ReplayServer() as server:
+        _crawl_list(catalog_url, tmp_path / "stepwise", server, first)
+        catalog = cat.open_catalog(catalog_url)
+        dedup(catalog, tmp_path / "stepwise")
+        rows = statuses(catalog)
+        duplicate = next(data for data in copies if rows[_sha(data)].status == cat.DUPLICATE)
+        again = [("/again.jpg", duplicate, WNIDS[1], "CC0")]
+        _crawl_list(catalog_url, tmp_path / "stepwise", server, again)
+        dedup(catalog, tmp_path / "stepwise")
+        scratch_url = f"sqlite:///{tmp_path / 'scratch.sqlite'}"
+        _crawl_list(scratch_url, tmp_path / "scratch", server, first + again)
+    scratch = cat.open_catalog(scratch_url)
+    dedup(scratch, tmp_path / "scratch")
+    rows, links = _clusters_and_links(catalog)
+    assert (rows, links) == _clusters_and_links(scratch)
+    assert rows[_sha(duplicate)][0] == cat.REPRESENTATIVE and len(rows) == 3
+    assert {cluster for _, cluster, _ in rows.values()} == {_sha(duplicate)}
+    assert all(conflict for _, _, conflict in rows.values())
 
 
 @contextlib.contextmanager
