@@ -264,6 +264,13 @@ def confidence_histograms(session: Session) -> dict[str, list[int]]:
 # --------------------------------------------------------------------------- plots
 
 
+def _whole_numbers(axis: Any) -> None:
+    """Ticks at whole numbers only on a count axis (small counts would tick 0.25, 0.50, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=100, bbox_inches="tight", facecolor="white")
     import matplotlib.pyplot as plt
@@ -282,6 +289,7 @@ def plot_funnel(data: ReportData, path: Path) -> None:
     ax.set_xlabel("images (image, class pairs)")
     ax.set_title("Pipeline funnel")
     ax.set_xlim(0, max(values + [1]) * 1.15)
+    _whole_numbers(ax.xaxis)
     _save(fig, path)
 
 
@@ -300,6 +308,7 @@ def plot_per_class(data: ReportData, path: Path) -> None:
     )
     ax.set_ylim(-1, len(rows))
     ax.set_xlabel("images")
+    _whole_numbers(ax.xaxis)
     ax.set_title(f"Images per class ({len(rows)} classes)")
     ax.legend(loc="lower right")
     _save(fig, path)
@@ -319,11 +328,13 @@ def plot_sources(data: ReportData, path: Path) -> None:
         left.bar([i + offset * width for i in range(len(sources))], counts, width, label=label)
     left.set_xticks([i + width / 2 for i in range(len(sources))], sources, rotation=30, ha="right")
     left.set_ylabel("images")
+    _whole_numbers(left.yaxis)
     left.set_title("Sources")
     left.legend()
     licences = data.licences.most_common(12)
     right.barh([name[:30] for name, _ in licences][::-1], [n for _, n in licences][::-1], color="#55a868")
     right.set_xlabel("images")
+    _whole_numbers(right.xaxis)
     right.set_title(f"Licences ({shown})")
     _save(fig, path)
 
@@ -337,9 +348,7 @@ def plot_confidence(data: ReportData, path: Path) -> None:
         ax.hist(
             centres, bins=CONFIDENCE_BINS, range=(0, 1), weights=counts, alpha=0.6, label=f"{model} ({sum(counts)})"
         )
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _whole_numbers(ax.yaxis)
     ax.set_xlabel("filter model's confidence in its (wrong) prediction")
     ax.set_ylabel("kept images")
     ax.set_title("Filter confidence on kept images")

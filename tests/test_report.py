@@ -115,3 +115,48 @@ def test_report_counts_in_sql_equal_a_walk_of_every_row(catalog_url, tmp_path):
                 licences[licence or "unknown"] = licences.get(licence or "unknown", 0) + 1
         assert _release_sources(s, None) == (sources, licences)
         assert "urls" in sources and "unknown" in licences  # the test exercises both
+
+
+def test_count_axes_tick_whole_numbers_only(tmp_path, monkeypatch):
+    """A handful of images (the demo's scale) must not tick 0.25, 0.50, ... on any count axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from collections import Counter
+
+    from curation import report
+
+    figures = {}
+    real_save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: (figures.setdefault(path.name, fig), real_save(fig, path)))
+    counts = {"candidates": 3, "downloaded": 3, "kept": 2, "unique": 2, "accepted": 1, "released": 1}
+    row = {"wnid": CLASSES[0], "name": "monarch", **counts}
+    confidences = [0] * report.CONFIDENCE_BINS
+    confidences[-1] = 2
+    data = report.ReportData(
+        funnel=[row],
+        totals=counts,
+        release={"name": "r"},
+        sheet_source="released",
+        sheet_items={},
+        sources={"downloaded": Counter(flickr=3), "released": Counter(flickr=1)},
+        licences=Counter({"CC BY 4.0": 1}),
+        confidences={"lite0": confidences},
+    )
+    report.plot_funnel(data, tmp_path / "funnel.png")
+    report.plot_per_class(data, tmp_path / "per_class.png")
+    report.plot_sources(data, tmp_path / "sources_licences.png")
+    report.plot_confidence(data, tmp_path / "filter_confidence.png")
+    count_axes = {
+        "funnel.png": [("x", 0)],
+        "per_class.png": [("x", 0)],
+        "sources_licences.png": [("y", 0), ("x", 1)],
+        "filter_confidence.png": [("y", 0)],
+    }
+    for name, axes in count_axes.items():
+        for which, index in axes:
+            ax = figures[name].axes[index]
+            low, high = ax.get_xlim() if which == "x" else ax.get_ylim()
+            ticks = (ax.get_xticks() if which == "x" else ax.get_yticks()).tolist()
+            shown = [t for t in ticks if min(low, high) <= t <= max(low, high)]
+            assert len(shown) >= 2 and all(t == int(t) for t in shown), (name, which, shown)
