@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,6 +153,50 @@ def catalog_lock(engine: Engine, name: str, *, wait: bool = True) -> Iterator[bo
             if held and not conn.closed:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
+
+
+def _flock_held(path: Path) -> bool:
+    """Whether some process holds a flock() on ``path``, read from /proc/locks without taking the lock
+    (taking it, even shared and for a moment, would make a crawl starting at that instant refuse)."""
+    try:
+        st = path.stat()
+        locks = Path("/proc/locks").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: fall back to a momentary shared lock
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(len(f) > 5 and f[1] == "FLOCK" and f[5] == inode for f in (line.split() for line in locks.splitlines()))
+
+
+def lock_held(engine: Engine, name: str) -> bool:
+    """Whether another process holds the catalog-wide lock ``name`` of :func:`catalog_lock`, without
+    taking it: pg_locks on PostgreSQL (a bigint advisory key is classid:objid), /proc/locks on SQLite."""
+    if engine.dialect.name != "postgresql":
+        path = _sqlite_lock_path(engine, name)
+        return path is not None and _flock_held(path)
+    key = _lock_key(name) & (2**64 - 1)
+    query = text(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() "
+        "AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid) AND l.objsubid = 1"
+    )
+    with engine.connect() as conn:
+        return bool(conn.scalar(query, {"hi": key >> 32, "lo": key & (2**32 - 1)}))
+
+
+def commit_counter(conn: Any) -> Any:
+    """A value that changes whenever a transaction is committed to the catalog by any other connection
+    (one O(1) query on a connection kept open): SQLite's ``PRAGMA data_version``; on PostgreSQL the WAL
+    insert position, which any write to the server moves."""
+    if conn.dialect.name == "postgresql":
+        return conn.scalar(text("SELECT pg_current_wal_insert_lsn()::text"))
+    return conn.exec_driver_sql("PRAGMA data_version").scalar()
 
 
 def in_batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:

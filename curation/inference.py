@@ -476,6 +476,14 @@ def _scoring(loaded: LoadedModel, precision: str, batch_size: int | None, worker
     return _Scoring(resolve_precision(precision, device), batch_size, workers, *rest)
 
 
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Decode workers leave Ctrl-C to the main process: a terminal's SIGINT reaches the whole process
+    group, and a worker that died of it would fail the chunk that ``filter --follow`` commits on Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def iter_logits(
     loaded: LoadedModel,
     paths: Sequence[Path],
@@ -513,6 +521,7 @@ def iter_logits(
         collate_fn=_collate_bytes if tensor_decode else _collate,
         pin_memory=device.type == "cuda" and not tensor_decode,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=_ignore_interrupts if workers else None,
     )
     batches = _tensor_batches(loader, paths, preprocess, device) if tensor_decode else _pil_batches(loader)
     if device.type == "cuda":

@@ -1,0 +1,87 @@
+"""A run's loaded models and how they score: the input pipeline, chunk size and cluster tasks, set up
+once and used by a plain run's single pass or by every pass of ``--follow``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from curation.filter.pending import count_pairs
+from curation.filter.plan import Plan, record_threshold
+from curation.filter.scoring import DecodeTask, Scored, ScoreTask, score_pages
+from curation.filter.state import forget_near_new_threshold, forget_other_class_sets
+
+# Batches per committed chunk (what a killed run loses; one input pipeline serves all chunks): seconds
+# of work on a GPU, ~15 s on a CPU.
+BATCHES_PER_CHUNK = {"cuda": 64, "cpu": 16}
+
+
+@dataclass
+class Scorer:
+    """The models of a run (each with its label-space columns) and how they score pending pairs."""
+
+    plan: Plan
+    models: list[tuple[Any, list[int]]]
+    pipeline: dict[str, Any]
+    chunk: int
+    tasks: list[tuple[Any, DecodeTask, ScoreTask] | None]
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return [(loaded.name, loaded.weights_hash) for loaded, _ in self.models]
+
+    @classmethod
+    def build(cls, plan: Plan, models: list[tuple[Any, list[int]]], cluster: Any) -> Scorer:
+        """Refuses the same weights twice; the chunk is bounded by the logits buffer (<= 256 MB even
+        for 21k-class heads); on a cluster each model gets a decode task and a scoring actor."""
+        from curation.errors import CurationError
+        from curation.inference import default_batch_size
+
+        keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
+        if len(set(keys)) < len(keys):
+            raise CurationError("the same model with the same weights is given twice")
+        opts = plan.opts
+        pipeline = {
+            "batch_size": opts.batch_size,
+            "workers": opts.workers,
+            "precision": opts.precision,
+            "margin_recheck": opts.margin_recheck,
+        }
+        device = models[0][0].device
+        default_chunk = max(512, BATCHES_PER_CHUNK[device.type] * (opts.batch_size or default_batch_size(device)))
+        widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
+        chunk = min(opts.commit_every or default_chunk, 2**26 // widest)
+        tasks: list[tuple[Any, DecodeTask, ScoreTask] | None] = [None] * len(models)
+        if cluster is not None:
+            argmax = plan.rule in ("restricted", "msp")
+            tasks = [
+                (
+                    cluster,
+                    DecodeTask(loaded.data_config),
+                    ScoreTask(
+                        loaded.name, ckpt, loaded.weights_hash, pipeline, columns if argmax else None,
+                        plan.min_confidence,
+                    ),
+                )
+                for (loaded, columns), (_, ckpt) in zip(models, opts.models_and_checkpoints(), strict=True)
+            ]  # fmt: skip
+        return cls(plan, models, pipeline, chunk, tasks)
+
+    def prepare(self) -> tuple[int, int]:
+        """Undo what a changed class set or threshold invalidated, record this run's, and count (all
+        downloaded pairs, pending pairs)."""
+        plan = self.plan
+        with plan.catalog.session() as session:
+            for key in self.keys:
+                forget_other_class_sets(session, *key, plan.rule, plan.wnids)
+                if plan.min_confidence is not None:
+                    forget_near_new_threshold(session, *key, plan.min_confidence)
+        record_threshold(plan)
+        with plan.catalog.session() as session:
+            return count_pairs(session, plan.in_set, self.keys, plan.rule)
+
+    def score(self, todo: int | None, stop: Callable[[], bool] | None = None) -> Scored:
+        """Score ``todo`` pending pairs (None: until none is pending), committing chunk by chunk."""
+        scoring = (self.pipeline, self.chunk, self.plan.min_confidence)
+        return score_pages(self.plan.catalog, self.models, self.plan.where, todo, scoring, self.tasks, stop)
