@@ -29,6 +29,10 @@ re-check cost with real weights follows from the share measured by benchmarks/ma
     .venv/bin/python benchmarks/filter.py --images 200 --ablate
     .venv/bin/python benchmarks/filter.py --model lite0 --images 500
     .venv/bin/python benchmarks/filter.py --images 500 --filter-args "--precision bf16 --margin-recheck 0"
+
+``--incremental [--sizes 10000,100000,1000000] [--runs 3] [--follow-n 3000]`` runs the rows that score
+no corpus instead (a run with nothing to score, +100 pairs into large catalogs, ``--follow`` beside a
+crawl): see benchmarks/filter_incremental.py.
 """
 
 from __future__ import annotations
@@ -205,6 +209,10 @@ def decode_rate(loaded: inference.LoadedModel, paths: list[Path], draft: bool) -
 
 
 def main() -> None:
+    if "--incremental" in sys.argv[1:]:  # the rows that score no corpus: benchmarks/filter_incremental.py
+        from filter_incremental import main as incremental
+
+        return incremental([arg for arg in sys.argv[1:] if arg != "--incremental"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="resnet50", help="resnet50 (random weights) or lite0")
     parser.add_argument(

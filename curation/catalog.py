@@ -113,6 +113,7 @@ class Candidate(Base):
         Index("ix_candidates_status", "status"),
         Index("ix_candidates_image_wnid_status", "image_sha256", "wnid", "status"),
         Index("ix_candidates_url_status", "url", "status"),  # the crawl's known-URL check
+        Index("ix_candidates_download_seq", "download_seq"),  # the filter's "downloaded since" range
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -131,6 +132,7 @@ class Candidate(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     image_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"))  # see ix_candidates_image_wnid_status
+    download_seq: Mapped[int | None] = mapped_column(Integer)  # the crawl batch that downloaded it (counters.py)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

@@ -35,7 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from curation import dedup, options, storage
+from curation import counters, dedup, options, storage
 from curation.catalog import (
     DOWNLOADED,
     FAILED,
@@ -667,6 +667,9 @@ class _OutcomeWriter:
                 }
             )
         with self.catalog.session() as session:
+            seq = counters.take_next(session, counters.DOWNLOADS)
+            for row in updates:
+                row["download_seq"] = seq if row["status"] == DOWNLOADED else None
             stored = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(list(images)))))
             insert_ignore(
                 session,

@@ -198,3 +198,30 @@ def test_follow_flags_are_checked(tmp_path, flags, message):
     run = _cli(tmp_path, "filter", *flags)
     (line,) = run.stderr.strip().splitlines()
     assert run.returncode == 1 and line.startswith("curation: error: ") and message in line
+
+
+def test_a_rerun_reads_only_the_pairs_downloaded_since_the_last_complete_run(tmp_path, lite0_checkpoint):
+    """After a complete run the catalog records the downloads sequence value up to which every pair is
+    scored; the next run counts and pages only candidates downloaded later (ix_candidates_download_seq),
+    so a prediction removed behind its back is not even seen, while every new pair is, including new
+    classes of bytes already stored."""
+    args = _filter_args(lite0_checkpoint)
+    assert _cli(tmp_path, "crawl", "--folder", str(_photos(tmp_path / "a", 6))).returncode == 0
+    assert _cli(tmp_path, *args).returncode == 0
+    with _db(tmp_path) as con:
+        (record,) = con.execute("SELECT value FROM catalog_meta WHERE key LIKE 'filter-through:%'").fetchone()
+        assert json.loads(record) == {"downloads": 1, "pairs": 6}
+        con.execute("DELETE FROM predictions WHERE id = (SELECT min(id) FROM predictions)")
+    again = tmp_path / "again"  # the same bytes under another class: a new pair of a stored image
+    again.mkdir()
+    first = sorted((tmp_path / "a").iterdir())[0]
+    shutil.copy(first, again / f"{WNIDS[2] if first.stem != WNIDS[2] else WNIDS[1]}.JPEG")
+    assert _cli(tmp_path, "crawl", "--folder", str(again)).returncode == 0
+    assert _cli(tmp_path, "crawl", "--folder", str(_photos(tmp_path / "b", 2, skip=6))).returncode == 0
+    rerun = _cli(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "scored 3 image(s) (3 pair(s)" in rerun.stdout and "6 pair(s) already scored" in rerun.stdout
+    assert _count(tmp_path, "SELECT count(*) FROM predictions") == 8  # 6 - 1 removed + 3
+    with _db(tmp_path) as con:
+        seqs = dict(con.execute("SELECT download_seq, count(*) FROM candidates GROUP BY 1").fetchall())
+    assert seqs == {1: 6, 2: 1, 3: 2}  # one value per crawl batch, on every downloaded candidate

@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from curation import counters
 from curation.dialect import commit_counter, lock_held
 from curation.filter.config import FOLLOW_GRACE_S
+from curation.filter.plan import Pending
 from curation.filter.scorer import Scorer
 from curation.filter.scoring import Scored
 
@@ -61,7 +63,8 @@ def follow(scorer: Scorer, *, until_crawl_ends: bool) -> int:
     seen a crawl, or after FOLLOW_GRACE_S without one). Prints one summary line; exits 0."""
     plan = scorer.plan
     engine = plan.catalog.engine
-    pairs = scorer.prepare()
+    pending = scorer.prepare()
+    since = pending.since
     total, counts = Scored(), {"kept": 0, "discarded": 0, "failed": 0}
     started, passes, seen_crawl, reason = time.monotonic(), 0, False, "Ctrl-C"
     poll, last = POLL_MIN_S, None
@@ -75,8 +78,14 @@ def follow(scorer: Scorer, *, until_crawl_ends: bool) -> int:
             probe.rollback()  # no transaction left open between polls
             if token != last:  # read before the walk: what commits during it moves the next token
                 last, passes = token, passes + 1
-                scored = scorer.score(None, stop.is_set)
+                with plan.catalog.session() as session:
+                    downloads = counters.current(session, counters.DOWNLOADS)
+                scored = scorer.score(None, since, stop.is_set)
                 _add(total, scored)
+                if not stop.is_set():  # a whole pass: every pair downloaded up to ``downloads`` is scored
+                    scored_pairs = pending.pairs[0] - pending.pairs[1] + total.pairs
+                    scorer.all_scored(Pending((scored_pairs, 0), since, downloads))
+                    since = downloads
                 if scored.pairs:
                     for key, n in plan.verdicts(scorer.keys).items():
                         counts[key] += n
@@ -88,6 +97,6 @@ def follow(scorer: Scorer, *, until_crawl_ends: bool) -> int:
                 break
             stop.wait(poll)
             poll = min(2 * poll, POLL_MAX_S)
-    line = plan.summary(len(scorer.models), total, pairs, pairs[1], counts)
+    line = plan.summary(len(scorer.models), total, pending.pairs, pending.pairs[1], counts)
     print(f"{line}; followed {time.monotonic() - started:.0f} s ({passes} pass(es)) until {reason}")
     return 0

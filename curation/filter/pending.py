@@ -67,19 +67,25 @@ def scored_by(key: tuple[str, str], rule: str) -> Any:
     )
 
 
-def downloaded_pairs(columns: list[Any], wnids: list[str] | None) -> Any:
+def downloaded_pairs(columns: list[Any], wnids: list[str] | None, since: int | None = None) -> Any:
     """SELECT ``columns`` over the distinct downloaded (image, class) pairs, in (sha256, wnid) order:
     GROUP BY walks ix_candidates_image_wnid_status and a LIMIT stops it early. The status test is
     written ``status || '' = ?`` so that no index serves it: SQLite, without statistics, otherwise
     picked ix_candidates_status and sorted every downloaded row in a temp B-tree (6 s for a page of 100
-    at 300,000 downloads; 16 ms on the pair index). ``wnids`` None means every class."""
+    at 300,000 downloads; 16 ms on the pair index). ``wnids`` None means every class. ``since``: only the
+    pairs of candidates downloaded after that value of the downloads sequence (curation/counters.py),
+    found by their ids on ix_candidates_download_seq, so the query costs what is new."""
     from sqlalchemy import select
+    from sqlalchemy.orm import aliased
 
     from curation.catalog import DOWNLOADED, Candidate
 
     stmt = select(*columns).where(Candidate.status.concat("") == DOWNLOADED, Candidate.image_sha256.is_not(None))
     if wnids is not None:
         stmt = stmt.where(Candidate.wnid.in_(wnids))
+    if since is not None:
+        fresh = aliased(Candidate)
+        stmt = stmt.where(Candidate.id.in_(select(fresh.id).where(fresh.download_seq > since)))
     return stmt.group_by(Candidate.image_sha256, Candidate.wnid).order_by(Candidate.image_sha256, Candidate.wnid)
 
 
@@ -91,15 +97,17 @@ def pending_page(
     data_dir: Path,
     limit: int,
     after: tuple[str, str] | None,
+    since: int | None = None,
 ) -> list[tuple[Pair, list[bool]]]:
-    """The next ``limit`` pairs after ``after`` that some model has not scored, each with whether each
-    model has: an indexed anti-join per model, never the whole table."""
+    """The next ``limit`` pairs after ``after`` that some model has not scored (among the candidates
+    downloaded after ``since``, when given), each with whether each model has: an indexed anti-join
+    per model, never the whole table."""
     from sqlalchemy import and_, func, or_
 
     from curation.catalog import Candidate, Image
 
     scored = [scored_by(key, rule) for key in keys]
-    stmt = downloaded_pairs([Candidate.image_sha256, Candidate.wnid, func.min(Image.path), *scored], wnids)
+    stmt = downloaded_pairs([Candidate.image_sha256, Candidate.wnid, func.min(Image.path), *scored], wnids, since)
     stmt = stmt.join(Image, Image.sha256 == Candidate.image_sha256).where(or_(*[~s for s in scored]))
     if after is not None:
         sha, wnid = after
@@ -108,11 +116,14 @@ def pending_page(
     return [(Pair(sha, wnid, data_dir / path), [bool(v) for v in done]) for sha, wnid, path, *done in rows]
 
 
-def count_pairs(session: Any, wnids: list[str] | None, keys: list[tuple[str, str]], rule: str) -> tuple[int, int]:
-    """(all downloaded pairs, pairs some model has not scored), in one walk of the pair index."""
+def count_pairs(
+    session: Any, wnids: list[str] | None, keys: list[tuple[str, str]], rule: str, since: int | None = None
+) -> tuple[int, int]:
+    """(downloaded pairs, pairs some model has not scored among them), in one walk of the pair index, or
+    of the candidates downloaded after ``since``."""
     from sqlalchemy import case, func, or_, select
 
     pending = case((or_(*[~scored_by(key, rule) for key in keys]), 1), else_=0)
-    pairs = downloaded_pairs([pending.label("pending")], wnids).order_by(None).subquery()
+    pairs = downloaded_pairs([pending.label("pending")], wnids, since).order_by(None).subquery()
     total, n_pending = session.execute(select(func.count(), func.coalesce(func.sum(pairs.c.pending), 0))).one()
     return int(total), int(n_pending)

@@ -8,14 +8,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curation import counters
 from curation.filter.config import FilterOptions, rule_and_threshold
 from curation.filter.pending import count_pairs, label_space
 from curation.filter.scoring import Scored
-from curation.filter.state import unchanged_since_last_run
+from curation.filter.state import record_scored_through, scored_through, unchanged_since_last_run
 from curation.filter.verdicts import update_verdicts
 from curation.filter.weights import known_weights_hash
 
 MIN_CONFIDENCE_META = "filter:min_confidence"  # the release's datasheet reads the threshold in force
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a run found to do: (downloaded pairs, pending pairs), the downloads sequence value its
+    pending pairs were read after (None: all of them) and the value when it looked."""
+
+    pairs: tuple[int, int]
+    since: int | None
+    downloads: int
 
 
 @dataclass
@@ -33,6 +44,23 @@ class Plan:
     @property
     def where(self) -> tuple[list[str] | None, str, Path]:
         return self.in_set, self.rule, self.data_dir
+
+    def pending(self, session: Any, keys: list[tuple[str, str]]) -> Pending:
+        """Count the pairs and the pending pairs: from the record of what is scored, only the candidates
+        downloaded since (an index range); without one, a walk of every downloaded pair."""
+        downloads = counters.current(session, counters.DOWNLOADS)
+        record = scored_through(session, keys, self.rule, self.wnids, self.in_set)
+        if record is None:
+            return Pending(count_pairs(session, self.in_set, keys, self.rule), None, downloads)
+        since, scored = record
+        _, n_pending = count_pairs(session, self.in_set, keys, self.rule, since)
+        return Pending((scored + n_pending, n_pending), since, downloads)
+
+    def all_scored(self, session: Any, keys: list[tuple[str, str]], pending: Pending) -> None:
+        """Record that every pair counted by ``pending`` is scored now."""
+        if pending.pairs[1] or pending.since != pending.downloads:
+            upto = (pending.downloads, pending.pairs[0])
+            record_scored_through(session, keys, self.rule, (self.wnids, self.in_set), upto)
 
     def verdicts(self, keys: list[tuple[str, str]]) -> dict[str, int]:
         """Combine the models' predictions into verdicts for the pairs scored since the last pass."""
@@ -86,11 +114,12 @@ def nothing_to_do(plan: Plan) -> str | None:
             return None  # the full path names the mistake
         if not unchanged_since_last_run(session, keys, plan.rule, plan.wnids, plan.min_confidence):
             return None
-        pairs = count_pairs(session, plan.in_set, keys, plan.rule)
-    if pairs[1]:
-        return None
+        pending = plan.pending(session, keys)
+        if pending.pairs[1]:
+            return None
+        plan.all_scored(session, keys, pending)
     record_threshold(plan)
-    return plan.summary(len(keys), Scored(), pairs, 0, plan.verdicts(keys))
+    return plan.summary(len(keys), Scored(), pending.pairs, 0, plan.verdicts(keys))
 
 
 def record_threshold(plan: Plan) -> None:

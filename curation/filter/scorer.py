@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from curation.filter.pending import count_pairs
-from curation.filter.plan import Plan, record_threshold
+from curation.filter.plan import Pending, Plan, record_threshold
 from curation.filter.scoring import DecodeTask, Scored, ScoreTask, score_pages
 from curation.filter.state import forget_near_new_threshold, forget_other_class_sets
 
@@ -68,9 +67,9 @@ class Scorer:
             ]  # fmt: skip
         return cls(plan, models, pipeline, chunk, tasks)
 
-    def prepare(self) -> tuple[int, int]:
-        """Undo what a changed class set or threshold invalidated, record this run's, and count (all
-        downloaded pairs, pending pairs)."""
+    def prepare(self) -> Pending:
+        """Undo what a changed class set or threshold invalidated, record this run's, and count what is
+        pending."""
         plan = self.plan
         with plan.catalog.session() as session:
             for key in self.keys:
@@ -79,9 +78,18 @@ class Scorer:
                     forget_near_new_threshold(session, *key, plan.min_confidence)
         record_threshold(plan)
         with plan.catalog.session() as session:
-            return count_pairs(session, plan.in_set, self.keys, plan.rule)
+            return plan.pending(session, self.keys)
 
-    def score(self, todo: int | None, stop: Callable[[], bool] | None = None) -> Scored:
-        """Score ``todo`` pending pairs (None: until none is pending), committing chunk by chunk."""
+    def score(
+        self, todo: int | None, since: int | None, stop: Callable[[], bool] | None = None, expected: int | None = None
+    ) -> Scored:
+        """Score ``todo`` pending pairs (None: until none is pending) of the candidates downloaded after
+        ``since`` (None: all), committing chunk by chunk; ``expected`` sizes the progress bar."""
         scoring = (self.pipeline, self.chunk, self.plan.min_confidence)
-        return score_pages(self.plan.catalog, self.models, self.plan.where, todo, scoring, self.tasks, stop)
+        pages = (todo, expected if expected is not None else todo, since)
+        return score_pages(self.plan.catalog, self.models, self.plan.where, pages, scoring, self.tasks, stop)
+
+    def all_scored(self, pending: Pending) -> None:
+        """Record that every pair ``pending`` counted is scored now."""
+        with self.plan.catalog.session() as session:
+            self.plan.all_scored(session, self.keys, pending)

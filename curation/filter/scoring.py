@@ -179,29 +179,32 @@ def score_pages(
     catalog: Any,
     models: list[tuple[Any, list[int]]],
     where: tuple,
-    todo: int | None,
+    pages: tuple[int | None, int | None, int | None],
     scoring: tuple[dict, int, float | None],
     tasks: list[tuple[Any, DecodeTask, ScoreTask] | None],
     stop: Callable[[], bool] | None = None,
 ) -> Scored:
-    """Score ``todo`` pending pairs (None: until none is pending), one page of at most PAGE_PAIRS at a
-    time, each pair by the models that have not scored it; ``where`` is (class set or None, rule, data
-    dir), ``scoring`` (pipeline, chunk, MSP threshold or None), ``tasks`` each model's cluster task
-    (None: local). ``stop()``, asked after each committed chunk, ends the run there."""
+    """Score pending pairs one page of at most PAGE_PAIRS at a time, each pair by the models that have
+    not scored it. ``pages`` is (pairs to score, None: until none is pending; pairs expected, for the
+    progress bar; the downloads sequence value after which candidates count, None: all); ``where`` is
+    (class set or None, rule, data dir), ``scoring`` (pipeline, chunk, MSP threshold or None), ``tasks``
+    each model's cluster task (None: local). ``stop()``, asked after each committed chunk, ends the run
+    there."""
     from tqdm import tqdm
 
     wnids, rule, data_dir = where
     pipeline, chunk, min_confidence = scoring
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
     scored = Scored()
+    todo, expected, since = pages
     after: tuple[str, str] | None = None
-    total = None if todo is None else todo * len(models)
+    total = None if expected is None else expected * len(models)
     # Images to score, counted as pairs per model (an image found for two classes counts twice).
     with tqdm(total=total, desc="filter", unit="img", file=sys.stderr, leave=False) as bar:
         while todo is None or scored.pairs < todo:
             limit = PAGE_PAIRS if todo is None else min(PAGE_PAIRS, todo - scored.pairs)
             with catalog.session() as session:
-                page = pending_page(session, wnids, keys, rule, data_dir, limit, after)
+                page = pending_page(session, wnids, keys, rule, data_dir, limit, after, since)
             if not page:
                 break
             done: set[tuple[str, str]] = set()

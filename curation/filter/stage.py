@@ -81,11 +81,16 @@ def load_models(plan: Plan, compile_model: bool, started: Any) -> list[tuple[Any
 
 def _score_once(scorer: Scorer, limit: int | None) -> int:
     """One plain run: the pending pairs (at most ``limit``), then verdicts and the summary line."""
-    n_pairs, n_pending = scorer.prepare()
+    pending = scorer.prepare()
+    n_pending = pending.pairs[1]
     todo = n_pending if limit is None else min(limit, n_pending)
-    scored = scorer.score(todo)
+    # Without --limit, score until no page is left: pairs a crawl commits meanwhile may come first in the
+    # pair order, and stopping after ``todo`` pairs could leave some counted ones unscored.
+    scored = scorer.score(todo if limit is not None else None, pending.since, expected=todo)
+    if limit is None:
+        scorer.all_scored(pending)
     counts = scorer.plan.verdicts(scorer.keys)
-    print(scorer.plan.summary(len(scorer.models), scored, (n_pairs, n_pending), todo, counts))
+    print(scorer.plan.summary(len(scorer.models), scored, pending.pairs, todo, counts))
     return 0
 
 

@@ -1,4 +1,6 @@
-"""What earlier runs decided that a new run must undo: predictions of another class set, or near a changed threshold."""
+"""What earlier runs recorded in catalog_meta: the class set and threshold their predictions hold for
+(a new run undoes what a change invalidated), and the point of the downloads sequence up to which every
+pair is scored (a new run then reads only what was downloaded since)."""
 
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def forget_other_class_sets(session: Any, model: str, weights_hash: str, rule: s
         session.execute(delete(Prediction).where(*scored))
         # Deleted ids may be handed out again: the next verdict pass reads every prediction.
         session.execute(delete(Meta).where(Meta.key == VERDICTS_META))
+        forget_scored_through(session)
     session.merge(Meta(key=key, value=json.dumps(value)))
 
 
@@ -93,4 +96,47 @@ def forget_near_new_threshold(session: Any, model: str, weights_hash: str, thres
             )
         ).rowcount
         print(f"filter: --min-confidence changed: rescoring {gone} pair(s) near the new threshold", file=sys.stderr)
+        forget_scored_through(session)
     session.merge(Meta(key=key, value=json.dumps(value)))
+
+
+SCORED_THROUGH_KEY = "filter-through:"  # + sha256(models, rule, label space, scored classes)
+
+
+def _scored_through_key(keys: list[tuple[str, str]], rule: str, wnids: list[str], in_set: list[str] | None) -> str:
+    config = json.dumps([sorted(keys), rule, sorted(wnids), sorted(in_set) if in_set is not None else None])
+    return SCORED_THROUGH_KEY + hashlib.sha256(config.encode()).hexdigest()[:40]
+
+
+def scored_through(
+    session: Any, keys: list[tuple[str, str]], rule: str, wnids: list[str], in_set: list[str] | None
+) -> tuple[int, int] | None:
+    """(downloads sequence value, downloaded pairs then): every pair downloaded up to that value was
+    scored by these models under this rule and class set; None without such a record."""
+    from curation.catalog import Meta
+
+    meta = session.get(Meta, _scored_through_key(keys, rule, wnids, in_set))
+    if meta is None:
+        return None
+    value = json.loads(meta.value)
+    return value["downloads"], value["pairs"]
+
+
+def record_scored_through(
+    session: Any, keys: list[tuple[str, str]], rule: str, classes: tuple[list[str], list[str] | None], upto: tuple
+) -> None:
+    """Remember that every pair downloaded up to ``upto`` = (sequence value, pairs) is scored."""
+    from curation.catalog import Meta
+
+    downloads, pairs = upto
+    key = _scored_through_key(keys, rule, *classes)
+    session.merge(Meta(key=key, value=json.dumps({"downloads": downloads, "pairs": pairs})))
+
+
+def forget_scored_through(session: Any) -> None:
+    """Predictions were deleted: no record of what is scored holds any more."""
+    from sqlalchemy import delete
+
+    from curation.catalog import Meta
+
+    session.execute(delete(Meta).where(Meta.key.startswith(SCORED_THROUGH_KEY)))
