@@ -137,6 +137,9 @@ class Catalog:
                 [(r[0], r[1], *template) for r in rows],
             )
             con.commit()
+        # The padding bypassed the crawl: the next run walks every pair once and records the true count.
+        con.execute("DELETE FROM catalog_meta WHERE key LIKE 'filter-through:%'")
+        con.commit()
         con.close()
 
 

@@ -3,9 +3,12 @@ as the local engine. Each test re-runs itself inside a loopback-only network nam
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -299,6 +302,39 @@ def test_filter_on_ray_keeps_what_local_keeps(ray_cluster, tmp_path: Path, run_c
     cpu_tables = _filter_tables(root)
     assert len(cpu_tables["predictions"]) == 60 and len(cpu_tables["verdicts"]) >= 59
     assert all(set(cpu_tables[table]) <= set(local_tables[table]) for table in cpu_tables)
+
+
+@pytest.mark.ray(timeout=600)
+def test_filter_follow_on_ray_scores_what_a_crawl_adds_and_ends_with_it(
+    ray_cluster, tmp_path: Path, run_cli, lite0_checkpoint
+) -> None:
+    """`filter --follow --until-crawl-ends --engine ray`: the cluster's actors score the pairs stored
+    before it started and those a later crawl adds, each once; it ends by itself after the crawl."""
+    photos = sorted(SAMPLES.glob("*.JPEG"))
+    first, later = tmp_path / "first", tmp_path / "later"
+    for folder, part in ((first, photos[:12]), (later, photos[12:24])):
+        folder.mkdir()
+        for path in part:
+            shutil.copy(path, folder / path.name)
+    db = ("--db", str(tmp_path / "catalog.sqlite"), "--data-dir", str(tmp_path / "data"))
+    assert run_cli(*db, "crawl", "--folder", str(first), timeout=300).returncode == 0
+    follow = [sys.executable, "-m", "curation", *db, "--engine", "ray", "--ray-address", ray_cluster.address,
+              "filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint),
+              "--follow", "--until-crawl-ends"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
+    follower = subprocess.Popen(
+        follow, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    ready = next((line for line in follower.stderr if "following the catalog" in line), None)
+    assert ready is not None, follower.communicate(timeout=60)
+    assert run_cli(*db, "crawl", "--folder", str(later), timeout=300).returncode == 0
+    out, err = follower.communicate(timeout=300)
+    assert follower.returncode == 0 and "scored 24 image(s)" in out, err
+    assert "until the crawl ended" in out or "no crawl within" in out
+    assert ray_cluster.drivers_seen() == 1
+    assert any(t["name"] == "_TaskActor.run" for t in ray_cluster.tasks_seen())
+    predicted = _filter_tables(tmp_path)["predictions"]
+    assert len(predicted) == 24 and len({(row[0], row[1]) for row in predicted}) == 24
 
 
 # --------------------------------------------------------------------------- crawl
