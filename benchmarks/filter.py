@@ -30,8 +30,7 @@ re-check cost with real weights follows from the share measured by benchmarks/ma
     .venv/bin/python benchmarks/filter.py --model lite0 --images 500
     .venv/bin/python benchmarks/filter.py --images 500 --filter-args "--precision bf16 --margin-recheck 0"
 
-``--incremental [--sizes 10000,100000,1000000] [--runs 3] [--follow-n 3000]`` runs the rows that score
-no corpus instead (a run with nothing to score, +100 pairs into large catalogs, ``--follow`` beside a
+``--incremental`` (with benchmarks/filter_incremental.py's flags) runs the rows that score no corpus instead (a run with nothing to score, +100 pairs into large catalogs, ``--follow`` beside a
 crawl): see benchmarks/filter_incremental.py.
 """
 
@@ -209,11 +208,12 @@ def decode_rate(loaded: inference.LoadedModel, paths: list[Path], draft: bool) -
 
 
 def main() -> None:
-    if "--incremental" in sys.argv[1:]:  # the rows that score no corpus: benchmarks/filter_incremental.py
-        from filter_incremental import main as incremental
-
-        return incremental([arg for arg in sys.argv[1:] if arg != "--incremental"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="run the rows that score no corpus instead; the other flags go to benchmarks/filter_incremental.py",
+    )
     parser.add_argument("--model", choices=MODELS, default="resnet50", help="resnet50 (random weights) or lite0")
     parser.add_argument(
         "--images", type=int, default=96, help="how many shared photos (max 500: 200 samples, then 300 val)"
@@ -223,7 +223,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--ablate", action="store_true", help="also time layouts, bf16 and decode alone")
     parser.add_argument("--filter-args", default="", help="extra `curation filter` flags, e.g. '--workers 2'")
-    opts = parser.parse_args()
+    opts, rest = parser.parse_known_args()
+    if opts.incremental:
+        from filter_incremental import main as incremental  # this folder is on sys.path
+
+        return incremental(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     model = MODELS[opts.model]
     device = torch.device(opts.device)
     photos = shared_photos()[: opts.images]
