@@ -27,6 +27,7 @@ import hashlib
 import os
 import random
 import resource
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -45,7 +46,8 @@ from scale import tree_rss  # noqa: E402
 
 from curation.wheel_weights import write_checkpoint  # noqa: E402
 
-PHOTOS = sorted((REPO.parent / "shared" / "images").glob("*/*.JPEG"))
+# The 200 sample photos are named by their class (<wnid>.JPEG), which `crawl --folder` reads.
+PHOTOS = sorted((REPO.parent / "shared" / "images" / "imagenet_samples").glob("*.JPEG"))
 SEED = 100  # real photos scored by a real run before the padding
 INCREMENT = 100
 
@@ -104,7 +106,32 @@ class Catalog:
             path = PHOTOS[k % len(PHOTOS)]
             (folder / f"{path.stem}_{k}.jpg").write_bytes(with_comment(path.read_bytes(), f"bench {k}"))
         self.added += n
-        subprocess.run([*self.cli, "crawl", "--folder", str(folder)], check=True, capture_output=True)
+        crawl = subprocess.run([*self.cli, "crawl", "--folder", str(folder)], check=True, capture_output=True, text=True)
+        assert f"downloaded {n} ({n} new images)" in crawl.stdout, crawl.stdout
+
+    def predictions(self) -> int:
+        with sqlite3.connect(self.root / "catalog.sqlite", timeout=30) as con:
+            return con.execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+    def follower_lags(self, runs: int) -> list[float]:
+        """Seconds from the end of a crawl of INCREMENT new photos until a running follower has scored
+        them, ``runs`` times beside one follower."""
+        follower = subprocess.Popen([*self.filter_cmd("--follow")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)  # fmt: skip
+        for line in follower.stderr:
+            if "following the catalog" in line:
+                break
+        lags = []
+        for _ in range(runs):
+            target = self.predictions() + INCREMENT
+            self.crawl_photos(INCREMENT)
+            crawled = time.perf_counter()
+            while self.predictions() < target:
+                time.sleep(0.01)
+            lags.append(time.perf_counter() - crawled)
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=120)
+        return lags
 
     def pad(self, n: int) -> None:
         """Add ``n`` synthetic downloaded pairs with predictions like the real ones, in random order."""
@@ -170,13 +197,19 @@ def catalog_rows(sizes: list[int], runs: int, checkpoint: Path) -> None:
                 assert f"scored {INCREMENT} image(s)" in plus[-1].last_line, plus[-1].last_line
             print(summarise(f"{n:>9,} +{INCREMENT} pairs", plus), flush=True)
             print(f"  last: {plus[-1].last_line}", flush=True)
+            lags = catalog.follower_lags(runs)
+            print(
+                f"{n:>9,} +{INCREMENT} pairs into a running --follow: scored "
+                f"{statistics.median(lags):.2f} s ({min(lags):.2f}-{max(lags):.2f}) after the crawl ended",
+                flush=True,
+            )
 
 
 def follow_row(n: int, runs: int, checkpoint: Path) -> None:
     """Crawl then filter, against crawl beside filter --follow --until-crawl-ends."""
     photos = [p.read_bytes() for p in PHOTOS]
     server = ImageServer(lambda i: photos[i % len(photos)], 0.05)
-    wnids = sorted({p.stem.split("_")[0] for p in PHOTOS if p.parent.name == "imagenet_samples"})
+    wnids = [p.stem for p in PHOTOS]
     try:
         for _ in range(runs):
             sequential, together, behind = _follow_once(server.base, wnids, n, checkpoint)
