@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	@echo "installing the project and its dependencies into $(VENV) (first run: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,postgres,ray,wordnet]'
+	$(BIN)/pip install -q -e '.[dev,postgres,ray,wordnet,s3]'
 	touch $(STAMP)
 
 # Offline, crawl finds nothing and filter cannot fetch its weights: both then end with OFFLINE_HINT.

@@ -38,6 +38,7 @@ DECLARING_MODULES = (
     "curation.filter",
     "curation.dedup",
     "curation.annotate",
+    "curation.store.location",
 )
 # Table name -> the dataclasses that declare its keys.
 TABLES: dict[str, list[type]] = {}

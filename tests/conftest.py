@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.pg_server import PG_TEMPLATE, PostgresServer
+from tests.seaweed_server import SeaweedServer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -68,6 +69,27 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """The session's S3 server (SeaweedFS on loopback) with the bucket ``images``."""
+    try:
+        server = SeaweedServer()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> SeaweedServer:
+    """The standard AWS variables point at the session's S3 server (as a machine's own chain would)."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    return seaweed
 
 
 @pytest.fixture
