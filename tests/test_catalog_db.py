@@ -302,6 +302,34 @@ def test_catalog_lock_refuses_a_second_holder(catalog_url):
     catalog.engine.dispose()
 
 
+def test_lock_held_and_commit_counter_see_other_connections_without_taking_anything(catalog_url):
+    """What `filter --follow` polls: whether a crawl holds the catalog's crawl lock (read, not taken:
+    the holder's lock is untouched and a second holder is still refused), and a counter that moves when
+    another connection commits (and, on SQLite, stays put otherwise)."""
+    from curation.dialect import catalog_lock, commit_counter, lock_held
+
+    catalog = cat.open_catalog(catalog_url)
+    other = cat.make_engine(catalog_url)
+    assert not lock_held(other, "crawl")
+    with catalog_lock(catalog.engine, "crawl", wait=False) as held:
+        assert held and lock_held(other, "crawl") and not lock_held(other, "dedup")
+        with catalog_lock(other, "crawl", wait=False) as second:
+            assert not second
+    assert not lock_held(other, "crawl")
+    with other.connect() as probe:
+        before = commit_counter(probe)
+        probe.rollback()
+        if other.dialect.name == "sqlite":  # PostgreSQL's WAL also moves for the server's own upkeep
+            assert commit_counter(probe) == before
+            probe.rollback()
+        with catalog.session() as session:
+            session.merge(cat.Meta(key="probe", value="1"))
+        assert commit_counter(probe) != before
+        probe.rollback()
+    other.dispose()
+    catalog.engine.dispose()
+
+
 def test_catalog_error_names_no_password(postgres):
     with pytest.raises(CurationError, match=r"\*\*\*") as info:
         cat.open_catalog(postgres.url("postgres", password="s3cret-pw"))
