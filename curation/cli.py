@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "curation.evaluate",
     "curation.report",
     "curation.status",
+    "curation.store.transfer",
 )
 
 
