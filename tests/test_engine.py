@@ -90,6 +90,16 @@ def test_crawl_on_an_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path
     assert not db.exists() and not (tmp_path / "d").exists()
 
 
+def test_filter_on_an_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path: Path, run_cli) -> None:
+    db = tmp_path / "c.sqlite"
+    cli = ("--db", str(db), "--data-dir", str(tmp_path / "d"), "--engine", "ray", "--ray-address", "127.0.0.1:9")
+    for extra in ((), ("--follow",)):
+        result = run_cli(*cli, "filter", *extra, timeout=120)
+        assert result.returncode == 1 and result.stdout == "", result.stderr
+        assert result.stderr == "curation: error: cannot reach the Ray cluster at 127.0.0.1:9: Connection refused\n"
+        assert not db.exists() and not (tmp_path / "d").exists()
+
+
 def test_key_router_keeps_each_key_on_one_shard_for_good_balanced_and_interleaved() -> None:
     from curation.engine.base import KeyRouter
 

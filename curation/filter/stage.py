@@ -12,6 +12,7 @@ from curation.cpu_share import cpu_sample
 from curation.engine import open_cluster
 from curation.errors import CurationError
 from curation.filter.config import FilterOptions
+from curation.filter.follow import follow
 from curation.filter.judging import msp_log_odds
 from curation.filter.plan import Plan, make_plan, nothing_to_do
 from curation.filter.scorer import Scorer
@@ -26,21 +27,19 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     opts = options.resolve(FilterOptions, settings, args)
     _check_flags(args)
     started = cpu_sample()  # before torch's import and the model load: the interval that measures free cores
-    plan = make_plan(args, settings, opts)
-    if args.calibrate is None and not args.follow:
-        line = nothing_to_do(plan)
-        if line is not None:
-            print(line)
-            return 0
-    cluster = open_cluster(settings, settings.data_dir)  # before any model: a cluster problem writes nothing
+    cluster = open_cluster(settings, settings.data_dir)  # first: a cluster problem writes nothing
     try:
+        plan = make_plan(args, settings, opts)
+        if args.calibrate is None and not args.follow:
+            line = nothing_to_do(plan)
+            if line is not None:
+                print(line)
+                return 0
         models = load_models(plan, args.compile, started if cluster is None else None)
         if args.calibrate is not None:
             return calibrate(args.calibrate, models, opts.workers)
         scorer = Scorer.build(plan, models, cluster)
         if args.follow:
-            from curation.filter.follow import follow
-
             return follow(scorer, until_crawl_ends=args.until_crawl_ends)
         return _score_once(scorer, args.limit)
     finally:
