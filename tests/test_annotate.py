@@ -59,10 +59,11 @@ def sample_photos(n: int) -> list[Path]:
     return files[:n]
 
 
-def build_review_catalog(root: Path, n_queue: int = 8) -> ReviewCatalog:
+def build_review_catalog(root: Path, n_queue: int = 8, url: str | None = None) -> ReviewCatalog:
     """Insert the rows the earlier stages would write, for ``n_queue`` reviewable photos plus
-    one duplicate, one leaked, one the filter did not keep; one reviewable photo has no dedup row."""
-    url = f"sqlite:///{root / 'catalog.sqlite'}"
+    one duplicate, one leaked, one the filter did not keep; one reviewable photo has no dedup row.
+    The catalog is a SQLite file in ``root`` unless ``url`` names another (fresh) one."""
+    url = url or f"sqlite:///{root / 'catalog.sqlite'}"
     data_dir = root / "data"
     catalog = cat.open_catalog(url)
     photos = sample_photos(n_queue + 3)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflicts
+from curation.annotate.api_v1 import SESSION_ENDPOINT, create_api, csrf_token
 from curation.annotate.queue import (
     CENTRE_CROP_FRACTION,
     ORDERS,
@@ -162,11 +163,6 @@ def create_app(cfg: ReviewConfig) -> Flask:
     def annotator() -> str | None:
         return session.get("annotator") or cfg.default_annotator
 
-    def csrf_token() -> str:
-        if "csrf" not in session:
-            session["csrf"] = secrets.token_urlsafe(32)
-        return session["csrf"]
-
     def same(a: str | None, b: str | None) -> bool:
         return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
 
@@ -187,8 +183,10 @@ def create_app(cfg: ReviewConfig) -> Flask:
                 response = redirect(request.path + ("?" + urlencode(rest) if rest else ""))
                 response.set_cookie(TOKEN_COOKIE, cfg.token, httponly=True, samesite="Strict")
                 return response
-        if request.method == "POST" and not same(
-            request.headers.get(CSRF_HEADER) or request.form.get("csrf_token"), session.get("csrf")
+        if (
+            request.method == "POST"
+            and request.endpoint != SESSION_ENDPOINT
+            and not same(request.headers.get(CSRF_HEADER) or request.form.get("csrf_token"), session.get("csrf"))
         ):
             abort(400, "missing or stale CSRF token: reload the page")
         return None
@@ -236,6 +234,16 @@ def create_app(cfg: ReviewConfig) -> Flask:
         with cfg.catalog.session() as s:
             pairs = next_pairs(s, name, cfg.votes_needed, limit=BATCH, after=after, order=order, wnid=wnid)
             return {"items": describe(s, pairs, name, cfg.crop_fraction), "batch": BATCH}
+
+    app.register_blueprint(
+        create_api(
+            cfg.catalog,
+            votes_needed=cfg.votes_needed,
+            verdicts=list(verdict_ui),
+            default_annotator=cfg.default_annotator,
+            crop_fraction=cfg.crop_fraction,
+        )
+    )
 
     @app.get("/")
     def review() -> Any:

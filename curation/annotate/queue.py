@@ -143,6 +143,20 @@ def remaining(session: Session, annotator: str, votes_needed: int, wnid: str | N
     return int(session.scalar(stmt) or 0)
 
 
+def open_classes(session: Session, annotator: str, votes_needed: int) -> list[str]:
+    """The classes with pairs left in ``annotator``'s queue, in wnid order, from ``review_counts``
+    (as ``remaining``: O(classes x vote counts), whatever the catalog's size)."""
+    mine = case((ReviewCount.annotator == "", ReviewCount.pairs), else_=-ReviewCount.pairs)
+    stmt = (
+        select(ReviewCount.wnid)
+        .where(ReviewCount.annotator.in_(["", annotator]), ReviewCount.votes < votes_needed)
+        .group_by(ReviewCount.wnid)
+        .having(func.sum(mine) > 0)
+        .order_by(ReviewCount.wnid)
+    )
+    return list(session.scalars(stmt))
+
+
 def pair_exists(session: Session, sha256: str, wnid: str) -> bool:
     """Whether (sha256, wnid) is a reviewable pair."""
     stmt = eligible(select(FilterVerdict.sha256)).where(FilterVerdict.sha256 == sha256, FilterVerdict.wnid == wnid)

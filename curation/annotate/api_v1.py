@@ -1,0 +1,183 @@
+"""The versioned JSON API under ``/api/v1/`` that scripts (and later the pages) drive.
+
+``POST /api/v1/session`` names the annotator and returns the CSRF token (no HTML scraping);
+``GET /api/v1/rules`` the acceptance rule in force; ``GET /api/v1/next`` the next pairs in the
+server's order (never one the annotator already decided); ``POST /api/v1/decisions`` records a
+list of verdicts, each atomically (``decide.py``), answering a per-item error for bad ones.
+The app's guard applies as to every route (Host, token, CSRF), except that ``session`` needs no
+CSRF token (it hands one out): it accepts only ``application/json`` bodies, which a cross-site
+form cannot send, so another site cannot sign a browser in under a name of its choosing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import Blueprint, abort, jsonify, request, session
+from sqlalchemy.exc import OperationalError
+
+from curation.annotate.decide import BUSY, ERROR_TEXT, decide
+from curation.annotate.estimates import default_verdict, remaining_accepts
+from curation.annotate.queue import SKIP, class_names, describe, is_sha256, is_wnid, next_pairs, open_classes, remaining
+from curation.annotate.votes import MAX_NOTE, check_annotator
+from curation.catalog import Catalog
+from curation.errors import CurationError
+
+SESSION_ENDPOINT = "api_v1.start_session"  # the one POST the guard lets through without a CSRF token
+MODES = ("single", "grid")
+DEFAULT_LIMIT = 20  # the single-image page's batch
+MAX_LIMIT = 100  # two 48-image grid pages (the ImageNet / ImageNetV2 page size)
+MAX_DECISIONS = 100  # per request: a full page of MAX_LIMIT; 100 decisions with short notes fit the 64 KiB body limit
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, created on first use."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def parse_id(value: Any) -> tuple[str, str] | None:
+    """(sha256, wnid) of an id written ``SHA256:WNID``, else None."""
+    if not isinstance(value, str):
+        return None
+    sha, _, wnid = value.partition(":")
+    return (sha, wnid) if is_sha256(sha) and is_wnid(wnid) else None
+
+
+def rules(votes_needed: int, verdicts: list[str]) -> dict[str, Any]:
+    """The acceptance rule in force, as ``catalog.accepted_query`` applies it."""
+    majority = votes_needed // 2 + 1
+    return {
+        "votes_needed": votes_needed,
+        "accepts_needed": majority,
+        "rule": (
+            f"a pair leaves the queue once it holds {votes_needed} non-skip vote(s); it is accepted when at least "
+            f"{majority} of its non-skip votes are 'accept' and more than half of them are"
+        ),
+        "verdicts": verdicts,
+        "skip": SKIP,
+        "skip_is_a_vote": False,
+        "modes": list(MODES),
+        "max_limit": MAX_LIMIT,
+        "max_decisions": MAX_DECISIONS,
+    }
+
+
+def create_api(
+    catalog: Catalog, *, votes_needed: int, verdicts: list[str], default_annotator: str | None, crop_fraction: float
+) -> Blueprint:
+    """The ``/api/v1`` blueprint for one catalog (``verdicts``: the dataset kind's, in order)."""
+    api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+
+    def annotator() -> str:
+        name = session.get("annotator") or default_annotator
+        return name or abort(409, 'no annotator: POST /api/v1/session {"annotator": NAME} first')
+
+    @api.post("/session")
+    def start_session() -> Any:
+        if not request.is_json:
+            abort(415, "send the annotator as application/json")
+        body = request.get_json(silent=True)
+        name = body.get("annotator") if isinstance(body, dict) else None
+        if not isinstance(name, str):
+            abort(400, 'expected {"annotator": NAME}')
+        try:
+            session["annotator"] = check_annotator(name)
+        except CurationError as exc:
+            abort(400, str(exc))
+        return jsonify(ok=True, annotator=session["annotator"], csrf=csrf_token())
+
+    @api.get("/rules")
+    def get_rules() -> Any:
+        return jsonify(ok=True, **rules(votes_needed, verdicts))
+
+    @api.get("/next")
+    def get_next() -> Any:
+        name = annotator()
+        mode = request.args.get("mode", "single")
+        wnid = request.args.get("wnid") or None
+        limit_text = request.args.get("limit", str(DEFAULT_LIMIT))
+        if mode not in MODES:
+            abort(400, f"mode must be one of {', '.join(MODES)}")
+        if wnid is not None and not is_wnid(wnid):
+            abort(400, "wnid must look like n01498041")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+            abort(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        limit = int(limit_text)
+        with catalog.session() as s:
+            page: dict[str, Any] | None = None
+            if mode == "grid":  # one class per page: the asked one, else the first with pairs left
+                page_wnid = wnid or next(iter(open_classes(s, name, votes_needed)), None)
+                pairs = next_pairs(s, name, votes_needed, limit=limit, wnid=page_wnid) if page_wnid else []
+                if page_wnid:
+                    default = default_verdict(s, page_wnid)
+                    page = {
+                        "wnid": page_wnid,
+                        "class_name": class_names(s, {page_wnid})[page_wnid],
+                        "default_verdict": default["verdict"],
+                        "default_basis": default["basis"],
+                        "remaining": remaining(s, name, votes_needed, page_wnid),
+                    }
+            else:
+                pairs = next_pairs(s, name, votes_needed, limit=limit, wnid=wnid)
+            items = [
+                {"id": f"{d['sha256']}:{d['wnid']}", "image": f"/image/{d['sha256']}", **d}
+                for d in describe(s, pairs, name, crop_fraction)
+            ]
+            for item in items:  # never decided by this annotator: no vote of theirs to show
+                del item["vote"], item["note"]
+            left = remaining(s, name, votes_needed, wnid)
+            estimate = remaining_accepts(s, left, wnid)
+        return jsonify(
+            ok=True,
+            mode=mode,
+            items=items,
+            page=page,
+            remaining=left,
+            estimated_remaining_accepts=estimate["estimate"],
+            estimate=estimate,
+        )
+
+    @api.post("/decisions")
+    def post_decisions() -> Any:
+        name = annotator()
+        body = request.get_json(silent=True)
+        decisions = body.get("decisions") if isinstance(body, dict) else None
+        if not isinstance(decisions, list) or not 1 <= len(decisions) <= MAX_DECISIONS:
+            abort(400, f'expected {{"decisions": [{{"id", "verdict", "note"?}}, ...]}} with 1 to {MAX_DECISIONS} items')
+        recorded, errors, seen = 0, [], set()
+        for index, item in enumerate(decisions):
+            raw_id = item.get("id") if isinstance(item, dict) else None
+
+            def refuse(code: str, message: str, index: int = index, raw_id: Any = raw_id) -> None:
+                errors.append(
+                    {"index": index, "id": raw_id if isinstance(raw_id, str) else None, "code": code, "error": message}
+                )
+
+            pair = parse_id(raw_id)
+            verdict = item.get("verdict") if isinstance(item, dict) else None
+            note = item.get("note", "") if isinstance(item, dict) else ""
+            if pair is None:
+                refuse("bad_id", "id must be written SHA256:WNID")
+            elif verdict not in verdicts:
+                refuse("bad_verdict", f"verdict must be one of {', '.join(verdicts)}")
+            elif not isinstance(note, str) or len(note) > MAX_NOTE:
+                refuse("bad_note", f"note must be a string of at most {MAX_NOTE} characters")
+            elif pair in seen:
+                refuse("repeated", "the same id twice in one request: the first one counts")
+            else:
+                seen.add(pair)
+                try:
+                    with catalog.session() as s:
+                        code = decide(s, *pair, name, verdict, note, votes_needed)
+                except OperationalError:
+                    code = BUSY
+                if code is None:
+                    recorded += 1
+                else:
+                    refuse(code, ERROR_TEXT[code])
+        return jsonify(ok=True, recorded=recorded, errors=errors)
+
+    return api
