@@ -233,6 +233,9 @@ class PerceptualHash(Base):
     # (curation.hashing.pack_extra); NULL until `dedup --orientations 8` hashes them (rows before 0004 too).
     orientation_hashes: Mapped[bytes | None] = mapped_column(LargeBinary)
     clustered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # by dedup, into the index
+    # Times the crawl found the image again (clearing clustered); dedup marks a row clustered only at
+    # the count it read, so a re-find during its run is decided by the next one (migration 0012).
+    refound: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

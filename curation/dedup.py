@@ -431,12 +431,14 @@ STATUS_BATCH = 50_000
 @dataclass
 class _Table:
     """Hashed images in sha256 order (an image's id is its row): hashes of the queried orientations,
-    whether it is new to dedup (not clustered yet), and the row of its stored cluster's representative."""
+    whether it is new to dedup (not clustered yet), the row of its stored cluster's representative,
+    and how often the crawl had found it again when it was read."""
 
     shas: np.ndarray  # S64: hex sha256
     hashes: np.ndarray  # (n, 2 * orientations) uint64
     new: np.ndarray  # bool: not clustered yet
     stored_cluster: np.ndarray  # int64 row, -1 when none
+    refound: np.ndarray  # int64: perceptual_hashes.refound as read
 
     def rows(self, shas: Any) -> np.ndarray:
         """The row of each hex sha256 (str or bytes), -1 for those not in the table."""
@@ -564,7 +566,7 @@ def _cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match
     conflicted |= {int(root) for root in roots[flags.conflict]}
     _spread_flags(catalog, table, (roots, leaked, conflicted), survivors, flags)
     _write_clusters(catalog, table, roots, np.ones(len(table.shas), bool), leaked, flags.conflict)
-    _mark_clustered(catalog, new.shas)
+    _mark_clustered(catalog, new, new.new)
     return True
 
 
@@ -717,14 +719,15 @@ def _cluster_everything(
     every = full or bool(unchecked)
     affected = np.ones(len(table.shas), bool) if every else np.isin(roots, roots[table.new])
     _write_clusters(catalog, table, roots, affected, leaked, fresh=full and _no_statuses(catalog))
-    _mark_clustered(catalog, None)
+    _mark_clustered(catalog, table, table.new)
     return bool(len(new_rows))
 
 
 def found_again(session: Any, shas: list[str]) -> None:
     """Images the crawl found again (a new candidate: maybe another class, licence or first find)
     become new to dedup, so that its next run decides their clusters again: the survivor and the
-    label-conflict flag depend on every candidate of every member."""
+    label-conflict flag depend on every candidate of every member. Their re-find count goes up, new
+    ones included: a dedup run that read them before this commit then leaves them new."""
     from sqlalchemy import update
 
     from curation.catalog import PerceptualHash
@@ -732,7 +735,7 @@ def found_again(session: Any, shas: list[str]) -> None:
     hashes = PerceptualHash.__table__
     for part in _chunks(sorted(shas)):
         session.execute(
-            update(hashes).where(hashes.c.sha256.in_(part), hashes.c.clustered.is_(True)).values(clustered=False)
+            update(hashes).where(hashes.c.sha256.in_(part)).values(clustered=False, refound=hashes.c.refound + 1)
         )
 
 
@@ -746,21 +749,28 @@ def _no_statuses(catalog: Catalog) -> bool:
         return session.scalar(select(DedupStatus.sha256).limit(1)) is None
 
 
-def _mark_clustered(catalog: Catalog, shas: np.ndarray | None) -> None:
-    """Record that these images (None: every one not clustered yet, which are the ones read unless a
-    crawl found one again meanwhile) are clustered and in the stored index. Last: a crash before
-    leaves them new, and the next run clusters them again to the same result."""
+def _mark_clustered(catalog: Catalog, read: _Table, rows: np.ndarray) -> None:
+    """Record that these rows of ``read`` (a bool mask), new to dedup when read, are clustered and in
+    the stored index: only those rows, and only at the re-find count read. An image that a second run
+    hashed meanwhile (hashing precedes the dedup lock), or that the crawl found again since, stays new
+    for the next run. Last: a crash before leaves them new, and the next run clusters them again to
+    the same result. Runs of equal counts in sha256 order: each row is locked in the crawl's order."""
+    import numpy as np
     from sqlalchemy import update
 
     from curation.catalog import PerceptualHash
 
+    shas, counts = read.shas[rows], read.refound[rows]
+    if not len(shas):
+        return
+    starts = np.flatnonzero(np.r_[True, counts[1:] != counts[:-1]])
+    ends = np.r_[starts[1:], len(counts)]
     hashes = PerceptualHash.__table__
     with catalog.session() as session:
-        if shas is None:
-            session.execute(update(hashes).where(hashes.c.clustered.is_(False)).values(clustered=True))
-            return
-        for part in _chunks([sha.decode() for sha in shas]):
-            session.execute(update(hashes).where(hashes.c.sha256.in_(part)).values(clustered=True))
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            at_count = hashes.c.refound == int(counts[start])
+            for part in _chunks([sha.decode() for sha in shas[start:end].tolist()]):
+                session.execute(update(hashes).where(hashes.c.sha256.in_(part), at_count).values(clustered=True))
 
 
 def _cluster_members(catalog: Catalog, shas: list[str]) -> set[str]:
@@ -801,23 +811,28 @@ def _load_table(catalog: Catalog, orientations: int, full: bool, subset: Any = N
 
     columns = [PerceptualHash.phash, PerceptualHash.dhash, PerceptualHash.phash_mirror, PerceptualHash.dhash_mirror]
     extra = [PerceptualHash.orientation_hashes] if orientations > 2 else []
-    stmt = select(PerceptualHash.sha256, PerceptualHash.clustered, DedupStatus.cluster_id, *columns, *extra).outerjoin(
-        DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256
-    )
+    head = (PerceptualHash.sha256, PerceptualHash.clustered, DedupStatus.cluster_id, PerceptualHash.refound)
+    stmt = select(*head, *columns, *extra).outerjoin(DedupStatus, DedupStatus.sha256 == PerceptualHash.sha256)
     if subset is NEW_ONLY:  # through the partial index on the unclustered rows
         statements = [stmt.where(PerceptualHash.clustered.is_(False))]
     elif subset is not None:
         statements = [stmt.where(PerceptualHash.sha256.in_(part)) for part in _chunks(list(subset))]
     else:
         statements = [stmt]
-    empty = np.zeros(0, "S64"), np.zeros((0, 2 * orientations), np.uint64), np.zeros(0, bool), np.zeros(0, "S64")
+    empty = (
+        np.zeros(0, "S64"),
+        np.zeros((0, 2 * orientations), np.uint64),
+        np.zeros(0, bool),
+        np.zeros(0, "S64"),
+        np.zeros(0, np.int64),
+    )
     blocks: list[tuple[np.ndarray, ...]] = [empty]
     with catalog.session() as session:
         for statement in statements:
             for part in session.execute(statement.execution_options(yield_per=LOAD_BLOCK)).partitions():
                 hashes = [
                     ImageHashes(
-                        *(to_unsigned(v) for v in row[3:7]), extra=unpack_extra(row[7]) if extra else ()
+                        *(to_unsigned(v) for v in row[4:8]), extra=unpack_extra(row[8]) if extra else ()
                     ).orientation_row()[: 2 * orientations]
                     for row in part
                 ]
@@ -827,11 +842,12 @@ def _load_table(catalog: Catalog, orientations: int, full: bool, subset: Any = N
                         np.array(hashes, dtype=np.uint64).reshape(-1, 2 * orientations),
                         np.array([not row[1] for row in part], dtype=bool),
                         np.array([row[2] or "" for row in part], dtype="S64"),
+                        np.array([row[3] for row in part], dtype=np.int64),
                     )
                 )
-    shas, hashes, new, cluster_ids = (np.concatenate(column) for column in zip(*blocks, strict=True))
+    shas, hashes, new, cluster_ids, refound = (np.concatenate(column) for column in zip(*blocks, strict=True))
     order = np.argsort(shas, kind="stable")
-    table = _Table(shas[order], hashes[order], new[order], np.full(len(shas), -1, dtype=np.int64))
+    table = _Table(shas[order], hashes[order], new[order], np.full(len(shas), -1, dtype=np.int64), refound[order])
     if not full:
         cluster_ids = cluster_ids[order]
         members = np.flatnonzero(cluster_ids != b"")

@@ -1012,3 +1012,92 @@ def test_dedup_of_an_empty_catalog_ends_cleanly(run_cli, tmp_path: Path) -> None
         result = run_cli("--db", str(tmp_path / "empty.sqlite"), "dedup", "--orientations", orientations)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("dedup: 0 images, 0 hashed now"), result.stdout
+
+
+# --------------------------------------------------------------------------- races with other stages
+
+
+@contextlib.contextmanager
+def _before_the_mark(racer):
+    """Run ``racer()`` once, inside a dedup run, after it has read and decided its images and just
+    before it marks them clustered: the widest window a concurrent stage can commit in."""
+    from curation import dedup as stage
+
+    real_mark = stage._mark_clustered
+    raced: list[bool] = []
+
+    def mark(*args, **kwargs):
+        if not raced:
+            raced.append(True)
+            racer()
+        return real_mark(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage, "_mark_clustered", mark)
+        yield raced
+
+
+def _every_image_clustered(catalog: cat.Catalog) -> bool:
+    with catalog.session() as session:
+        flags = session.execute(select(cat.Image.sha256, cat.PerceptualHash.clustered).outerjoin(cat.PerceptualHash))
+        return all(clustered for _, clustered in flags)
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["first-run", "rerun"])
+def test_images_a_second_dedup_hashes_meanwhile_are_left_to_it(catalog, tmp_path, stored):
+    """`curation dedup` hashes before it takes the dedup lock, so a second run started while the
+    first clusters hashes images the first never read. The first marks clustered only the rows it
+    read: the second, once it holds the lock, clusters the new copy (a status, its cluster)."""
+    from curation import dedup as stage
+    from curation.engine.local import LocalExecutor
+
+    original, other = (p.read_bytes() for p in shared_photos()[:2])
+    with catalog.session() as session:
+        add_image(session, tmp_path, other)
+    if stored:
+        dedup(catalog, tmp_path)
+    with catalog.session() as session:
+        first = add_image(session, tmp_path, original)
+    copy_bytes = jpeg(Image.open(io.BytesIO(original)), 70)
+
+    def second_run_hashes() -> None:
+        with catalog.session() as session:
+            add_image(session, tmp_path, copy_bytes)
+        assert stage._hash_new_images(catalog, tmp_path, 1, 2, LocalExecutor())[0] == 1
+
+    with _before_the_mark(second_run_hashes) as raced:
+        dedup(catalog, tmp_path)
+    assert raced
+    summary = dedup(catalog, tmp_path)  # the second run, past the lock: nothing left to hash
+    rows = statuses(catalog)
+    copy = _sha(copy_bytes)
+    assert copy in rows and rows[copy].cluster_id == rows[first].cluster_id == first  # found first
+    assert summary.clusters == 1 and summary.images == 3 and _every_image_clustered(catalog)
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["first-run", "rerun"])
+def test_an_image_the_crawl_finds_again_while_dedup_decides_is_decided_again(catalog_url, tmp_path, stored):
+    """The crawl finds a copy's bytes again, for another class and under CC0, after a dedup run read
+    and decided it but before that run marks it clustered. The mark must not swallow the re-find:
+    the next run decides the cluster again, the re-found copy takes it over (same size, more open
+    licence) and all three copies are flagged as found for two classes."""
+    base = _base_photo()
+    copies = [(f"/{k}.jpg", jpeg(base, quality), WNIDS[0], "all rights reserved") for k, quality in enumerate((95, 85))]
+    last = [("/2.jpg", jpeg(base, 70), WNIDS[0], "all rights reserved")]
+    again = [("/again.jpg", last[0][1], WNIDS[1], "CC0")]
+    data_dir = tmp_path / "data"
+    with ReplayServer() as server:
+        _crawl_list(catalog_url, data_dir, server, copies if stored else copies + last)
+        catalog = cat.open_catalog(catalog_url)
+        if stored:
+            dedup(catalog, data_dir)
+            _crawl_list(catalog_url, data_dir, server, last)
+        with _before_the_mark(lambda: _crawl_list(catalog_url, data_dir, server, again)) as raced:
+            dedup(catalog, data_dir)
+        assert raced
+        dedup(catalog, data_dir)
+    rows, _ = _clusters_and_links(catalog)
+    refound = _sha(last[0][1])
+    assert len(rows) == 3 and rows[refound][0] == cat.REPRESENTATIVE
+    assert {cluster for _, cluster, _ in rows.values()} == {refound}
+    assert all(conflict for _, _, conflict in rows.values()) and _every_image_clustered(catalog)
