@@ -50,6 +50,11 @@ from curation.wheel_weights import write_checkpoint  # noqa: E402
 PHOTOS = sorted((REPO.parent / "shared" / "images" / "imagenet_samples").glob("*.JPEG"))
 SEED = 100  # real photos scored by a real run before the padding
 INCREMENT = 100
+MODELS = {
+    "lite0": "EfficientNet-Lite0 (real weights)",
+    # Random weights leave every top-2 margin tiny: bf16 would re-check all in fp32, so it runs fp32.
+    "resnet50": "ResNet-50 (random weights, fp32)",
+}
 
 
 @dataclass
@@ -58,6 +63,15 @@ class Run:
     cpu: float
     peak_rss: int
     last_line: str
+
+
+def random_resnet50(path: Path) -> Path:
+    """A timm resnet50.tv_in1k state dict with random weights (no hub here): the paper's model's cost."""
+    import timm
+    import torch
+
+    torch.save(timm.create_model("resnet50.tv_in1k", pretrained=False).state_dict(), path)
+    return path
 
 
 def measure(cmd: list[str], cwd: Path) -> Run:
@@ -86,8 +100,8 @@ def measure(cmd: list[str], cwd: Path) -> Run:
 class Catalog:
     """A work folder with a catalog of ``n`` scored pairs, and the commands that run on it."""
 
-    def __init__(self, root: Path, checkpoint: Path, n: int) -> None:
-        self.root, self.checkpoint, self.added = root, checkpoint, 0
+    def __init__(self, root: Path, model: tuple[str, Path, tuple[str, ...]], n: int) -> None:
+        self.root, self.model, self.added = root, model, 0
         self.cli = [sys.executable, "-m", "curation", "--db", f"sqlite:///{root / 'catalog.sqlite'}",
                     "--data-dir", str(root / "data")]  # fmt: skip
         self.crawl_photos(SEED)
@@ -96,7 +110,8 @@ class Catalog:
         measure(self.filter_cmd(), REPO)  # verdicts for the padding, once
 
     def filter_cmd(self, *extra: str) -> list[str]:
-        return [*self.cli, "filter", "--model", "tf_efficientnet_lite0", "--checkpoint", str(self.checkpoint), *extra]
+        name, checkpoint, flags = self.model
+        return [*self.cli, "filter", "--model", name, "--checkpoint", str(checkpoint), *flags, *extra]
 
     def crawl_photos(self, n: int) -> None:
         """Crawl ``n`` new real photos (distinct bytes) with ``--folder``."""
@@ -106,7 +121,9 @@ class Catalog:
             path = PHOTOS[k % len(PHOTOS)]
             (folder / f"{path.stem}_{k}.jpg").write_bytes(with_comment(path.read_bytes(), f"bench {k}"))
         self.added += n
-        crawl = subprocess.run([*self.cli, "crawl", "--folder", str(folder)], check=True, capture_output=True, text=True)
+        crawl = subprocess.run(
+            [*self.cli, "crawl", "--folder", str(folder)], check=True, capture_output=True, text=True
+        )
         assert f"downloaded {n} ({n} new images)" in crawl.stdout, crawl.stdout
 
     def predictions(self) -> int:
@@ -181,12 +198,12 @@ def summarise(label: str, runs: list[Run]) -> str:
     )
 
 
-def catalog_rows(sizes: list[int], runs: int, checkpoint: Path) -> None:
+def catalog_rows(sizes: list[int], runs: int, model: tuple[str, Path, tuple[str, ...]]) -> None:
     """The no-op and +100 rows at each catalog size."""
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="filter-inc-") as tmp:
             built = time.perf_counter()
-            catalog = Catalog(Path(tmp), checkpoint, n)
+            catalog = Catalog(Path(tmp), model, n)
             print(f"catalog of {n:,} scored pairs built in {time.perf_counter() - built:.0f} s", flush=True)
             idle = [measure(catalog.filter_cmd(), REPO) for _ in range(runs)]
             print(summarise(f"{n:>9,} no-op", idle), flush=True)
@@ -261,12 +278,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="10000,100000", help="catalog sizes in scored pairs (default 10k,100k)")
     parser.add_argument("--runs", type=int, default=3, help="runs per row (default 3: median and range)")
     parser.add_argument("--follow-n", type=int, default=3000, help="URLs of the follow row's crawl (0: skip it)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="lite0", help="the catalog rows' model")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="filter-weights-") as tmp:
         checkpoint = write_checkpoint(Path(tmp) / "lite0.pth")[1]
-        print(f"filter rows on {os.cpu_count()} cores: EfficientNet-Lite0 (real weights), runs per row {args.runs}")
+        model = ("tf_efficientnet_lite0", checkpoint, ())
+        if args.model == "resnet50":
+            model = ("resnet50.tv_in1k", random_resnet50(Path(tmp) / "resnet50.pth"), ("--precision", "fp32"))
+        print(f"filter rows on {os.cpu_count()} cores: {MODELS[args.model]}, runs per row {args.runs}")
         if args.sizes:
-            catalog_rows([int(s) for s in args.sizes.split(",")], args.runs, checkpoint)
+            catalog_rows([int(s) for s in args.sizes.split(",")], args.runs, model)
         if args.follow_n:
             follow_row(args.follow_n, args.runs, checkpoint)
 
