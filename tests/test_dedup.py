@@ -577,7 +577,7 @@ def test_an_unreadable_image_is_recorded_and_the_stage_still_exits_0(catalog_url
 def test_images_are_hashed_a_page_at_a_time(catalog, tmp_path, monkeypatch):
     """The driver reads and hands out one page of images to hash (1 M at once held 2.7 GiB in the
     driver and its forked workers); an unreadable image is recorded and the next pages go on."""
-    from curation import dedup as dedup_module
+    from curation.dedup import hash_pages
     from curation.engine.local import LocalExecutor
     from curation.hashing import hash_file, to_signed
 
@@ -592,7 +592,7 @@ def test_images_are_hashed_a_page_at_a_time(catalog, tmp_path, monkeypatch):
             pages.append(len(items))
             return super().map(task, items, **kwargs)
 
-    monkeypatch.setattr(dedup_module, "HASH_PAGE", 3)
+    monkeypatch.setattr(hash_pages, "HASH_PAGE", 3)
     summary = run_stage(catalog, tmp_path, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], 2, 2, CountingExecutor())
     assert pages == [3, 3, 1] and (summary.hashed_now, summary.failed) == (6, 1)
     with catalog.session() as session:
@@ -603,7 +603,7 @@ def test_images_are_hashed_a_page_at_a_time(catalog, tmp_path, monkeypatch):
     assert statuses(catalog)[broken].status == "failed"
     pages.clear()
     assert (
-        dedup_module.run_stage(
+        run_stage(
             catalog, tmp_path, DEFAULT_MAX_DISTANCE, DEFAULT_DHASH_MARGIN, [], 2, 2, CountingExecutor()
         ).hashed_now
         == 0
@@ -718,12 +718,12 @@ def test_reruns_read_the_clusters_they_join_whole_only_when_their_representative
     of photo 4 found for another class flags photo 4's stored cluster as conflicted without reading
     its other member; the larger copy of the base photo takes over the base photo's cluster, which is
     then read whole; the result equals a dedup from scratch."""
-    from curation import dedup as stage
+    from curation.dedup import hash_table, rerun
 
     _reference_folder(tmp_path / "reference", sorted(VAL.glob("*.JPEG"))[100:130])
     batches = _rerun_batches()
     loaded: list[set[str]] = []
-    real_load, real_members = stage._load_table, stage._cluster_members
+    real_load, real_members = hash_table.load_table, rerun._cluster_members
     read_whole: list[list[str]] = []
 
     def load(*args, **kwargs):
@@ -736,8 +736,8 @@ def test_reruns_read_the_clusters_they_join_whole_only_when_their_representative
         return real_members(catalog, shas)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stage, "_load_table", load)
-        patch.setattr(stage, "_cluster_members", members)
+        patch.setattr(hash_table, "load_table", load)
+        patch.setattr(rerun, "_cluster_members", members)
         data_dir = tmp_path / "stepwise"
         loaded.append(set())
         catalog = _build_in_runs(catalog_url, data_dir, [(batches[0], ["ref30"])], 2)
@@ -806,10 +806,10 @@ def test_an_image_the_crawl_finds_again_is_decided_again_by_the_rerun(catalog_ur
 @contextlib.contextmanager
 def _rows_read():
     """The number of hash rows each dedup run read from the catalog (the sum of its reads)."""
-    from curation import dedup as stage
+    from curation.dedup import hash_table, stage
 
     counts: list[int] = []
-    real_load, real_run = stage._load_table, stage.run_stage
+    real_load, real_run = hash_table.load_table, stage.run_stage
 
     def load(*args, **kwargs):
         table = real_load(*args, **kwargs)
@@ -821,7 +821,7 @@ def _rows_read():
         return real_run(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stage, "_load_table", load)
+        patch.setattr(hash_table, "load_table", load)
         patch.setattr(sys.modules[__name__], "run_stage", run)
         yield counts
 
@@ -923,8 +923,8 @@ def test_a_leaked_new_image_marks_every_member_of_the_stored_cluster_it_joins(ca
     """A new image that matches a reference item joins a stored cluster of two whose images do not
     (pHash 12 and 13 bits from it): the whole cluster becomes leaked, its member that the rerun never
     reads included (one UPDATE by cluster id)."""
-    from curation import dedup as stage
     from curation import reference_sets
+    from curation.dedup import hash_table
 
     x, far, d = 0x0F0F_0F0F_0F0F_0F0F, 0xFFFF_0000_5555_AAAA, 0x1234_5678_9ABC_DEF0
     hash_file = tmp_path / "reference.npz"
@@ -942,7 +942,7 @@ def test_a_leaked_new_image_marks_every_member_of_the_stored_cluster_it_joins(ca
     with catalog.session() as session:
         (new,) = _insert_hashes(session, [(x ^ 0x3F, d, far, d)])
     loaded: set[str] = set()
-    real_load = stage._load_table
+    real_load = hash_table.load_table
 
     def load(*args, **kwargs):
         table = real_load(*args, **kwargs)
@@ -950,7 +950,7 @@ def test_a_leaked_new_image_marks_every_member_of_the_stored_cluster_it_joins(ca
         return table
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stage, "_load_table", load)
+        patch.setattr(hash_table, "load_table", load)
         summary = dedup(catalog, tmp_path, ["synthetic"])
     rows = statuses(catalog)
     assert copy in loaded and original not in loaded
@@ -1021,9 +1021,9 @@ def test_dedup_of_an_empty_catalog_ends_cleanly(run_cli, tmp_path: Path) -> None
 def _before_the_mark(racer):
     """Run ``racer()`` once, inside a dedup run, after it has read and decided its images and just
     before it marks them clustered: the widest window a concurrent stage can commit in."""
-    from curation import dedup as stage
+    from curation.dedup import writes
 
-    real_mark = stage._mark_clustered
+    real_mark = writes.mark_clustered
     raced: list[bool] = []
 
     def mark(*args, **kwargs):
@@ -1033,7 +1033,7 @@ def _before_the_mark(racer):
         return real_mark(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stage, "_mark_clustered", mark)
+        patch.setattr(writes, "mark_clustered", mark)
         yield raced
 
 
@@ -1048,7 +1048,7 @@ def test_images_a_second_dedup_hashes_meanwhile_are_left_to_it(catalog, tmp_path
     """`curation dedup` hashes before it takes the dedup lock, so a second run started while the
     first clusters hashes images the first never read. The first marks clustered only the rows it
     read: the second, once it holds the lock, clusters the new copy (a status, its cluster)."""
-    from curation import dedup as stage
+    from curation.dedup import hash_pages
     from curation.engine.local import LocalExecutor
 
     original, other = (p.read_bytes() for p in shared_photos()[:2])
@@ -1063,7 +1063,7 @@ def test_images_a_second_dedup_hashes_meanwhile_are_left_to_it(catalog, tmp_path
     def second_run_hashes() -> None:
         with catalog.session() as session:
             add_image(session, tmp_path, copy_bytes)
-        assert stage._hash_new_images(catalog, tmp_path, 1, 2, LocalExecutor())[0] == 1
+        assert hash_pages.hash_new_images(catalog, tmp_path, 1, 2, LocalExecutor())[0] == 1
 
     with _before_the_mark(second_run_hashes) as raced:
         dedup(catalog, tmp_path)
