@@ -30,7 +30,7 @@ from curation.annotate.app import (
     rotate_session_secret,
     session_secret,
 )
-from curation.annotate.queue import crop_box, next_pairs, remaining, web_link
+from curation.annotate.queue import crop_box, next_pairs, remaining, walk_pairs, web_link
 from curation.annotate.votes import export_csv, import_csv, record_vote, undo_vote
 from curation.errors import CurationError
 
@@ -227,6 +227,35 @@ def test_votes_needed_and_skips(review):
         record_vote(s, a_sha, a_wnid, "<alice>", "accept")
 
 
+def test_a_sparse_queue_walks_only_the_classes_with_pairs_left(review):
+    """With every pair decided, a page reads review_counts and walks no kept pair at all; with one
+    pair open, class order walks that pair's class only (the cost follows the page, not the catalog)."""
+    catalog = review.open()
+    with catalog.session() as s:
+        for sha, wnid in review.queue:
+            record_vote(s, sha, wnid, "bob", "accept")
+    walks: list[str] = []
+
+    def watch(_conn, _cursor, statement, _parameters, _context, _many):
+        if "FROM filter_verdicts" in statement:
+            walks.append(statement)
+
+    event.listen(catalog.engine, "before_cursor_execute", watch)
+    try:
+        with catalog.session() as s:
+            for order in ("mixed", "class"):
+                assert next_pairs(s, "alice", 1, order=order) == []
+                assert next_pairs(s, "alice", 1, order=order, wnid=review.queue[0][1]) == []
+            assert walks == []
+            undo_vote(s, *review.queue[3], "bob")
+            s.flush()
+            assert next_pairs(s, "alice", 1, order="class") == [review.queue[3]]
+            assert next_pairs(s, "alice", 1) == [review.queue[3]]
+        assert len(walks) == 2
+    finally:
+        event.remove(catalog.engine, "before_cursor_execute", watch)
+
+
 @pytest.mark.parametrize("order", ["mixed", "class"])
 def test_paging_while_voting_shows_each_pair_once_per_annotator(review, order):
     """As the page does: fetch a batch after the last pair shown, vote on it, fetch the next."""
@@ -263,11 +292,13 @@ def _migration(name: str):
 
 
 def _queue_sizes(session, annotators: list[str], wnids: list[str]) -> dict:
-    """remaining() per annotator, vote count and class, against the queue itself (next_pairs)."""
+    """remaining() per annotator, vote count and class, against the queue itself (walked, not read
+    from review_counts as next_pairs does), and next_pairs against the walk."""
     sizes = {}
     for name in annotators:
         for needed in (1, 2, 3):
-            queue = next_pairs(session, name, needed, limit=10_000)
+            queue = walk_pairs(session, name, needed, limit=10_000)
+            assert next_pairs(session, name, needed, limit=10_000) == queue
             sizes[(name, needed, None)] = (remaining(session, name, needed), len(queue))
             for wnid in wnids:
                 in_class = sum(1 for _, w in queue if w == wnid)
