@@ -275,3 +275,32 @@ def test_concurrent_annotators_never_double_a_pair_or_lose_a_vote(review, votes_
         )
     assert per_pair == {i: votes_needed for i in ids(review.queue)}
     assert votes_in(catalog) == {(*i.split(":"), name, "accept") for name, done in recorded.items() for i in done}
+
+
+def test_a_decision_locks_its_pair_not_the_filter_verdict(pg_url, tmp_path):
+    """On PostgreSQL a decision in progress holds its pair's advisory lock: a second decider of that
+    pair waits (here: times out), one of another pair does not, and a filter run rewriting the
+    pair's verdict row is never held up by reviewers."""
+    from sqlalchemy import text, update
+    from sqlalchemy.exc import OperationalError
+
+    from curation.annotate.decide import lock_pair
+
+    review = build_review_catalog(tmp_path, url=pg_url)
+    catalog = review.open()
+    (sha, wnid), other = review.queue[0], review.queue[1]
+    with catalog.session() as holder:
+        assert lock_pair(holder, sha, wnid)
+        with catalog.session() as filter_run:
+            filter_run.execute(text("SET LOCAL lock_timeout = '2s'"))
+            filter_run.execute(
+                update(cat.FilterVerdict)
+                .where(cat.FilterVerdict.sha256 == sha, cat.FilterVerdict.wnid == wnid)
+                .values(models='["resnet50@0"]')
+            )
+        with catalog.session() as second:
+            second.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            assert lock_pair(second, *other)
+        with pytest.raises(OperationalError, match="lock timeout"), catalog.session() as second:
+            second.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            lock_pair(second, sha, wnid)

@@ -1,15 +1,19 @@
 """One reviewer's decision on one pair, atomic and refused when it would double a vote.
 
-``decide`` runs in its own transaction and holds the pair's write lock while it checks and
-writes: SQLite takes the database's write lock first (``BEGIN IMMEDIATE``), PostgreSQL locks the
-pair's ``filter_verdicts`` row (``FOR UPDATE``). Two reviewers deciding the same pair at once are
-thus serialised, and the second sees the first's vote: a pair never gains more than
-``votes_needed`` non-skip votes through it, and no vote is lost (each is its own row).
+``decide`` runs in its own transaction and holds the pair's lock while it checks and writes:
+SQLite takes the database's write lock first (``BEGIN IMMEDIATE``), PostgreSQL a transaction
+advisory lock keyed by the pair (not a row lock on ``filter_verdicts``, so a filter run rewriting
+verdicts never waits on reviewers). Two reviewers deciding the same pair at once are thus
+serialised, and the second sees the first's vote (READ COMMITTED: each statement a new snapshot):
+a pair never gains more than ``votes_needed`` non-skip votes through it, and no vote is lost
+(each is its own row).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import hashlib
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from curation.annotate.queue import SKIP, pair_exists
@@ -30,15 +34,20 @@ ERROR_TEXT = {
 
 
 def lock_pair(session: Session, sha256: str, wnid: str) -> bool:
-    """Take the write lock that serialises decisions on (sha256, wnid), as the transaction's first
-    statement; whether the pair has a filter verdict at all."""
+    """Take the lock that serialises decisions on (sha256, wnid), as the transaction's first
+    statement (held until it ends); whether the pair has a filter verdict at all."""
     if session.get_bind().dialect.name == "sqlite":
         session.connection().exec_driver_sql("BEGIN IMMEDIATE")  # waits up to the busy timeout
-        stmt = select(FilterVerdict.kept)
     else:
-        stmt = select(FilterVerdict.kept).with_for_update()
-    row = session.execute(stmt.where(FilterVerdict.sha256 == sha256, FilterVerdict.wnid == wnid)).first()
-    return row is not None
+        session.execute(select(func.pg_advisory_xact_lock(pair_lock_key(sha256, wnid))))
+    stmt = select(FilterVerdict.kept).where(FilterVerdict.sha256 == sha256, FilterVerdict.wnid == wnid)
+    return session.execute(stmt).first() is not None
+
+
+def pair_lock_key(sha256: str, wnid: str) -> int:
+    """The signed 64-bit PostgreSQL advisory-lock key of a pair (as ``dialect`` keys its named locks)."""
+    digest = hashlib.sha256(f"curation:annotate-pair:{sha256}:{wnid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def decide(
