@@ -86,7 +86,10 @@ def seaweed() -> Iterator[SeaweedServer]:
 
 @pytest.fixture
 def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> SeaweedServer:
-    """The standard AWS variables point at the session's S3 server (as a machine's own chain would)."""
+    """The standard AWS variables point at the session's S3 server (as a machine's own chain would),
+    and none of the developer's own AWS settings take part."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
     for name, value in seaweed.env().items():
         monkeypatch.setenv(name, value)
     return seaweed

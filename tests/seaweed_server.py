@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,8 +21,9 @@ ACCESS_KEY = "curation-test"
 SECRET_KEY = "curation-test-secret"
 BUCKET = "images"
 START_SECONDS = 60  # ~0.8 s idle; generous for a loaded 2-core machine
-# Its servers, each with an HTTP and a gRPC port (weed's default gRPC port is +10000: set both).
+# Its servers, each with an HTTP port and a gRPC port at +10000.
 SERVERS = ("s3", "master", "volume", "filer", "admin")
+GRPC_OFFSET = 10000
 
 
 def weed_binary() -> Path:
@@ -33,11 +35,22 @@ def weed_binary() -> Path:
 
 
 def free_ports(count: int) -> list[int]:
+    """``count`` HTTP ports, each free together with its gRPC port (+10000): weed's admin worker dials
+    the admin HTTP port + 10000 whatever ``-admin.port.grpc`` says, so the offsets stay weed's own."""
+    ports: list[int] = []
     with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
+        while len(ports) < count:
+            port = random.randrange(20000, 55000)
+            if {port, port + GRPC_OFFSET, port - GRPC_OFFSET} & set(ports):
+                continue
+            try:
+                for candidate in (port, port + GRPC_OFFSET):
+                    probe = stack.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            ports.append(port)
+    return ports
 
 
 class SeaweedServer:
@@ -52,16 +65,16 @@ class SeaweedServer:
         identity = {"name": "t", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
         (self.root / "s3.json").write_text(json.dumps({"identities": [identity]}))
-        ports = free_ports(2 * len(SERVERS))
+        ports = free_ports(len(SERVERS))
         self.port = ports[0]
-        flags = [f"-{name}.port={ports[i]}" for i, name in enumerate(SERVERS)]
-        flags += [f"-{name}.port.grpc={ports[len(SERVERS) + i]}" for i, name in enumerate(SERVERS)]
+        flags = [f"-{name}.port={port}" for name, port in zip(SERVERS, ports, strict=True)]
         command = [str(binary), f"-logdir={self.root}", "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    f"-s3.config={self.root / 's3.json'}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
                    "-s3.port.lance=0", f"-bucket={BUCKET}", "-master.telemetry=false",
                    f"-filer.localSocket={self.root / 'filer.sock'}", f"-s3.localSocket={self.root / 's3.sock'}", *flags]  # fmt: skip
         self.log = open(self.root / "log", "wb")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(command, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT)
+        clean = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        self.process = subprocess.Popen(command, cwd=self.root, env=clean, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self._wait()
         except BaseException:
@@ -80,10 +93,20 @@ class SeaweedServer:
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_REGION": "us-east-1",
             "AWS_ALLOW_HTTP": "true",
+            # Without keys obstore asks the instance metadata service: keep that on a closed loopback port.
+            "AWS_METADATA_ENDPOINT": "http://127.0.0.1:9",
         }
 
     def _wait(self) -> None:
-        """Until the bucket answers a signed listing."""
+        """Until the bucket answers a signed listing (obstore also reads AWS_* variables, so the
+        developer's own, e.g. AWS_SESSION_TOKEN, are set aside meanwhile)."""
+        saved = {name: os.environ.pop(name) for name in [n for n in os.environ if n.startswith("AWS_")]}
+        try:
+            self._wait_for_bucket()
+        finally:
+            os.environ.update(saved)
+
+    def _wait_for_bucket(self) -> None:
         from obstore.store import S3Store
 
         store = S3Store(BUCKET, endpoint=self.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,

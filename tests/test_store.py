@@ -191,6 +191,18 @@ def test_wrong_credentials_are_one_line(
         assert one_line(exc) == f"image store s3://images/p: {reason}"
 
 
+def test_no_credentials_is_one_line(tmp_path: Path, s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(StoreError) as exc:
+        open_store("s3://images/p", retry_seconds=0.5).get(A)
+    assert one_line(exc) == (
+        "image store s3://images/p: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, "
+        "or give the machine a role (the instance metadata service did not answer)"
+    )
+
+
 # ----------------------------------------------------------------------------- preflight
 
 
@@ -234,3 +246,29 @@ def test_sha_named_keys() -> None:
     assert sha_of_key(image_key(sha, "jpg")) == sha
     assert sha_of_key(f"{sha[:2]}/00/{sha}.jpg") is None
     assert sha_of_key(".catalog-id") is None
+
+
+def test_an_aws_profile_gives_the_credentials(
+    tmp_path: Path, s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.seaweed_server import ACCESS_KEY
+
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = wrong-secret\n"
+        f"[seaweed]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "seaweed")
+    store = open_store(f"s3://images/profile-{uuid.uuid4().hex[:12]}")
+    assert store.put_if_absent(A, b"via a profile") and store.get(A) == b"via a profile"
+    monkeypatch.delenv("AWS_PROFILE")  # then the default profile, whose secret is wrong
+    with pytest.raises(StoreError) as exc:
+        open_store("s3://images/p").get(A)
+    assert one_line(exc).endswith("wrong secret key (SignatureDoesNotMatch): check AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    with pytest.raises(CurationError) as exc:
+        open_store("s3://images/p")
+    assert one_line(exc) == f"AWS_PROFILE=nobody: no such profile in {credentials}"

@@ -5,8 +5,9 @@ Why obstore: against SeaweedFS on loopback it gave 393 puts/s and 1,130 gets/s o
 releases the GIL and has a create-only put (``If-None-Match: *``). Credentials and endpoint come
 from the machine's own chain, which obstore reads (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ALLOW_HTTP=true`` for a plain-http endpoint, web
-identity and instance roles; ``GOOGLE_*`` and ``AZURE_*`` likewise): never from arguments, the
-catalog or the config file, and no error line repeats them.
+identity and instance roles; profiles through :mod:`curation.store.aws_profile`; ``GOOGLE_*`` and
+``AZURE_*`` likewise): never from arguments, the catalog or the config file, and no error line
+repeats them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+from curation.store.aws_profile import profile_credentials
 from curation.store.base import ImageStore, MissingObject, StoreError, check_key
 
 # A put is one request (no multipart): images are at most the crawl's max_bytes (20 MiB), and a
@@ -27,6 +29,11 @@ ACCESS_HINTS = {
     "InvalidAccessKeyId": "unknown access key (InvalidAccessKeyId): check AWS_ACCESS_KEY_ID",
     "AccessDenied": "access denied (AccessDenied): the credentials may not use this bucket",
 }
+# Without variables or a profile, obstore asks the instance metadata service for a role's keys.
+NO_CREDENTIALS = (
+    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the machine a role "
+    "(the instance metadata service did not answer)"
+)
 # Where each scheme's client reads its endpoint, for naming it in an error line.
 ENDPOINT_VARIABLES = {"s3": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")}
 
@@ -48,8 +55,11 @@ class CloudStore(ImageStore):
         self.retry_seconds = retry_seconds
         self._ob = _obstore()
         retry = {"max_retries": 10, "retry_timeout": timedelta(seconds=retry_seconds)}
+        extra = {}
+        if scheme == "s3" and (credentials := profile_credentials()) is not None:
+            extra["credential_provider"] = lambda: credentials
         try:
-            self._store = self._ob.store.from_url(self.url, retry_config=retry)
+            self._store = self._ob.store.from_url(self.url, retry_config=retry, **extra)
         except Exception as exc:  # noqa: BLE001 - obstore's configuration errors have no common base
             raise StoreError(self.url, f"cannot configure the client: {_first_line(exc)}") from None
 
@@ -67,6 +77,8 @@ class CloudStore(ImageStore):
         errors = self._ob.exceptions
         if isinstance(exc, errors.PermissionDeniedError | errors.UnauthenticatedError):
             return StoreError(self.url, f"access denied ({name or 'HTTP 403'})")
+        if "/latest/api/token" in text or "/latest/meta-data" in text:
+            return StoreError(self.url, NO_CREDENTIALS)
         if "error sending request" in text or "Connect" in text:
             return StoreError(self.url, f"cannot reach the server{self._at()}: connection failed (is it running?)")
         return StoreError(self.url, f"{key}: {name or _first_line(exc)}")
