@@ -31,7 +31,7 @@ COMMAND_MODULES = (
     "curation.evaluate",
     "curation.report",
     "curation.status",
-    "curation.store.transfer",
+    "curation.store.cli",
 )
 
 

@@ -116,6 +116,20 @@ def test_storage_options(tmp_path: Path, s3_env: SeaweedServer) -> None:
         open_images(Settings(data_dir=tmp_path, toml={"storage": {"retry_seconds": 0}}))
 
 
+def test_gs_and_az_stores_are_obstores_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built offline (no request is sent); no server for them here, so only their URLs are checked."""
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME", raising=False)
+    assert open_store("gs://bucket/pre/images").beside("x").url == "gs://bucket/pre/x"
+    with pytest.raises(CurationError) as exc:
+        open_store("az://container/images")
+    assert one_line(exc) == (
+        "image store az://container/images: cannot configure the client: Generic MicrosoftAzure error: "
+        "Account must be specified"
+    )
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "account")
+    assert open_store("az://container/images").beside("x").url == "az://container/x"
+
+
 def test_beside_is_outside_the_image_prefix(tmp_path: Path, s3_env: SeaweedServer) -> None:
     assert open_store("s3://images/run/imgs").beside("x").url == "s3://images/run/x"
     assert open_store("s3://images/imgs").beside("x").url == "s3://images/x"

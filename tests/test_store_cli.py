@@ -1,9 +1,10 @@
 """`curation storage copy`: file:// -> s3:// -> file:// round trip on a real S3 server (SeaweedFS),
-resumable, SHA-256 checked, never overwriting other bytes."""
+resumable, SHA-256 checked, never overwriting other bytes; `curation storage check` (the preflight)."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import uuid
 from pathlib import Path
 
@@ -85,4 +86,21 @@ def test_copy_bad_input_is_one_line(tmp_path: Path, run_cli) -> None:
     assert (
         result.stderr
         == f"curation: error: storage copy: {(tmp_path / 'a').as_uri()} is both the source and the destination\n"
+    )
+
+
+def test_check(tmp_path: Path, s3_env: SeaweedServer, run_cli, monkeypatch) -> None:
+    node = socket.gethostname()
+    ok = run_cli("storage", "check", "s3://images/checked")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == f"storage check: s3://images/checked: {node} can list, write, read and delete\n"
+    assert list(open_store("s3://images/_curation-preflight").list()) == []
+    default = run_cli("--data-dir", str(tmp_path / "d"), "storage", "check")
+    assert default.stdout.startswith(f"storage check: {(tmp_path / 'd' / 'images').as_uri()}: "), default.stderr
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    bad = run_cli("storage", "check", "s3://images/checked")
+    assert bad.returncode == 1
+    assert bad.stderr == (
+        f"curation: error: storage preflight failed on {node}: cannot list in s3://images/checked: "
+        "wrong secret key (SignatureDoesNotMatch): check AWS_SECRET_ACCESS_KEY\n"
     )

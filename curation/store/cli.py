@@ -1,4 +1,5 @@
-"""`curation storage copy SRC_URL DST_URL`: move an image store, e.g. data/images -> s3://bucket/images.
+"""`curation storage check [URL]` runs the preflight from this machine; `curation storage copy SRC_URL
+DST_URL` moves an image store, e.g. data/images -> s3://bucket/images.
 
 Resumable and safe to rerun: each image key names its SHA-256, so every object read from the source
 is hashed against its key before it is written, and an object already at the destination is read
@@ -21,7 +22,7 @@ from curation import options
 from curation.config import Settings
 from curation.errors import CurationError
 from curation.store.base import ImageStore, SizeMismatch, sha_of_key
-from curation.store.location import StorageOptions, open_store
+from curation.store.location import StorageOptions, open_images, open_store
 
 # Requests in flight: obstore's put and get rates against SeaweedFS were measured with 16 threads.
 WORKERS = 16
@@ -29,9 +30,14 @@ WINDOW = 256  # keys handed to the pool at a time (a listing of millions is neve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    storage = subparsers.add_parser("storage", help="the image store: copy it to another URL")
-    commands = storage.add_subparsers(dest="storage_command", metavar="{copy}", parser_class=type(storage))
+    storage = subparsers.add_parser("storage", help="the image store: check access to it, copy it to another URL")
+    commands = storage.add_subparsers(dest="storage_command", metavar="{check,copy}", parser_class=type(storage))
     commands.required = True
+    check = commands.add_parser(
+        "check", help="write, read back and delete one small object beside the images (the preflight)"
+    )
+    check.add_argument("url", nargs="?", metavar="URL", help="store to check (default: [storage] images)")
+    check.set_defaults(func=run_check)
     copy = commands.add_parser(
         "copy", help="copy every image of one store into another (resumable; SHA-256 checked; never overwrites)"
     )
@@ -39,6 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     copy.add_argument("target", metavar="DST_URL", help="store to fill (credentials from the environment)")
     copy.add_argument("--workers", type=int, default=WORKERS, help=f"objects in flight (default {WORKERS})")
     copy.set_defaults(func=run_copy)
+
+
+def run_check(args: argparse.Namespace, settings: Settings) -> int:
+    import socket
+
+    from curation.store.preflight import preflight
+
+    store = open_images(settings, {"images": args.url})
+    node = socket.gethostname()
+    preflight(store, node)
+    print(f"storage check: {store.url}: {node} can list, write, read and delete")
+    return 0
 
 
 def run_copy(args: argparse.Namespace, settings: Settings) -> int:
