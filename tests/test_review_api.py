@@ -304,3 +304,26 @@ def test_a_decision_locks_its_pair_not_the_filter_verdict(pg_url, tmp_path):
         with pytest.raises(OperationalError, match="lock timeout"), catalog.session() as second:
             second.execute(text("SET LOCAL lock_timeout = '200ms'"))
             lock_pair(second, sha, wnid)
+
+
+def test_a_decision_that_cannot_get_its_lock_is_refused_and_can_be_sent_again(pg_url, tmp_path):
+    """A pair held past the lock timeout answers ``busy`` for that item only; the others land,
+    and the same decision sent again later is recorded once."""
+    from sqlalchemy import create_engine
+
+    from curation.annotate.decide import lock_pair
+
+    review = build_review_catalog(tmp_path, url=pg_url)
+    impatient = cat.Catalog(create_engine(pg_url, connect_args={"options": "-c lock_timeout=300"}))
+    (s0, w0), (s1, w1) = review.queue[:2]
+    body = {"decisions": [{"id": f"{s0}:{w0}", "verdict": "accept"}, {"id": f"{s1}:{w1}", "verdict": "accept"}]}
+    with running_server(ReviewConfig(catalog=impatient, data_dir=review.data_dir)) as base:
+        http, csrf = start(base, "alice")
+        with review.open().session() as holder:
+            assert lock_pair(holder, s0, w0)  # a decision in progress elsewhere
+            answer = http.post(base + "/api/v1/decisions", json=body, headers=csrf, timeout=30).json()
+        assert answer["recorded"] == 1 and [(e["index"], e["code"]) for e in answer["errors"]] == [(0, "busy")]
+        assert votes_in(impatient) == {(s1, w1, "alice", "accept")}
+        again = http.post(base + "/api/v1/decisions", json=body, headers=csrf, timeout=30).json()
+        assert again == {"ok": True, "recorded": 2, "errors": []}
+    assert votes_in(impatient) == {(s0, w0, "alice", "accept"), (s1, w1, "alice", "accept")}

@@ -46,6 +46,26 @@ def parse_id(value: Any) -> tuple[str, str] | None:
     return (sha, wnid) if is_sha256(sha) and is_wnid(wnid) else None
 
 
+class ItemError(Exception):
+    """One decision refused: ``code`` for scripts, the message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_decision(item: Any, verdicts: list[str]) -> tuple[tuple[str, str], str, str]:
+    """(pair, verdict, note) of one ``{"id", "verdict", "note"?}``, else ``ItemError``."""
+    if not isinstance(item, dict) or (pair := parse_id(item.get("id"))) is None:
+        raise ItemError("bad_id", "each decision is an object whose id is written SHA256:WNID")
+    verdict, note = item.get("verdict"), item.get("note", "")
+    if verdict not in verdicts:
+        raise ItemError("bad_verdict", f"verdict must be one of {', '.join(verdicts)}")
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise ItemError("bad_note", f"note must be a string of at most {MAX_NOTE} characters")
+    return pair, verdict, note
+
+
 def rules(votes_needed: int, verdicts: list[str]) -> dict[str, Any]:
     """The acceptance rule in force, as ``catalog.accepted_query`` applies it."""
     majority = votes_needed // 2 + 1
@@ -149,35 +169,29 @@ def create_api(
             abort(400, f'expected {{"decisions": [{{"id", "verdict", "note"?}}, ...]}} with 1 to {MAX_DECISIONS} items')
         recorded, errors, seen = 0, [], set()
         for index, item in enumerate(decisions):
-            raw_id = item.get("id") if isinstance(item, dict) else None
-
-            def refuse(code: str, message: str, index: int = index, raw_id: Any = raw_id) -> None:
-                errors.append(
-                    {"index": index, "id": raw_id if isinstance(raw_id, str) else None, "code": code, "error": message}
-                )
-
-            pair = parse_id(raw_id)
-            verdict = item.get("verdict") if isinstance(item, dict) else None
-            note = item.get("note", "") if isinstance(item, dict) else ""
-            if pair is None:
-                refuse("bad_id", "id must be written SHA256:WNID")
-            elif verdict not in verdicts:
-                refuse("bad_verdict", f"verdict must be one of {', '.join(verdicts)}")
-            elif not isinstance(note, str) or len(note) > MAX_NOTE:
-                refuse("bad_note", f"note must be a string of at most {MAX_NOTE} characters")
-            elif pair in seen:
-                refuse("repeated", "the same id twice in one request: the first one counts")
-            else:
+            try:
+                pair, verdict, note = parse_decision(item, verdicts)
+                if pair in seen:
+                    raise ItemError("repeated", "the same id twice in one request: the first one counts")
                 seen.add(pair)
                 try:
                     with catalog.session() as s:
                         code = decide(s, *pair, name, verdict, note, votes_needed)
                 except OperationalError:
                     code = BUSY
-                if code is None:
-                    recorded += 1
-                else:
-                    refuse(code, ERROR_TEXT[code])
+                if code is not None:
+                    raise ItemError(code, ERROR_TEXT[code])
+                recorded += 1
+            except ItemError as exc:
+                raw_id = item.get("id") if isinstance(item, dict) else None
+                errors.append(
+                    {
+                        "index": index,
+                        "id": raw_id if isinstance(raw_id, str) else None,
+                        "code": exc.code,
+                        "error": str(exc),
+                    }
+                )
         return jsonify(ok=True, recorded=recorded, errors=errors)
 
     return api
