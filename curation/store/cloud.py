@@ -38,11 +38,11 @@ NO_CREDENTIALS = (
 ENDPOINT_VARIABLES = {"s3": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")}
 
 
-def _obstore() -> Any:
+def _obstore(url: str) -> Any:
     try:
         import obstore
     except ImportError:
-        raise StoreError("s3://", "object stores need obstore: pip install 'curation[s3]'") from None
+        raise StoreError(url, "object stores need obstore: pip install 'curation[s3]'") from None
     return obstore
 
 
@@ -53,9 +53,9 @@ class CloudStore(ImageStore):
         self.scheme, self.bucket, self.prefix = scheme, bucket, prefix.strip("/")
         self.url = f"{scheme}://{bucket}/{self.prefix}".rstrip("/")
         self.retry_seconds = retry_seconds
-        self._ob = _obstore()
+        self._ob = _obstore(self.url)
         retry = {"max_retries": 10, "retry_timeout": timedelta(seconds=retry_seconds)}
-        extra = {}
+        extra: dict[str, Any] = {}
         if scheme == "s3" and (credentials := profile_credentials()) is not None:
             extra["credential_provider"] = lambda: credentials
         try:
