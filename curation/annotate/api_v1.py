@@ -7,6 +7,12 @@ list of verdicts, each atomically (``decide.py``), answering a per-item error fo
 The app's guard applies as to every route (Host, token, CSRF), except that ``session`` needs no
 CSRF token (it hands one out): it accepts only ``application/json`` bodies, which a cross-site
 form cannot send, so another site cannot sign a browser in under a name of its choosing.
+
+Whole-request errors are HTTP statuses with ``{"ok": false, "error"}`` (400 bad input or CSRF,
+403 token, 409 no annotator, 415 session body not JSON). Per-item ``errors`` of a decisions
+request carry ``index``, ``id``, ``code`` and ``error``; codes: ``bad_id``, ``bad_verdict``,
+``bad_note``, ``repeated``, and from ``decide.py`` ``unknown_id``, ``not_reviewable``,
+``complete`` (a stale page another reviewer finished), ``busy`` (send it again).
 """
 
 from __future__ import annotations
