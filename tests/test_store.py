@@ -7,6 +7,7 @@ import hashlib
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,17 @@ def test_put_if_absent_get_head_exists(store: ImageStore) -> None:
     assert store.put_if_absent(A, b"first bytes") is False  # already stored: same size counts as stored
     assert store.get(A) == b"first bytes"
     assert store.head(A) == len(b"first bytes") and store.exists(A)
+
+
+def test_concurrent_puts_of_one_key(store: ImageStore) -> None:
+    """A re-run or a second worker storing the same image at once: every put succeeds, the object is
+    whole; on S3 exactly one of them created it (If-None-Match: *), on a local disk one or more
+    renamed the same bytes into place."""
+    data = bytes(range(256)) * 800
+    with ThreadPoolExecutor(16) as pool:
+        created = list(pool.map(lambda _: store.put_if_absent(A, data), range(16)))
+    assert (sum(created) == 1) if store.url.startswith("s3://") else (sum(created) >= 1)
+    assert store.get(A) == data
 
 
 def test_size_mismatch_is_an_error_and_keeps_the_stored_bytes(store: ImageStore) -> None:
