@@ -176,6 +176,11 @@ class Prediction(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     margin: Mapped[float | None] = mapped_column(Float)
     correct: Mapped[bool | None] = mapped_column(Boolean)
+    # The pair's own class under the rule (restricted 200-way for ImageNet-A): softmax probability and
+    # rank (1 = the argmax), for ordering review. NULL for failed rows and ImageNet-O source classes
+    # (no such probability), and for rows older than migration 0013 until `filter --rescore`.
+    class_prob: Mapped[float | None] = mapped_column(Float)
+    class_rank: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -108,6 +108,32 @@ def test_old_catalog_is_upgraded_without_data_loss(tmp_path, run_cli):
     assert stingray["candidates"] == 1
 
 
+def test_predictions_older_than_the_own_class_columns_are_counted_for_rescore(tmp_path):
+    """Migration 0013 adds class_prob/class_rank as NULL and counts the rows that should hold them (ok
+    rows of the restricted or top1 rule, not failed or ImageNet-O rows) for `filter --rescore`."""
+    engine = cat.make_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    cat.upgrade(engine, "0012")  # the classes are seeded by then
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO images (sha256, path, width, height, format, bytes, multi_class, created_at) "
+            "VALUES ('ab', 'images/ab.jpg', 64, 64, 'JPEG', 1, 0, '2020-01-01')"
+        )
+        for k, (rule, status) in enumerate(
+            [("restricted", "ok"), ("top1", "ok"), ("restricted", "failed"), ("msp", "ok")]
+        ):
+            conn.exec_driver_sql(
+                "INSERT INTO predictions (sha256, wnid, model, weights_hash, rule, status, created_at) "
+                f"VALUES ('ab', 'n01498041', 'm{k}', 'h', '{rule}', '{status}', '2020-01-01')"
+            )
+    cat.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM catalog_meta WHERE key = 'filter:class-prob-missing'").all() == [
+            ("2",)
+        ]
+        assert conn.exec_driver_sql("SELECT count(*) FROM predictions WHERE class_prob IS NULL").scalar() == 4
+    engine.dispose()
+
+
 def test_migrations_match_the_models(tmp_path):
     """The ORM models and the Alembic migrations describe the same schema."""
     from alembic.autogenerate import compare_metadata

@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "photos), to choose --min-confidence; scores nothing",
     )
     parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="fill the probability and rank of each pair's own class in predictions written before the "
+        "filter stored them (scores their images again; decisions stay as they are)",
+    )
+    parser.add_argument(
         "--follow",
         action="store_true",
         help="keep the model loaded and score new pairs as a crawl running beside it commits them; "

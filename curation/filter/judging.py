@@ -1,4 +1,5 @@
-"""From logits to a prediction row: the restricted argmax, its confidence and margin, and the MSP re-check band."""
+"""From logits to a prediction row: the restricted argmax, its confidence and margin, the probability and
+rank of the pair's own class, and the MSP re-check band."""
 
 from __future__ import annotations
 
@@ -74,3 +75,26 @@ def judge(logits: Any, label_wnids: list[str], columns: list[int] | None) -> lis
         }
         for r in rows
     ]
+
+
+def own_class_scores(logits: Any, columns: list[int] | None, rows: list[int], targets: list[int]) -> list[tuple]:
+    """(probability, rank) of each pair's own class under the run's rule: the softmax over ``columns``
+    (all when None) of logits row ``rows[k]``, at label index ``targets[k]``; rank 1 is the argmax.
+    A class outside ``columns`` (an ImageNet-O source class) gives (None, None): no probability exists."""
+    import numpy as np
+
+    full = np.asarray(logits, dtype=np.float64)
+    cols = np.arange(full.shape[1]) if columns is None else np.asarray(columns)
+    position = {int(c): k for k, c in enumerate(cols)}
+    sub = full[:, cols]
+    e = np.exp(sub - sub.max(axis=1, keepdims=True))
+    probs = e / e.sum(axis=1, keepdims=True)
+    scores: list[tuple] = []
+    for row, target in zip(rows, targets, strict=True):
+        k = position.get(target)
+        if k is None:
+            scores.append((None, None))
+            continue
+        rank = 1 + int((sub[row] > sub[row, k]).sum())
+        scores.append((float(probs[row, k]), rank))
+    return scores

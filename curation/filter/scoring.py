@@ -11,7 +11,7 @@ from typing import Any
 from curation.engine import Task
 from curation.errors import CurationError
 from curation.filter.config import FAILED
-from curation.filter.judging import judge, msp_near_threshold
+from curation.filter.judging import judge, msp_near_threshold, own_class_scores
 from curation.filter.pending import PAGE_PAIRS, Pair, pending_page
 
 # Images per cluster batch (one decode task, one call of a model's actor): 19 MB of 224 px crops
@@ -135,26 +135,9 @@ def score_model(
         parts = cluster_logits(*cluster_tasks, paths, min(chunk, CLUSTER_CHUNK), bar)
     for part in parts:
         shas = images[part.start : part.start + len(part.logits)]
-        errors = {position - part.start: error for position, error in part.errors.items()}
-        ok = [position for position in range(len(shas)) if position not in errors]
-        judged = dict(zip(ok, judge(part.logits[ok], loaded.label_wnids, restricted_to), strict=True))
+        rows, part_failed = prediction_rows(part, shas, by_image, loaded, rule, restricted_to, min_confidence)
+        failed |= part_failed
         rechecked += part.rechecked
-        rows = []
-        for position, sha in enumerate(shas):
-            error = errors.get(position)
-            if error is not None:
-                failed.add(sha)
-            for pair in by_image[sha]:
-                fields = (
-                    {"status": FAILED, "error": error}
-                    if error is not None
-                    else {
-                        **judged[position],
-                        "correct": None if min_confidence is not None else judged[position]["pred_wnid"] == pair.wnid,
-                    }
-                )
-                key = {"sha256": sha, "wnid": pair.wnid, "model": loaded.name, "weights_hash": loaded.weights_hash}
-                rows.append({**key, "rule": rule, **fields})
         with catalog.session() as session:
             if rows:
                 session.execute(insert(Prediction), rows)
@@ -163,6 +146,46 @@ def score_model(
             parts.close()  # ends the input pipeline and its workers now
             break
     return committed, failed, rechecked
+
+
+def prediction_rows(
+    part: Any,
+    shas: list[str],
+    by_image: dict[str, list[Pair]],
+    loaded: Any,
+    rule: str,
+    restricted_to: list[int] | None,
+    min_confidence: float | None,
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """The prediction rows of one scored chunk (a failed row per pair of an unreadable image), and the
+    images that failed. Each row holds the decision fields of :func:`judge` and the probability and rank
+    of the pair's own class under the rule (:func:`own_class_scores`), from the same logits."""
+    errors = {position - part.start: error for position, error in part.errors.items()}
+    ok = [position for position in range(len(shas)) if position not in errors]
+    judged = dict(zip(ok, judge(part.logits[ok], loaded.label_wnids, restricted_to), strict=True))
+    index_of = {wnid: i for i, wnid in enumerate(loaded.label_wnids)}
+    wanted = [(position, pair) for position in ok for pair in by_image[shas[position]]]
+    own = own_class_scores(
+        part.logits, restricted_to, [position for position, _ in wanted], [index_of.get(p.wnid, -1) for _, p in wanted]
+    )
+    scores = {(position, pair.wnid): score for (position, pair), score in zip(wanted, own, strict=True)}
+    rows, failed = [], set()
+    for position, sha in enumerate(shas):
+        error = errors.get(position)
+        if error is not None:
+            failed.add(sha)
+        for pair in by_image[sha]:
+            key = {"sha256": sha, "wnid": pair.wnid, "model": loaded.name, "weights_hash": loaded.weights_hash}
+            if error is not None:
+                rows.append({**key, "rule": rule, "status": FAILED, "error": error})
+                continue
+            fields = judged[position]
+            correct = None if min_confidence is not None else fields["pred_wnid"] == pair.wnid
+            class_prob, class_rank = scores[(position, pair.wnid)]
+            rows.append(
+                {**key, "rule": rule, **fields, "correct": correct, "class_prob": class_prob, "class_rank": class_rank}
+            )
+    return rows, failed
 
 
 @dataclass

@@ -15,6 +15,7 @@ from curation.filter.config import FilterOptions
 from curation.filter.follow import follow
 from curation.filter.judging import msp_log_odds
 from curation.filter.plan import Plan, make_plan, nothing_to_do
+from curation.filter.rescore import missing_hint, rescore
 from curation.filter.scorer import Scorer
 from curation.filter.weights import remember_weights
 
@@ -30,15 +31,19 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     cluster = open_cluster(settings, settings.data_dir)  # first: a cluster problem writes nothing
     try:
         plan = make_plan(args, settings, opts)
-        if args.calibrate is None and not args.follow:
+        if args.calibrate is None and not args.follow and not args.rescore:
             line = nothing_to_do(plan)
             if line is not None:
+                missing_hint(plan.catalog)
                 print(line)
                 return 0
         models = load_models(plan, args.compile, started if cluster is None else None)
         if args.calibrate is not None:
             return calibrate(args.calibrate, models, opts.workers)
         scorer = Scorer.build(plan, models, cluster)
+        if args.rescore:
+            return rescore(scorer)
+        missing_hint(plan.catalog)
         if args.follow:
             return follow(scorer, until_crawl_ends=args.until_crawl_ends)
         return _score_once(scorer, args.limit)
@@ -54,6 +59,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CurationError("--until-crawl-ends goes with --follow")
     if args.follow and (args.limit is not None or args.calibrate is not None):
         raise CurationError("--follow scores every new pair: it does not go with --limit or --calibrate")
+    if args.rescore and (args.follow or args.calibrate is not None or args.limit is not None):
+        raise CurationError("--rescore fills older predictions: it does not go with --follow, --calibrate or --limit")
 
 
 def load_models(plan: Plan, compile_model: bool, started: Any) -> list[tuple[Any, list[int]]]:
