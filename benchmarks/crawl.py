@@ -77,6 +77,15 @@ class ImageServer:
         self.server.server_close()
 
 
+def write_url_list(path: Path, base: str, wnids: list[str], n: int) -> Path:
+    """A url,wnid CSV of ``n`` image URLs on ``base``, labelled round-robin with ``wnids``."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["url", "wnid"])
+        writer.writerows((f"{base}/img/{i}.jpg", wnids[i % len(wnids)]) for i in range(n))
+    return path
+
+
 def class_wnids() -> list[str]:
     with open(REPO / "data" / "classes" / "imagenet_a.csv", newline="") as fh:
         return [row["wnid"] for row in csv.DictReader(fh)]
@@ -136,11 +145,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="crawl-bench-") as tmp:
             work = Path(tmp)
-            listing = work / "urls.csv"
-            with open(listing, "w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["url", "wnid"])
-                writer.writerows((f"{server.base}/img/{i}.jpg", wnids[i % len(wnids)]) for i in range(args.n))
+            listing = write_url_list(work / "urls.csv", server.base, wnids, args.n)
             ours, ours_ok = run_curation(work, listing, args.threads)
             theirs, theirs_ok = run_img2dataset(binary, work, listing, args.threads)
     finally:

@@ -22,7 +22,6 @@ long the follower ran on after the crawl ended (how far behind it was).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import os
 import random
@@ -41,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
-from crawl import ImageServer, with_comment  # noqa: E402  (this folder is on sys.path)
+from crawl import ImageServer, with_comment, write_url_list  # noqa: E402  (this folder is on sys.path)
 from scale import tree_rss  # noqa: E402
 
 from curation.wheel_weights import write_checkpoint  # noqa: E402
@@ -243,11 +242,7 @@ def follow_row(n: int, runs: int, checkpoint: Path) -> None:
 def _follow_once(base: str, wnids: list[str], n: int, checkpoint: Path) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory(prefix="filter-follow-") as tmp:
         root = Path(tmp)
-        listing = root / "urls.csv"
-        with open(listing, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["url", "wnid"])
-            writer.writerows((f"{base}/img/{i}.jpg", wnids[i % len(wnids)]) for i in range(n))
+        listing = write_url_list(root / "urls.csv", base, wnids, n)
         (root / "curation.toml").write_text('[crawl]\nallow_private_hosts = true\ncontact = "bench@localhost"\n')
         times = []
         for mode in ("sequential", "together"):
