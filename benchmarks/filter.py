@@ -271,6 +271,8 @@ def main() -> None:
             with sqlite3.connect(work / "catalog.sqlite") as con:  # score everything again
                 con.execute("DELETE FROM filter_verdicts")
                 con.execute("DELETE FROM predictions")
+                # and forget that it was all scored: a run would otherwise read only what is new since
+                con.execute("DELETE FROM catalog_meta WHERE key LIKE 'filter-through:%'")
             b = max(b, curation_filter(work, model, checkpoint, opts.device, extra))
             shown = " ".join(extra[2:]) or "defaults"
             print(f"(b) curation filter, end to end  {b:8.2f} images/s ({precision}; {shown})", flush=True)
