@@ -104,8 +104,7 @@ def test_a_run_with_nothing_to_score_never_imports_torch(tmp_path, lite0_checkpo
     torch.save(state, other)
     other_weights, out = _probe(tmp_path, *_filter_args(other))
     assert "torch" in other_weights["imported"] and "scored 8 image(s)" in out
-    fewer, out = _probe(tmp_path, *args, "--classes", ",".join(WNIDS))  # a changed class set rescores
-    assert "torch" in fewer["imported"]
+    # A changed class set loads the model too: test_filter's keep-rule test sees its rescoring message.
 
 
 def _url_list(work: Path, server: ReplayServer, n: int) -> Path:
@@ -162,24 +161,24 @@ def test_follow_beside_a_crawl_scores_every_pair_once_and_ends_with_it(tmp_path,
 def test_kill_9_of_the_follower_then_a_rerun_gives_the_verdicts_of_one_plain_run(tmp_path, lite0_checkpoint):
     followed, plain = tmp_path / "followed", tmp_path / "plain"
     followed.mkdir()
-    assert _cli(followed, "crawl", "--folder", str(_photos(tmp_path / "photos", 96))).returncode == 0
+    assert _cli(followed, "crawl", "--folder", str(_photos(tmp_path / "photos", 48))).returncode == 0
     plain.mkdir()
     shutil.copy(followed / "catalog.sqlite", plain / "catalog.sqlite")
     shutil.copytree(followed / "data", plain / "data")
-    chunk = ("--commit-every", "16", "--batch-size", "8", "--workers", "1")
+    chunk = ("--commit-every", "8", "--batch-size", "4", "--workers", "1")
     follower = _start_follower(followed, lite0_checkpoint, *chunk)
     deadline = time.monotonic() + 120
-    while _count(followed, "SELECT count(*) FROM predictions") < 16 and time.monotonic() < deadline:
+    while _count(followed, "SELECT count(*) FROM predictions") < 8 and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(follower.pid, signal.SIGKILL)  # the follower and its decode worker
     follower.wait(timeout=30)
     killed_at = _count(followed, "SELECT count(*) FROM predictions")
-    assert 16 <= killed_at < 96 and killed_at % 16 == 0  # whole chunks only, killed mid-run
+    assert 8 <= killed_at < 48 and killed_at % 8 == 0  # whole chunks only, killed mid-run
     rerun = _cli(followed, *_filter_args(lite0_checkpoint))
-    assert rerun.returncode == 0 and f"scored {96 - killed_at} image(s)" in rerun.stdout, rerun.stderr
+    assert rerun.returncode == 0 and f"scored {48 - killed_at} image(s)" in rerun.stdout, rerun.stderr
     assert _cli(plain, *_filter_args(lite0_checkpoint)).returncode == 0
-    assert _verdicts(followed) == _verdicts(plain) and len(_verdicts(plain)) == 96
-    assert _count(followed, "SELECT count(*) FROM predictions") == 96
+    assert _verdicts(followed) == _verdicts(plain) and len(_verdicts(plain)) == 48
+    assert _count(followed, "SELECT count(*) FROM predictions") == 48
 
     idle = _start_follower(followed, lite0_checkpoint)  # Ctrl-C ends a follower: exit 0 and its summary
     idle.send_signal(signal.SIGINT)
