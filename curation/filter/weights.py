@@ -9,6 +9,7 @@ run then loads the model as before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,14 @@ def _key(prefix: str, *parts: str) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read 1 MiB at a time."""
+    """SHA-256 of a file's bytes, read once per process while the file keeps its size and mtime (a run
+    with work asks twice: for "nothing to do", then to record the weights it loaded)."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _digest(path: str, _size: int, _mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
