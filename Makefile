@@ -80,7 +80,7 @@ postgresql:
 ## test: ruff and the whole test suite (what CI runs)
 test: $(STAMP) chromium postgresql
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## lint: ruff check and ruff format --check
 lint: $(STAMP)
