@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from margin_errors import WHEELS, shared_photos  # noqa: E402  (this folder is on sys.path)
 
 from curation import inference  # noqa: E402
-from curation.classes import read_recipe  # noqa: E402
 from curation.filter import MSP_RECHECK_BAND, msp_log_odds  # noqa: E402
 from curation.kinds import get_kind  # noqa: E402
+from curation.synsets import read_recipe  # noqa: E402
 from curation.wheel_weights import write_checkpoint  # noqa: E402
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,66 +16,7 @@ from sqlalchemy.orm import Session
 from curation.catalog import ImageClass, SearchQuery, open_catalog, utcnow
 from curation.dialect import insert_ignore
 from curation.errors import CurationError
-
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data" / "classes" / "imagenet_a.csv"
-QUERY_SEPARATOR = " | "
-RECIPE_COLUMNS = ["wnid", "index_1k", "name", "gloss", "queries"]
-
-
-@cache
-def _timm_info_dir() -> Path:
-    """timm's label metadata folder, found without importing timm (and torch)."""
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        raise CurationError("timm is not installed: it provides the ImageNet label metadata")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
-
-
-def _read_tsv(name: str) -> dict[str, str]:
-    text = (_timm_info_dir() / name).read_text(encoding="utf-8")
-    return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
-
-
-@cache
-def wordnet_lemmas() -> dict[str, str]:
-    """wnid -> comma-separated WordNet lemmas, for every ImageNet-21k synset timm knows."""
-    return _read_tsv("imagenet_synset_to_lemma.txt")
-
-
-@cache
-def wordnet_glosses() -> dict[str, str]:
-    """wnid -> WordNet gloss, for every ImageNet-21k synset timm knows."""
-    return _read_tsv("imagenet_synset_to_definition.txt")
-
-
-@cache
-def imagenet_1k_wnids() -> list[str]:
-    """The 1,000 ImageNet-1k wnids in model output order."""
-    return (_timm_info_dir() / "imagenet_synsets.txt").read_text().split()
-
-
-def imagenet_a_reference() -> tuple[list[str], list[int]]:
-    """timm's ImageNet-A wnids and their ImageNet-1k indices."""
-    info = _timm_info_dir()
-    wnids = (info / "imagenet_a_synsets.txt").read_text().split()
-    indices = [int(x) for x in (info / "imagenet_a_indices.txt").read_text().split()]
-    return wnids, indices
-
-
-def describe_synset(wnid: str) -> dict[str, Any]:
-    """Name, gloss, lemmas and 1k index of a synset from timm's metadata; refuses unknown wnids."""
-    lemmas = wordnet_lemmas().get(wnid)
-    if lemmas is None:
-        raise CurationError(f"unknown wnid {wnid!r}: not an ImageNet-1k/21k synset (expected e.g. n01498041)")
-    one_k = imagenet_1k_wnids()
-    lemma_list = [x.strip() for x in lemmas.split(",") if x.strip()]
-    return {
-        "wnid": wnid,
-        "name": lemma_list[0],
-        "gloss": wordnet_glosses().get(wnid, ""),
-        "lemmas": lemma_list,
-        "index_1k": one_k.index(wnid) if wnid in one_k else None,
-    }
+from curation.synsets import QUERY_SEPARATOR, RECIPE_COLUMNS, describe_synset, read_recipe
 
 
 def class_rows(
@@ -159,35 +98,6 @@ def seed_default_classes(bind: Session | Connection) -> int:
         new += added
     insert_ignore(bind, _SEED_META, [{"key": "seeded", "value": now.isoformat()}])
     return new
-
-
-def read_recipe(path: Path) -> list[dict[str, Any]]:
-    """Rows of a class recipe CSV (columns wnid[,index_1k,name,gloss,queries])."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "wnid" not in reader.fieldnames:
-                raise CurationError(f"{path}: a class recipe needs a 'wnid' column")
-            rows = list(reader)
-    except OSError as exc:
-        raise CurationError(f"cannot read class recipe {path}: {exc.strerror}") from None
-    recipe = []
-    for line, row in enumerate(rows, start=2):
-        wnid = (row.get("wnid") or "").strip()
-        if not wnid:
-            raise CurationError(f"{path}:{line}: empty wnid")
-        index = (row.get("index_1k") or "").strip()
-        queries = [q.strip() for q in (row.get("queries") or "").split("|") if q.strip()]
-        recipe.append(
-            {
-                "wnid": wnid,
-                "index_1k": int(index) if index else None,
-                "name": (row.get("name") or "").strip() or None,
-                "gloss": (row.get("gloss") or "").strip() or None,
-                "queries": queries or None,
-            }
-        )
-    return recipe
 
 
 def import_recipe(session: Session, path: Path, origin: str = "imagenet_a") -> int:

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from curation import metrics
-from curation.classes import DEFAULT_RECIPE, read_recipe
 from curation.config import Settings
 from curation.errors import CurationError
+from curation.synsets import DEFAULT_RECIPE, read_recipe
 
 if TYPE_CHECKING:
     from curation.inference import LoadedModel
@@ -108,7 +108,7 @@ def label_space(dataset_dir: Path, folder_wnids: list[str], choice: str) -> tupl
     """The sorted wnids whose logits are kept (see ``--label-space``) and where they came from;
     every folder must be one of them."""
     if choice == "imagenet-a":
-        from curation.classes import imagenet_a_reference
+        from curation.synsets import imagenet_a_reference
 
         wnids, origin = sorted(imagenet_a_reference()[0]), "imagenet-a"
     elif choice == "auto" and set(folder_wnids) <= set(listed := readme_wnids(dataset_dir)):

@@ -325,7 +325,7 @@ PROVENANCE_BATCH = 500
 def attach_provenance(session: Session, items: list[Item], names: dict[str, str]) -> None:
     """Fill each item's source, licence, filter prediction and votes from the catalog: indexed
     look-ups of the items' images only, memory proportional to the items."""
-    from curation.classes import wordnet_lemmas
+    from curation.synsets import wordnet_lemmas
 
     lemmas = wordnet_lemmas()
     for start in range(0, len(items), PROVENANCE_BATCH):
@@ -660,8 +660,8 @@ def datasheet_context(
 
 def label_space(session: Session) -> list[tuple[str, str]]:
     """(wnid, name) of the release's label space: every catalog class, or the kind's targets."""
-    from curation.classes import read_recipe
     from curation.kinds import catalog_kind
+    from curation.synsets import read_recipe
 
     kind = catalog_kind(session)
     query = select(cat.ImageClass.wnid, cat.ImageClass.name).order_by(cat.ImageClass.wnid)

@@ -87,7 +87,7 @@ def target_names(session: Any, kind: Any) -> list[tuple[str, str]]:
     from sqlalchemy import select
 
     from curation.catalog import ImageClass
-    from curation.classes import read_recipe
+    from curation.synsets import read_recipe
 
     wnids = {row["wnid"] for row in read_recipe(kind.recipe)}
     names = dict(session.execute(select(ImageClass.wnid, ImageClass.name).where(ImageClass.wnid.in_(wnids))).all())

@@ -12,9 +12,9 @@ import pytest
 from conftest import SAMPLES
 from test_eval_metrics import reference_aurra, reference_calib_err
 
-from curation.classes import imagenet_a_reference
 from curation.errors import CurationError
 from curation.evaluate import label_space
+from curation.synsets import imagenet_a_reference
 
 TOL = 1e-9
 

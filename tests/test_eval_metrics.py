@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from curation import metrics
-from curation.classes import imagenet_a_reference
+from curation.synsets import imagenet_a_reference
 
 TOL = 1e-9
 

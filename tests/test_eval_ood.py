@@ -14,8 +14,8 @@ from conftest import SHARED, VAL
 from test_eval import independent_logits
 
 from curation import metrics
-from curation.classes import RECIPE_COLUMNS, describe_synset, imagenet_1k_wnids
 from curation.evaluate import IMAGENET_O_RECIPE, imagenet_o_targets
+from curation.synsets import RECIPE_COLUMNS, describe_synset, imagenet_1k_wnids
 
 TOL = 1e-9
 SHARED_TARGETS = SHARED / "notes" / "imagenet_o_wnids.txt"

@@ -21,8 +21,8 @@ import torch
 from conftest import SAMPLES, VAL
 from PIL import Image
 
-from curation.classes import imagenet_a_reference
 from curation.inference import load_model
+from curation.synsets import imagenet_a_reference
 
 VAL_SUBSET = 40  # the val photos are small (227x227): keep the test quick
 

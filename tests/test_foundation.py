@@ -13,9 +13,9 @@ from conftest import old_catalog
 from sqlalchemy import select
 
 from curation import catalog as cat
-from curation.classes import DEFAULT_RECIPE, imagenet_a_reference, read_recipe
 from curation.config import resolve_settings
 from curation.errors import CurationError
+from curation.synsets import DEFAULT_RECIPE, imagenet_a_reference, read_recipe
 
 
 def test_recipe_equals_timm_imagenet_a():
@@ -45,7 +45,7 @@ def test_ambiguous_names_are_disambiguated(wnid, needle):
 
 
 def test_recipe_holds_every_wordnet_lemma():
-    from curation.classes import wordnet_lemmas
+    from curation.synsets import wordnet_lemmas
 
     lemmas = wordnet_lemmas()
     for row in read_recipe(DEFAULT_RECIPE):

@@ -17,7 +17,7 @@ import torch
 from conftest import SAMPLES, VAL
 
 from curation import inference as inf
-from curation.classes import imagenet_a_reference
+from curation.synsets import imagenet_a_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

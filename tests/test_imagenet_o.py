@@ -14,9 +14,9 @@ import pytest
 from conftest import SHARED, VAL
 
 from curation import catalog as cat
-from curation.classes import imagenet_1k_wnids, read_recipe
 from curation.kinds import catalog_kind, get_kind, kind_names
 from curation.kinds.pool import pool_refusal, pool_table, sample_pool
+from curation.synsets import imagenet_1k_wnids, read_recipe
 
 TARGETS_FILE = SHARED / "notes" / "imagenet_o_wnids.txt"
 TARGETS = sorted(TARGETS_FILE.read_text().split())

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from test_release_catalog import CLASSES, build_catalog
 
 from curation import catalog as cat
-from curation.classes import imagenet_a_reference
+from curation.synsets import imagenet_a_reference
 
 
 @pytest.fixture

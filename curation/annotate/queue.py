@@ -171,7 +171,7 @@ def class_names(session: Session, wnids: set[str]) -> dict[str, str]:
     names = dict(session.execute(select(ImageClass.wnid, ImageClass.name).where(ImageClass.wnid.in_(wnids))).all())
     missing = wnids - names.keys()
     if missing:
-        from curation.classes import wordnet_lemmas
+        from curation.synsets import wordnet_lemmas
 
         lemmas = wordnet_lemmas()
         for wnid in missing:

@@ -45,7 +45,7 @@ def label_space(session: Any, kind: Any, classes_arg: str | None) -> tuple[list[
     wnids = class_set(session, classes_arg)
     if not kind.ood:
         return wnids, wnids
-    from curation.classes import read_recipe
+    from curation.synsets import read_recipe
 
     targets = sorted(row["wnid"] for row in read_recipe(kind.recipe))
     return targets, [w for w in wnids if w not in set(targets)]

@@ -75,7 +75,7 @@ def label_only_wnids(session: Any) -> set[str]:
     kind = catalog_kind(session)
     if not kind.ood:
         return set()
-    from curation.classes import read_recipe
+    from curation.synsets import read_recipe
 
     return {row["wnid"] for row in read_recipe(kind.recipe)}
 

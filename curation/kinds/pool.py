@@ -28,7 +28,7 @@ def pool_table() -> dict[str, dict[str, str]]:
 
 def pool_refusal(wnid: str) -> str | None:
     """Why ``wnid`` may not be an ImageNet-O source class (one line), or None when it is in the pool."""
-    from curation.classes import imagenet_1k_wnids, wordnet_lemmas
+    from curation.synsets import imagenet_1k_wnids, wordnet_lemmas
 
     name = wordnet_lemmas().get(wnid, wnid).split(",")[0]
     if wnid in set(imagenet_1k_wnids()):
