@@ -24,6 +24,7 @@ from curation.config import Settings
 from curation.errors import CurationError
 
 __all__ = ["agreement_stats", "register", "summary_line"]
+MAX_GRID = 100  # the largest grid page: api_v1.MAX_LIMIT, the most one GET /api/v1/next returns
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,10 +67,15 @@ class AnnotateOptions:
 
     votes_needed: int = 1  # accepting votes a pair needs to enter a release
     crop_fraction: float = 224 / 256  # the review page's centre crop, as the model sees it
+    grid_size: int = 48  # thumbnails per grid page: ImageNet's and ImageNetV2's 48-image page
 
     def __post_init__(self) -> None:
         if self.votes_needed < 1:
             raise ValueError(f"[annotate] votes_needed must be a positive integer, not {self.votes_needed!r}")
+        if not 1 <= self.grid_size <= MAX_GRID:
+            raise ValueError(
+                f"[annotate] grid_size must be a whole number from 1 to {MAX_GRID}, not {self.grid_size!r}"
+            )
 
 
 def votes_needed(settings: Settings) -> int:
@@ -86,6 +92,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 <= args.port <= 65535:
         raise CurationError(f"bad port {args.port}: use 0-65535")
     default_annotator = check_annotator(args.annotator) if args.annotator else None
+    annotate = options.resolve(AnnotateOptions, settings)
     catalog = open_catalog(settings.db_url)
     if args.new_secret:
         rotate_session_secret(catalog)
@@ -94,10 +101,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         catalog=catalog,
         data_dir=settings.data_dir,
         bind_host=args.host,
-        votes_needed=votes_needed(settings),
+        votes_needed=annotate.votes_needed,
         token=token,
         default_annotator=default_annotator,
-        crop_fraction=options.resolve(AnnotateOptions, settings).crop_fraction,
+        crop_fraction=annotate.crop_fraction,
+        grid_size=annotate.grid_size,
     )
     try:
         server = make_server(create_app(cfg), args.host, args.port)

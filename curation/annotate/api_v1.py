@@ -3,7 +3,9 @@
 ``POST /api/v1/session`` names the annotator and returns the CSRF token (no HTML scraping);
 ``GET /api/v1/rules`` the acceptance rule in force; ``GET /api/v1/next`` the next pairs in the
 server's order (never one the annotator already decided); ``POST /api/v1/decisions`` records a
-list of verdicts, each atomically (``decide.py``), answering a per-item error for bad ones.
+list of verdicts, each atomically (``decide.py``), answering a per-item error for bad ones;
+``POST /api/v1/undo {"ids": [...]}`` withdraws the annotator's own verdicts on those pairs (the
+pages' undo of the last image or grid page), answering ``{"removed": n, "errors": [...]}``.
 The app's guard applies as to every route (Host, token, CSRF), except that ``session`` needs no
 CSRF token (it hands one out): it accepts only ``application/json`` bodies, which a cross-site
 form cannot send, so another site cannot sign a browser in under a name of its choosing.
@@ -12,7 +14,8 @@ Whole-request errors are HTTP statuses with ``{"ok": false, "error"}`` (400 bad 
 403 token, 409 no annotator, 415 session body not JSON). Per-item ``errors`` of a decisions
 request carry ``index``, ``id``, ``code`` and ``error``; codes: ``bad_id``, ``bad_verdict``,
 ``bad_note``, ``repeated``, and from ``decide.py`` ``unknown_id``, ``not_reviewable``,
-``complete`` (a stale page another reviewer finished), ``busy`` (send it again).
+``complete`` (a stale page another reviewer finished), ``busy`` (send it again); an undo's
+``bad_id``, ``repeated``, ``not_decided`` (no verdict of this annotator on the pair) and ``busy``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any
 from flask import Blueprint, abort, jsonify, request, session
 from sqlalchemy.exc import OperationalError
 
-from curation.annotate.decide import BUSY, ERROR_TEXT, decide
+from curation.annotate.decide import BUSY, ERROR_TEXT, decide, lock_pair
 from curation.annotate.estimates import default_verdict, remaining_accepts
 from curation.annotate.queue import SKIP, class_names, describe, is_sha256, is_wnid, next_pairs, open_classes, remaining
-from curation.annotate.votes import MAX_NOTE, check_annotator
+from curation.annotate.votes import MAX_NOTE, check_annotator, undo_vote
 from curation.catalog import Catalog
 from curation.errors import CurationError
 
@@ -58,6 +61,15 @@ class ItemError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+    def report(self, index: int, raw_id: Any) -> dict[str, Any]:
+        """The per-item error of item ``index`` whose id was ``raw_id``."""
+        return {
+            "index": index,
+            "id": raw_id if isinstance(raw_id, str) else None,
+            "code": self.code,
+            "error": str(self),
+        }
 
 
 def parse_decision(item: Any, verdicts: list[str]) -> tuple[tuple[str, str], str, str]:
@@ -189,15 +201,38 @@ def create_api(
                     raise ItemError(code, ERROR_TEXT[code])
                 recorded += 1
             except ItemError as exc:
-                raw_id = item.get("id") if isinstance(item, dict) else None
-                errors.append(
-                    {
-                        "index": index,
-                        "id": raw_id if isinstance(raw_id, str) else None,
-                        "code": exc.code,
-                        "error": str(exc),
-                    }
-                )
+                errors.append(exc.report(index, item.get("id") if isinstance(item, dict) else None))
         return jsonify(ok=True, recorded=recorded, errors=errors)
+
+    @api.post("/undo")
+    def post_undo() -> Any:
+        name = annotator()
+        body = request.get_json(silent=True)
+        wanted = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(wanted, list) or not 1 <= len(wanted) <= MAX_DECISIONS:
+            abort(400, f'expected {{"ids": ["SHA256:WNID", ...]}} with 1 to {MAX_DECISIONS} ids')
+        removed, errors, seen = 0, [], set()
+        for index, raw_id in enumerate(wanted):
+            try:
+                if (pair := parse_id(raw_id)) is None:
+                    raise ItemError("bad_id", "each id is written SHA256:WNID")
+                if pair in seen:
+                    raise ItemError("repeated", "the same id twice in one request: the first one counts")
+                seen.add(pair)
+                if not withdraw(pair, name):
+                    raise ItemError("not_decided", "this annotator has no verdict on the pair")
+                removed += 1
+            except ItemError as exc:
+                errors.append(exc.report(index, raw_id))
+        return jsonify(ok=True, removed=removed, errors=errors)
+
+    def withdraw(pair: tuple[str, str], name: str) -> bool:
+        """Remove ``name``'s verdict on ``pair`` under the pair's lock (as ``decide`` writes it)."""
+        try:
+            with catalog.session() as s:
+                lock_pair(s, *pair)
+                return undo_vote(s, *pair, name)
+        except OperationalError:
+            raise ItemError(BUSY, ERROR_TEXT[BUSY]) from None
 
     return api

@@ -139,6 +139,7 @@ class ReviewConfig:
     token: str | None = None
     default_annotator: str | None = None
     crop_fraction: float = CENTRE_CROP_FRACTION
+    grid_size: int = 48  # thumbnails per grid page ([annotate] grid_size)
 
 
 def create_app(cfg: ReviewConfig) -> Flask:
