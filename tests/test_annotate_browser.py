@@ -1,4 +1,6 @@
-"""The review page in real headless Chromium, driven by the keyboard only."""
+"""The review pages in real headless Chromium: one by one by the keyboard only, and grid pages by
+keyboard and mouse, both through /api/v1/ alone. The pages show pairs in the server's order, whatever
+it is: the tests read which pair is shown from the page."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from test_annotate import SCRIPT_TITLE, ReviewCatalog, ReviewConfig, build_review_catalog, running_server, votes_in
 
 from curation import catalog as cat
@@ -35,7 +37,6 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     catalog = review.open()
-    q = review.queue
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir)
     with running_server(cfg) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -48,10 +49,14 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
         requests_seen: list[str] = []
         page.on("request", lambda r: requests_seen.append(r.url))
 
-        page.goto(f"{base}/?annotator=alice")
+        with page.expect_response(lambda r: "/api/v1/next?" in r.url) as served:
+            page.goto(f"{base}/?annotator=alice")
+        shown = served.value.json()["items"]  # the server's order, as the page got it
+        q = [(item["sha256"], item["wnid"]) for item in shown]
+        assert sorted(q) == review.queue
         expect(page.locator(".who")).to_contain_text("alice")
         expect(page.locator("#wnid")).to_have_text(q[0][1])
-        expect(page.locator("#title")).to_have_text(SCRIPT_TITLE)  # the <script> title is text
+        expect(page.locator("#title")).to_have_text(shown[0]["title"])
         preload = {f"{base}/image/{sha}" for sha, _ in q[1:4]}  # the next three are fetched ahead
         for _ in range(100):
             if preload <= set(requests_seen):
@@ -106,8 +111,11 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
             notes = dict(s.execute(select(cat.Annotation.sha256, cat.Annotation.note)).all())
         assert notes[q[5][0]] == "clear shot, a but cropped" and notes[q[0][0]] is None
 
-        page.reload()  # a reload continues with the first image alice has not judged
-        expect(page.locator("#wnid")).to_have_text(q[6][1])
+        with page.expect_response(lambda r: "/api/v1/next?" in r.url) as served:
+            page.reload()  # a reload continues with the images alice has not judged
+        rest = [(item["sha256"], item["wnid"]) for item in served.value.json()["items"]]
+        assert sorted(rest) == sorted(q[6:])
+        expect(page.locator("#wnid")).to_have_text(rest[0][1])
         expect(page.locator("#remaining")).to_have_text(str(len(q) - 6))
         assert votes_in(catalog) == expected
         kb.press("a")
@@ -116,14 +124,128 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
         settle()
         assert len(votes_in(catalog)) == 8
 
+        script_pair = min(review.queue)  # its title is a <script>: shown as text, from the template
+        page.goto(f"{base}/?pair={script_pair[0]}:{script_pair[1]}")
+        expect(page.locator("#title")).to_have_text(SCRIPT_TITLE)
+
         page.goto(f"{base}/stats")
         expect(page.locator("#per-class")).to_contain_text(catalog_name(catalog, q[0][1]))
         browser.close()
     assert dialogs == [] and errors == [], (dialogs, errors)
     assert all(u.startswith(base) for u in requests_seen)  # nothing but the local server
+    assert [u for u in requests_seen if "/api/" in u and "/api/v1/" not in u] == []
     shutil.copyfile(tmp_path / "review.png", "/tmp/annotate_screenshot.png")
 
 
 def catalog_name(catalog: cat.Catalog, wnid: str) -> str:
     with catalog.session() as s:
         return s.get(cat.ImageClass, wnid).name
+
+
+@pytest.fixture
+def classes(tmp_path: Path) -> ReviewCatalog:
+    """Every queued photo under every queued photo's class: 64 pairs, 8 per class (SQLite)."""
+    built = build_review_catalog(tmp_path / "grid")
+    shas = sorted({sha for sha, _ in built.queue})
+    wnids = sorted({wnid for _, wnid in built.queue})
+    extra = [(sha, wnid) for sha in shas for wnid in wnids if (sha, wnid) not in built.queue]
+    catalog = built.open()
+    with catalog.session() as s:
+        s.execute(
+            insert(cat.FilterVerdict),
+            [{"sha256": h, "wnid": w, "kept": True, "models": "[]", "keep_rule": "all-wrong"} for h, w in extra],
+        )
+    catalog.engine.dispose()
+    built.queue = sorted(built.queue + extra)
+    return built
+
+
+def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
+    """Two grid pages of 8 (4 columns at this width): one by keys, one by clicks; the second is
+    undone, changed and sent again. The catalog holds exactly the page's verdicts."""
+    from playwright.sync_api import expect, sync_playwright
+
+    catalog = classes.open()
+    cfg = ReviewConfig(catalog=catalog, data_dir=classes.data_dir, grid_size=8)
+    with running_server(cfg) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 700, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        requests_seen: list[str] = []
+        page.on("request", lambda r: requests_seen.append(r.url))
+        thumbs = page.locator("#grid .thumb")
+
+        def page_ids() -> list[str]:
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            return [thumbs.nth(i).get_attribute("data-id") for i in range(thumbs.count())]
+
+        page.goto(f"{base}/grid?annotator=alice")
+        expect(thumbs).to_have_count(8)
+        first = page_ids()
+        wnid = first[0].split(":")[1]
+        assert all(i.endswith(":" + wnid) for i in first)  # one class per page
+        expect(page.locator("#wnid")).to_have_text(wnid)
+        expect(page.locator("#class-name")).to_have_text(catalog_name(catalog, wnid))
+        expect(page.locator("#gloss")).not_to_be_empty()
+        expect(page.locator("#default-verdict")).to_have_text("accept")  # no votes yet: the filter kept them all
+        expect(page.locator("#remaining")).to_have_text("64")
+
+        kb = page.keyboard
+        kb.press("ArrowRight")
+        kb.press(" ")  # 1: flipped to wrong class
+        kb.press("ArrowDown")
+        kb.press("m")  # 5 (one row down): ambiguous
+        kb.press("ArrowRight")
+        kb.press(" ")
+        kb.press(" ")  # 6: flipped twice, back to the default
+        expect(page.locator(".thumb.exception")).to_have_count(2)
+        kb.press("v")  # the large view of 6, with the model's crop
+        expect(page.locator("#viewer")).to_be_visible()
+        expect(page.locator("#photo")).to_have_attribute("src", "/image/" + first[6].split(":")[0])
+        kb.press("c")
+        expect(page.locator("#crop")).to_be_visible()
+        kb.press("Escape")
+        expect(page.locator("#viewer")).to_be_hidden()
+        kb.press("c")  # thumbnails back to whole images
+        kb.press("Enter")  # the page, in one key
+        expect(page.locator("#grid")).not_to_contain_text("ambiguous")
+        second = page_ids()
+        assert len(second) == 8 and not set(second) & set(first)
+        by_keys = {i: "accept" for i in first} | {first[1]: "wrong_class", first[5]: "ambiguous"}
+        assert votes(catalog) == by_keys
+        expect(page.locator("#remaining")).to_have_text("56")
+
+        thumbs.nth(0).click()  # by mouse: 0 and 3 flipped, 3 back and forth again
+        thumbs.nth(3).click()
+        thumbs.nth(7).click()
+        thumbs.nth(7).click()
+        page.locator("#submit").click()
+        expect(page.locator("#flash")).to_contain_text("saved 8 verdicts")
+        third = page_ids()
+        by_mouse = {i: "accept" for i in second} | {second[0]: "wrong_class", second[3]: "wrong_class"}
+        assert votes(catalog) == by_keys | by_mouse and not set(third) & set(second)
+
+        kb.press("u")  # undo the last page: it comes back with its verdicts, and leaves the catalog
+        expect(page.locator(".thumb.exception")).to_have_count(2)
+        assert page_ids() == second
+        assert votes(catalog) == by_keys
+        expect(page.locator("#remaining")).to_have_text("56")
+        thumbs.nth(3).click()  # 3 was right after all
+        kb.press("Enter")
+        expect(page.locator("#flash")).to_contain_text("saved 8 verdicts")
+        page_ids()
+        page.screenshot(path=str(tmp_path / "grid.png"))
+        browser.close()
+    assert votes(catalog) == by_keys | by_mouse | {second[3]: "accept"}
+    assert errors == [], errors
+    assert all(u.startswith(base) for u in requests_seen)
+    api = {u.split("?")[0].removeprefix(base) for u in requests_seen if "/api/" in u}
+    assert api == {"/api/v1/next", "/api/v1/decisions", "/api/v1/undo"}
+    shutil.copyfile(tmp_path / "grid.png", "/tmp/annotate_grid_screenshot.png")
+
+
+def votes(catalog: cat.Catalog) -> dict[str, str]:
+    """id -> verdict of every vote in the catalog (one annotator here)."""
+    return {f"{sha}:{wnid}": verdict for sha, wnid, _name, verdict in votes_in(catalog)}

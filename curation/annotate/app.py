@@ -246,8 +246,9 @@ def create_app(cfg: ReviewConfig) -> Flask:
         )
     )
 
-    @app.get("/")
-    def review() -> Any:
+    def page(template: str, mode: str) -> Any:
+        """A review page: the items come from ``/api/v1/next`` (the page's script asks), except the
+        one pair of ``?pair=`` (from the conflicts list, whatever its votes), shown in single mode."""
         if "annotator" in request.args:
             try:
                 session["annotator"] = check_annotator(request.args["annotator"])
@@ -258,26 +259,30 @@ def create_app(cfg: ReviewConfig) -> Flask:
         name = annotator()
         if not name:
             return render_template("name.html")
-        order, wnid = queue_args()
-        if request.args.get("pair"):  # one pair, e.g. from the conflicts list, whatever its votes
-            with cfg.catalog.session() as s:
+        wnid = request.args.get("wnid") or None
+        if wnid is not None and not is_wnid(wnid):
+            abort(400, "wnid must look like n01498041")
+        boot: dict[str, Any] = {"mode": mode, "wnid": wnid, "verdicts": list(verdict_ui), "items": []}
+        with cfg.catalog.session() as s:
+            if mode == "single" and request.args.get("pair"):
                 pair = parse_pair(request.args["pair"])
-                found = [pair] if pair_exists(s, *pair) else []
-                boot = {"items": describe(s, found, name, cfg.crop_fraction), "remaining": len(found), "batch": BATCH}
-        else:
-            boot = load(name, order, wnid, None)
-            with cfg.catalog.session() as s:  # once per page load: exact, from the maintained counts
+                boot["items"] = describe(s, [pair] if pair_exists(s, *pair) else [], name, cfg.crop_fraction)
+                boot.update(pair=True, remaining=len(boot["items"]))
+            else:  # once per page load: exact, from the maintained counts
                 boot["remaining"] = remaining(s, name, cfg.votes_needed, wnid)
-        boot.update(order=order, wnid=wnid, verdicts=list(verdict_ui))
-        items = boot["items"]
+        boot.update(batch=BATCH, grid_size=cfg.grid_size, crop_fraction=cfg.crop_fraction)
+        first = boot["items"][0] if boot["items"] else None
         return render_template(
-            "review.html",
-            boot=boot,
-            first=items[0] if items else None,
-            verdict_ui=verdict_ui,
-            question=kind.review_question,
-            max_note=MAX_NOTE,
+            template, boot=boot, first=first, verdict_ui=verdict_ui, question=kind.review_question, max_note=MAX_NOTE
         )
+
+    @app.get("/")
+    def review() -> Any:
+        return page("review.html", "single")
+
+    @app.get("/grid")
+    def grid() -> Any:
+        return page("grid.html", "grid")
 
     @app.post("/name")
     def set_name() -> Any:

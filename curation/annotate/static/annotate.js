@@ -1,5 +1,6 @@
-// The review page: keyboard first, one verdict per key, the next images preloaded, votes sent
-// in order in the background. Data from the server is only ever written with textContent.
+// The one-by-one review page: keyboard first, one verdict per key, the next images preloaded,
+// decisions sent in order in the background, all through /api/v1/ (next, decisions, undo).
+// Data from the server is only ever written with textContent.
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -16,6 +17,7 @@
     in_distribution: "in-distribution (an ImageNet-1k class)",
   };
   const PRELOAD = 3;
+  const MAX_LIMIT = 100; // the most one GET /api/v1/next returns
   const keyOf = (it) => it.sha256 + ":" + it.wnid;
 
   const items = []; // every item loaded on this page, in queue order
@@ -30,6 +32,8 @@
   let pending = 0;
   let saveError = "";
   let showCrop = false;
+  let left = boot.remaining; // the server's count when last asked ...
+  let votesAtCount = 0; // ... and how many verdicts this page had cast then
 
   function add(batch) {
     for (const it of batch) {
@@ -40,22 +44,31 @@
         if (it.vote) votes.set(k, it.vote);
       }
     }
-    if (batch.length < boot.batch) exhausted = true;
   }
 
-  function query(extra) {
-    const p = new URLSearchParams({ order: boot.order, ...extra });
-    if (boot.wnid) p.set("wnid", boot.wnid);
-    return p.toString();
-  }
-
+  // The server never sends a pair this annotator decided, but it does send the loaded ones not yet
+  // judged: ask once every decision sent so far is answered, for enough to get new ones.
   function fetchMore() {
     if (exhausted) return Promise.resolve();
     if (loading) return loading;
-    const last = items[items.length - 1];
-    loading = fetch("/api/queue?" + query(last ? { after: keyOf(last) } : {}), { credentials: "same-origin" })
-      .then((r) => (r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status))))
-      .then((data) => add(data.items))
+    loading = chain
+      .then(() => {
+        const ahead = items.filter((it) => !votes.has(keyOf(it))).length;
+        const limit = Math.min(MAX_LIMIT, ahead + boot.batch);
+        const p = new URLSearchParams({ mode: "single", limit: String(limit) });
+        if (boot.wnid) p.set("wnid", boot.wnid);
+        return fetch("/api/v1/next?" + p.toString(), { credentials: "same-origin" }).then((r) =>
+          r.ok ? r.json().then((data) => ({ data, limit })) : Promise.reject(new Error("HTTP " + r.status)));
+      })
+      .then(({ data, limit }) => {
+        add(data.items);
+        if (data.items.length < limit) exhausted = true;
+        left = data.remaining;
+        votesAtCount = votes.size;
+        const est = data.estimated_remaining_accepts;
+        $("estimate").textContent = est == null ? "" : " · ~" + est + " accepts left";
+        $("estimate").title = data.estimate.basis;
+      })
       .catch((err) => flash("could not load more images (" + err.message + "); press → to retry"))
       .finally(() => { loading = null; });
     return loading;
@@ -92,7 +105,7 @@
     const it = items[pos];
     $("frame").hidden = !it;
     $("done").hidden = !!it || !exhausted;
-    $("remaining").textContent = String(Math.max(0, boot.remaining - votes.size));
+    $("remaining").textContent = String(Math.max(0, left - (votes.size - votesAtCount)));
     document.querySelectorAll(".verdict").forEach((b) => b.classList.toggle("chosen", !!it && votes.get(keyOf(it)) === b.dataset.verdict));
     if (!it) {
       for (const id of ["class-name", "wnid", "gloss", "title", "source", "author", "license", "size"]) $(id).textContent = "";
@@ -173,7 +186,11 @@
           headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
           body: JSON.stringify(body),
         });
-        if (r.ok) return;
+        if (r.ok) {
+          const answer = await r.json();
+          if (answer.errors && answer.errors.length) flash("not recorded: " + answer.errors[0].error);
+          return;
+        }
         let reason = "HTTP " + r.status;
         try { reason = (await r.json()).error || reason; } catch (_) { /* not JSON */ }
         saveError = "not saved: " + reason;
@@ -206,7 +223,7 @@
     const at = undoStack.indexOf(k);
     if (at >= 0) undoStack.splice(at, 1);
     undoStack.push(k);
-    send("/api/vote", { sha256: it.sha256, wnid: it.wnid, verdict, note: it.note });
+    send("/api/v1/decisions", { decisions: [{ id: k, verdict, note: it.note }] });
     go(pos + 1);
   }
 
@@ -216,7 +233,7 @@
     const i = items.findIndex((it) => keyOf(it) === k);
     const it = items[i];
     votes.delete(k);
-    send("/api/undo", { sha256: it.sha256, wnid: it.wnid });
+    send("/api/v1/undo", { ids: [k] });
     go(i);
     flash("undone — judge this image again");
   }
@@ -234,7 +251,7 @@
     if (!it) return;
     it.note = $("note").value.trim();
     const verdict = votes.get(keyOf(it));
-    if (verdict) send("/api/vote", { sha256: it.sha256, wnid: it.wnid, verdict, note: it.note });
+    if (verdict) send("/api/v1/decisions", { decisions: [{ id: keyOf(it), verdict, note: it.note }] });
     flash(verdict ? "note saved" : "note kept: it is saved with your verdict");
   }
 
@@ -265,6 +282,8 @@
   window.addEventListener("resize", fit);
   $("photo").addEventListener("error", () => flash("this image cannot be loaded (file missing?): press s to skip it"));
   add(boot.items);
+  votesAtCount = votes.size;
+  if (boot.pair) exhausted = true; // one pair from the conflicts list: nothing else to load
   status();
   render();
 })();
