@@ -323,6 +323,36 @@ class ReviewCount(Base):
     pairs: Mapped[int] = mapped_column(Integer)
 
 
+# review_queue.tier: the pair needs another vote (it has some) / has none / the consensus rule is done.
+MORE, FRESH, CLOSED = 0, 1, 2
+
+
+class ReviewQueue(Base):
+    """One row per reviewable pair, indexed by where it stands (``tier``, ``score``), so a review page
+    reads only the pairs it serves (migration 0014). Triggers keep the rows and their vote counts;
+    the review server closes a pair (``tier`` = CLOSED, ``outcome``) under the consensus rule and
+    writes ``score`` (the serving priority) and ``drawn`` (served as the random share)."""
+
+    __tablename__ = "review_queue"
+    __table_args__ = (
+        Index("ix_review_queue_order", "tier", "score"),
+        Index("ix_review_queue_hash", "tier", "sha256", "wnid"),
+        Index("ix_review_queue_class", "wnid", "tier", "score"),
+        Index("ix_review_queue_sweep", "tier", "scored"),
+        {"info": {"derived": True}},
+    )
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    wnid: Mapped[str] = mapped_column(String(16), primary_key=True)
+    votes: Mapped[int] = mapped_column(Integer)  # non-skip verdicts
+    accepts: Mapped[int] = mapped_column(Integer)
+    tier: Mapped[int] = mapped_column(Integer)  # MORE | FRESH | CLOSED
+    outcome: Mapped[str | None] = mapped_column(String(16))  # "accept" | "reject" once CLOSED
+    score: Mapped[float] = mapped_column(Float)  # serving priority, higher first
+    scored: Mapped[int] = mapped_column(Integer)  # the learned model's version that wrote score (0: the filter's)
+    drawn: Mapped[bool] = mapped_column(Boolean)  # served as the random share
+
+
 # --------------------------------------------------------------------------- release
 
 

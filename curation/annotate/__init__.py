@@ -68,10 +68,16 @@ class AnnotateOptions:
     votes_needed: int = 1  # accepting votes a pair needs to enter a release
     crop_fraction: float = 224 / 256  # the review page's centre crop, as the model sees it
     grid_size: int = 48  # thumbnails per grid page: ImageNet's and ImageNetV2's 48-image page
+    order: str = "learned"  # "learned" (likely accepts first, with a random share) | "hash" (content-blind)
+    consensus: str = "dynamic"  # "dynamic" (votes until the posterior is sure) | "fixed" (votes_needed each)
 
     def __post_init__(self) -> None:
         if self.votes_needed < 1:
             raise ValueError(f"[annotate] votes_needed must be a positive integer, not {self.votes_needed!r}")
+        if self.order not in ("learned", "hash"):
+            raise ValueError(f'[annotate] order must be "learned" or "hash", not {self.order!r}')
+        if self.consensus not in ("dynamic", "fixed"):
+            raise ValueError(f'[annotate] consensus must be "dynamic" or "fixed", not {self.consensus!r}')
         if not 1 <= self.grid_size <= MAX_GRID:
             raise ValueError(
                 f"[annotate] grid_size must be a whole number from 1 to {MAX_GRID}, not {self.grid_size!r}"
@@ -106,6 +112,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         default_annotator=default_annotator,
         crop_fraction=annotate.crop_fraction,
         grid_size=annotate.grid_size,
+        order=annotate.order,
+        consensus=annotate.consensus,
     )
     try:
         server = make_server(create_app(cfg), args.host, args.port)

@@ -26,9 +26,11 @@ from typing import Any
 from flask import Blueprint, abort, jsonify, request, session
 from sqlalchemy.exc import OperationalError
 
+from curation.annotate import progress, serving
+from curation.annotate.consensus import FIXED, Rule, adopt
 from curation.annotate.decide import BUSY, ERROR_TEXT, decide, lock_pair
-from curation.annotate.estimates import default_verdict, remaining_accepts
-from curation.annotate.queue import SKIP, class_names, describe, is_sha256, is_wnid, next_pairs, open_classes, remaining
+from curation.annotate.estimates import page_default
+from curation.annotate.queue import SKIP, class_names, describe, is_sha256, is_wnid
 from curation.annotate.votes import MAX_NOTE, check_annotator, undo_vote
 from curation.catalog import Catalog
 from curation.errors import CurationError
@@ -84,16 +86,15 @@ def parse_decision(item: Any, verdicts: list[str]) -> tuple[tuple[str, str], str
     return pair, verdict, note
 
 
-def rules(votes_needed: int, verdicts: list[str]) -> dict[str, Any]:
-    """The acceptance rule in force, as ``catalog.accepted_query`` applies it."""
-    majority = votes_needed // 2 + 1
+def rules(rule: Rule, order: str, verdicts: list[str]) -> dict[str, Any]:
+    """The acceptance rule in force (``consensus.py``) and the serving order."""
     return {
-        "votes_needed": votes_needed,
-        "accepts_needed": majority,
-        "rule": (
-            f"a pair leaves the queue once it holds {votes_needed} non-skip vote(s); it is accepted when at least "
-            f"{majority} of its non-skip votes are 'accept' and more than half of them are"
-        ),
+        "consensus": rule.kind,
+        "votes_needed": rule.votes_needed if rule.kind == FIXED else None,
+        "accepts_needed": rule.votes_needed // 2 + 1 if rule.kind == FIXED else 1,
+        "rule": rule.describe(),
+        "order": order,
+        "random_share": serving.RANDOM_SHARE if order == serving.LEARNED else 1.0,
         "verdicts": verdicts,
         "skip": SKIP,
         "skip_is_a_vote": False,
@@ -104,10 +105,22 @@ def rules(votes_needed: int, verdicts: list[str]) -> dict[str, Any]:
 
 
 def create_api(
-    catalog: Catalog, *, votes_needed: int, verdicts: list[str], default_annotator: str | None, crop_fraction: float
+    catalog: Catalog,
+    *,
+    votes_needed: int,
+    verdicts: list[str],
+    default_annotator: str | None,
+    crop_fraction: float,
+    order: str = serving.HASH,
+    consensus: str = FIXED,
 ) -> Blueprint:
-    """The ``/api/v1`` blueprint for one catalog (``verdicts``: the dataset kind's, in order)."""
+    """The ``/api/v1`` blueprint for one catalog (``verdicts``: the dataset kind's, in order); it makes
+    the consensus rule the catalog's (``consensus.adopt``: a changed rule reopens the closed pairs)."""
     api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+    rule = Rule(consensus, votes_needed)
+    reject_verdict = next(v for v in verdicts if v not in ("accept", SKIP))
+    with catalog.session() as s:
+        adopt(s, rule)
 
     def annotator() -> str:
         name = session.get("annotator") or default_annotator
@@ -129,7 +142,7 @@ def create_api(
 
     @api.get("/rules")
     def get_rules() -> Any:
-        return jsonify(ok=True, **rules(votes_needed, verdicts))
+        return jsonify(ok=True, **rules(rule, order, verdicts))
 
     @api.get("/next")
     def get_next() -> Any:
@@ -146,28 +159,32 @@ def create_api(
         limit = int(limit_text)
         with catalog.session() as s:
             page: dict[str, Any] | None = None
-            if mode == "grid":  # one class per page: the asked one, else the first with pairs left
-                page_wnid = wnid or next(iter(open_classes(s, name, votes_needed)), None)
-                pairs = next_pairs(s, name, votes_needed, limit=limit, wnid=page_wnid) if page_wnid else []
+            if mode == "grid":  # one class per page: the asked one, else that of the best pair left
+                page_wnid = wnid or serving.top_class(s, name, order)
+                served = serving.next_page(s, name, rule, order, limit, page_wnid) if page_wnid else serving.Page()
                 if page_wnid:
-                    default = default_verdict(s, page_wnid)
+                    scores = list(served.scores.values())
+                    default = page_default(s, page_wnid, scores, served.state.trusted(), reject_verdict)
                     page = {
                         "wnid": page_wnid,
                         "class_name": class_names(s, {page_wnid})[page_wnid],
                         "default_verdict": default["verdict"],
                         "default_basis": default["basis"],
-                        "remaining": remaining(s, name, votes_needed, page_wnid),
+                        "remaining": progress.remaining(s, name, rule, page_wnid),
                     }
             else:
-                pairs = next_pairs(s, name, votes_needed, limit=limit, wnid=wnid)
+                served = serving.next_page(s, name, rule, order, limit, wnid)
             items = [
                 {"id": f"{d['sha256']}:{d['wnid']}", "image": f"/image/{d['sha256']}", **d}
-                for d in describe(s, pairs, name, crop_fraction)
+                for d in describe(s, served.pairs, name, crop_fraction)
             ]
             for item in items:  # never decided by this annotator: no vote of theirs to show
                 del item["vote"], item["note"]
-            left = remaining(s, name, votes_needed, wnid)
-            estimate = remaining_accepts(s, left, wnid)
+                pair = (item["sha256"], item["wnid"])
+                item["served_as"] = served.how[pair]
+                item["p_accept"] = served.scores.get(pair)
+            left = progress.remaining(s, name, rule, wnid)
+            estimate = progress.accepts_left(served.state, left)
         return jsonify(
             ok=True,
             mode=mode,
@@ -194,7 +211,7 @@ def create_api(
                 seen.add(pair)
                 try:
                     with catalog.session() as s:
-                        code = decide(s, *pair, name, verdict, note, votes_needed)
+                        code = decide(s, *pair, name, verdict, note, rule)
                 except OperationalError:
                     code = BUSY
                 if code is not None:

@@ -140,6 +140,8 @@ class ReviewConfig:
     default_annotator: str | None = None
     crop_fraction: float = CENTRE_CROP_FRACTION
     grid_size: int = 48  # thumbnails per grid page ([annotate] grid_size)
+    order: str = "hash"  # the legacy flow; `curation annotate serve` passes [annotate] order (learned)
+    consensus: str = "fixed"  # likewise: [annotate] consensus (dynamic)
 
 
 def create_app(cfg: ReviewConfig) -> Flask:
@@ -243,6 +245,8 @@ def create_app(cfg: ReviewConfig) -> Flask:
             verdicts=list(verdict_ui),
             default_annotator=cfg.default_annotator,
             crop_fraction=cfg.crop_fraction,
+            order=cfg.order,
+            consensus=cfg.consensus,
         )
     )
 

@@ -5,8 +5,9 @@ SQLite takes the database's write lock first (``BEGIN IMMEDIATE``), PostgreSQL a
 advisory lock keyed by the pair (not a row lock on ``filter_verdicts``, so a filter run rewriting
 verdicts never waits on reviewers). Two reviewers deciding the same pair at once are thus
 serialised, and the second sees the first's vote (READ COMMITTED: each statement a new snapshot):
-a pair never gains more than ``votes_needed`` non-skip votes through it, and no vote is lost
-(each is its own row).
+a pair never gains a vote once the consensus rule has closed it (under ``fixed``, more than
+``votes_needed`` non-skip votes), and no vote is lost (each is its own row). After the vote, still
+under the lock, the rule settles the pair (``consensus.settle``): it closes, or asks for another vote.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import hashlib
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from curation.annotate import accuracy, consensus, ranker
 from curation.annotate.queue import SKIP, pair_exists
+from curation.annotate.serving import is_closed
 from curation.annotate.votes import record_vote
 from curation.catalog import Annotation, FilterVerdict
 
@@ -51,24 +54,31 @@ def pair_lock_key(sha256: str, wnid: str) -> int:
 
 
 def decide(
-    session: Session, sha256: str, wnid: str, annotator: str, verdict: str, note: str | None, votes_needed: int
+    session: Session, sha256: str, wnid: str, annotator: str, verdict: str, note: str | None, rule: consensus.Rule
 ) -> str | None:
     """Record ``annotator``'s ``verdict`` on (sha256, wnid) unless the pair is unknown, no longer
-    reviewable, or already holds ``votes_needed`` non-skip votes of others (then an error code of
-    ``ERROR_TEXT``, and nothing is written). ``session`` must be fresh: the lock comes first.
-    Changing one's own non-skip vote is allowed: it replaces a vote, it does not add one."""
+    reviewable, or closed by the consensus ``rule`` without a vote of theirs (then an error code of
+    ``ERROR_TEXT``, and nothing is written); then settle the pair. ``session`` must be fresh: the
+    lock comes first. Changing one's own vote is allowed: it replaces a vote, it does not add one."""
     if not lock_pair(session, sha256, wnid):
         return UNKNOWN_ID
     if not pair_exists(session, sha256, wnid):
         return NOT_REVIEWABLE
-    voters = set(
-        session.scalars(
-            select(Annotation.annotator).where(
-                Annotation.sha256 == sha256, Annotation.wnid == wnid, Annotation.verdict != SKIP
-            )
-        )
-    )
-    if annotator not in voters and len(voters) >= votes_needed:
+    if is_closed(session, sha256, wnid) and not has_vote(session, sha256, wnid, annotator):
         return COMPLETE
     record_vote(session, sha256, wnid, annotator, verdict, note)
+    session.flush()
+    weights = accuracy.load(session) if rule.kind == consensus.DYNAMIC else accuracy.Weights()
+    consensus.settle(session, rule, sha256, wnid, ranker.load(session)[0], weights)
     return None
+
+
+def has_vote(session: Session, sha256: str, wnid: str, annotator: str) -> bool:
+    """Whether ``annotator`` has a vote (not a skip) on (sha256, wnid)."""
+    stmt = select(Annotation.id).where(
+        Annotation.sha256 == sha256,
+        Annotation.wnid == wnid,
+        Annotation.annotator == annotator,
+        Annotation.verdict != SKIP,
+    )
+    return session.execute(stmt).first() is not None

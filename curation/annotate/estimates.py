@@ -1,10 +1,9 @@
-"""What the review API predicts from the votes so far: a grid page's default verdict and the
-accepts left in the queue. Both read a bounded sample of votes, so a request costs the same
-however many votes the catalog holds.
-
-Without a learned model yet, the basis is plain: the filter kept every queued pair (the model
-got it wrong), and people's verdicts on earlier pairs of the same class (else of all classes)
-are the best guess for the next ones.
+"""A grid page's default verdict: the predicted majority of the page. Once the learned order has
+learned enough votes (``ranker.MIN_VOTES``), its P(accept) of the page's pairs decides: ``accept``
+when most are predicted accepts, else the first reject verdict. Before that, people's verdicts on
+earlier pairs of the class, from a bounded sample of votes (a request costs the same however many
+votes the catalog holds); with none, ``accept`` (the filter kept every queued pair). The estimate
+of accepts left is in ``progress.py``.
 """
 
 from __future__ import annotations
@@ -46,20 +45,15 @@ def default_verdict(session: Session, wnid: str) -> dict[str, Any]:
     }
 
 
-def remaining_accepts(session: Session, remaining: int, wnid: str | None = None) -> dict[str, Any]:
-    """``remaining`` times the share of ``accept`` among sampled non-skip votes (of the class when
-    it has votes, else of all classes); None when nobody has voted yet."""
-    scope = "class"
-    sample = vote_sample(session, wnid) if wnid else Counter()
-    if not sample:
-        scope, sample = "all classes", vote_sample(session)
-    votes = sum(sample.values())
-    rate = sample["accept"] / votes if votes else None
-    return {
-        "estimate": None if rate is None else round(remaining * rate),
-        "accept_rate": rate,
-        "sampled_votes": votes,
-        "basis": f"remaining x share of accept among up to {SAMPLE_VOTES} non-skip votes of {scope}"
-        if votes
-        else "no votes yet",
-    }
+def page_default(
+    session: Session, wnid: str, scores: list[float], trusted: bool, reject_verdict: str
+) -> dict[str, Any]:
+    """The default verdict of a grid page of class ``wnid`` whose pairs the model scored ``scores``."""
+    if trusted and scores:
+        accepts = sum(p >= 0.5 for p in scores)
+        verdict = "accept" if 2 * accepts > len(scores) else reject_verdict
+        return {
+            "verdict": verdict,
+            "basis": f"the learned order predicts {accepts} of the page's {len(scores)} pairs accepted",
+        }
+    return default_verdict(session, wnid)
