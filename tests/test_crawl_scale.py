@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from curation import crawl as crawl_module
 from curation import storage
-from curation.crawl import crawl
+from curation.crawl import crawl, jobs
 from curation.errors import CurationError
 from curation.sources.urls import read_rows
 from tests.conftest import REPO
@@ -65,7 +64,7 @@ def test_recover_removes_only_what_was_in_flight(tmp_path):
     assert not journal.path.exists() and storage.recover(tmp_path, "cat1", recorded) == (0, 0)
 
 
-def test_rerun_after_kill_9_mid_write_leaves_no_staging_or_unrecorded_files(tmp_path, monkeypatch):
+def test_rerun_after_kill_9_of_a_run_before_the_image_store_leaves_no_staging_or_unrecorded_files(tmp_path):
     settings = settings_for(tmp_path)
     with ReplayServer() as server:
         server.prefix("/img/", lambda path, _q: Reply(body=photo_for(path), headers=JPEG))
@@ -96,7 +95,8 @@ def test_rerun_after_kill_9_mid_write_leaves_no_staging_or_unrecorded_files(tmp_
     on_disk = {p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data" / "images").rglob("*.jpg")}
     assert on_disk == stored_paths(tmp_path / "c.sqlite") and len(on_disk) == len(recorded) + 1
     assert not list(staging.glob(f"*{storage.TEMP_SUFFIX}"))
-    assert (staging / f"{name}.journal").read_text() == ""  # every write of the rerun was recorded
+    assert not (staging / f"{name}.journal").exists()  # the journal of a run before the image store: read, gone
+    assert (staging / f"store-{name}.journal").read_text() == ""  # every write of the rerun was recorded
 
 
 def test_crawl_start_up_does_not_walk_the_store(tmp_path, monkeypatch):
@@ -128,7 +128,7 @@ def test_crawl_start_up_does_not_walk_the_store(tmp_path, monkeypatch):
 
 
 def test_pending_candidates_are_read_in_pages_and_each_url_fetched_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(crawl_module, "JOB_PAGE", 7)
+    monkeypatch.setattr(jobs, "JOB_PAGE", 7)
     settings = settings_for(tmp_path)
     settings.toml["crawl"]["retries"] = 0
     with ReplayServer() as server:

@@ -75,6 +75,18 @@ class Executor(Protocol):
         not through the driver where the back-end can."""
         ...
 
+    def each_node(self, fn: Callable[..., Any], *args: Any, timeout: float) -> list[tuple[str, Any]]:
+        """``fn(node, *args)`` once on every machine of a cluster (none for a local back-end): a
+        check that each node can reach what the workers need. Returns (node, result) pairs, ``node``
+        naming the machine for a one-line message."""
+        ...
+
+    def beside_driver(self, service: Any) -> Any:
+        """``service`` where the driver is (its local disk), behind a picklable handle whose
+        ``call(method, *args)`` runs ``service.method(*args)`` there and returns the result: how
+        workers reach the driver's files (e.g. a write journal) before they write elsewhere."""
+        ...
+
     def close(self) -> None:
         """Stop the workers (a cluster itself stays up)."""
         ...

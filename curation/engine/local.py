@@ -71,6 +71,13 @@ class LocalExecutor:
     def keyed(self, task: Task, *, workers: int) -> LocalKeyedPool:
         return LocalKeyedPool(task, workers)
 
+    def each_node(self, fn: Callable[..., Any], *args: Any, timeout: float = 0) -> list[tuple[str, Any]]:
+        """No node but this machine, which the caller checks itself."""
+        return []
+
+    def beside_driver(self, service: Any) -> LocalServiceHandle:
+        return LocalServiceHandle(service)
+
     def close(self) -> None:
         pass
 
@@ -104,3 +111,14 @@ class LocalKeyedPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LocalServiceHandle:
+    """Calls an object of this process, as :class:`~curation.engine.ray_executor.RayServiceHandle`
+    calls one beside a cluster's driver."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.service, method)(*args)

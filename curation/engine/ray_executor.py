@@ -70,11 +70,31 @@ class _TaskActor:
         return self.task.run(prepared)
 
 
-def _read_marker(path: str) -> str | None:
+def _read_marker(_node: str, path: str) -> str | None:
     try:
         return Path(path).read_text()
     except OSError:
         return None
+
+
+class _Service:
+    """An object living beside the driver (:meth:`RayExecutor.beside_driver`)."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.service, method)(*args)
+
+
+class RayServiceHandle:
+    """A worker's picklable handle on an object beside the driver: each call waits for its answer."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def call(self, method: str, *args: Any) -> Any:
+        return ray.get(self.actor.call.remote(method, *args))
 
 
 class RayExecutor:
@@ -83,6 +103,7 @@ class RayExecutor:
     def __init__(self) -> None:
         self.run_batch = ray.remote(max_retries=MAX_RETRIES)(_run_batch)
         self.task_actor = ray.remote(max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)(_TaskActor)
+        self.services: list[Any] = []
 
     @classmethod
     def connect(cls, opts: Any, data_dir: Path | None = None) -> RayExecutor:
@@ -110,8 +131,6 @@ class RayExecutor:
 
     def check_storage(self, data_dir: Path) -> None:
         """Every alive node must read a file the driver just wrote into ``data_dir``."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         data_dir = data_dir.absolute()
         token = uuid.uuid4().hex
         try:
@@ -121,23 +140,47 @@ class RayExecutor:
         except OSError as exc:
             raise CurationError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
         try:
-            reader = ray.remote(num_cpus=0)(_read_marker)
-            nodes = [node for node in ray.nodes() if node["Alive"]]
-            refs = [
-                reader.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
-                    str(marker)
-                )
-                for node in nodes
-            ]
-            seen = ray.get(refs, timeout=STORAGE_CHECK_SECONDS)
+            seen = self.each_node(_read_marker, str(marker))
         finally:
             marker.unlink(missing_ok=True)
-        for node, text in zip(nodes, seen, strict=True):
+        for node, text in seen:
             if text != token:
                 raise CurationError(
-                    f"Ray node {node['NodeManagerAddress']} ({node['NodeID'][:8]}) cannot see the data directory "
+                    f"{node} cannot see the data directory "
                     f"{data_dir}: every node needs it at the same path (a shared mount)"
                 )
+
+    def each_node(
+        self, fn: Callable[..., Any], *args: Any, timeout: float = STORAGE_CHECK_SECONDS
+    ) -> list[tuple[str, Any]]:
+        """``fn(node, *args)`` once on every alive node, holding no CPU; (node, result) pairs, where
+        ``node`` names it for a one-line message: ``Ray node 127.0.0.1 (1a2b3c4d)``."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remote = ray.remote(num_cpus=0)(fn)
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        names = [f"Ray node {node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node in nodes]
+        refs = [
+            remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                name, *args
+            )
+            for node, name in zip(nodes, names, strict=True)
+        ]
+        try:
+            return list(zip(names, ray.get(refs, timeout=timeout), strict=True))
+        except ray.exceptions.GetTimeoutError:
+            late = [name for name, ref in zip(names, refs, strict=True) if not ray.wait([ref], timeout=0)[0]]
+            raise CurationError(f"{late[0]} did not answer a check within {timeout:.0f} s") from None
+
+    def beside_driver(self, service: Any) -> RayServiceHandle:
+        """``service`` in an actor on the driver's own node (so it may use the driver's local disk),
+        for workers to call through the returned picklable handle; it lives until :meth:`close`."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        actor = ray.remote(_Service).options(num_cpus=0, scheduling_strategy=here).remote(service)
+        self.services.append(actor)
+        return RayServiceHandle(actor)
 
     def slots(self, task: Task) -> int:
         resources = ray.cluster_resources()
@@ -218,6 +261,9 @@ class RayExecutor:
         return actors, cpus - n * options["num_cpus"]
 
     def close(self) -> None:
+        for actor in self.services:
+            ray.kill(actor)
+        self.services = []
         if ray.is_initialized():
             ray.shutdown()
 

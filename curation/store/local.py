@@ -92,12 +92,22 @@ class FileStore(ImageStore):
                     yield key, os.stat(os.path.join(folder, name)).st_size
 
     def delete(self, key: str) -> None:
+        """Remove the file, then the folders it leaves empty up to the store's own (a preflight's
+        folder beside the images goes with its last object; the images keep their ``.catalog-id``)."""
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             raise self._fail(exc, key) from None
+        folder = os.path.dirname(path)
+        while len(folder) >= len(str(self.root)):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return  # not empty (or gone): the folders above are not empty either
+            folder = os.path.dirname(folder)
 
     def beside(self, name: str) -> FileStore:
         return FileStore(self.root.parent / check_key(self.url, name))

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from curation.storage import STAGING, WriteJournal
-from curation.store.base import ImageStore
+from curation.storage import OWNER_FILE, STAGING, WriteJournal
+from curation.store.base import ImageStore, SizeMismatch
 
 JOURNAL_PREFIX = "store-"
 
@@ -39,3 +39,15 @@ def recover(store: ImageStore, data_dir: Path, name: str, recorded: Callable[[li
     for journal in journals:
         journal.unlink()
     return removed
+
+
+def claim(store: ImageStore, catalog_id: str) -> bool:
+    """Mark ``store`` as the image store of catalog ``catalog_id`` (the object ``.catalog-id``, today's
+    marker in ``data_dir/images``, written create-only so two catalogs cannot both win); False if
+    another catalog owns it (then objects it does not know must not be treated as leftovers)."""
+    payload = f"{catalog_id}\n".encode()
+    try:
+        store.put_if_absent(OWNER_FILE, payload)
+    except SizeMismatch:
+        return False
+    return store.get(OWNER_FILE) == payload
