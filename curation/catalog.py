@@ -268,8 +268,26 @@ class DuplicateLink(Base):
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
     other: Mapped[str] = mapped_column(Text)  # sha256 of a crawled image, or a reference item key
     reference: Mapped[str | None] = mapped_column(String(100))  # reference set name, None = crawl
-    hash_kind: Mapped[str] = mapped_column(String(16))
-    distance: Mapped[int] = mapped_column(Integer)
+    hash_kind: Mapped[str] = mapped_column(String(16))  # a hash orientation, or how a link was proved: embed+orb
+    distance: Mapped[int] = mapped_column(Integer)  # Hamming bits; for a proved link the verifier's evidence count
+    score: Mapped[float | None] = mapped_column(Float)  # the verifier's score of a proved link (migration 0016)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PossibleCopy(Base):
+    """An embedding proposal the verifier scored just below its threshold (or could not decide for too
+    few keypoints): shown for review as "possible copy of ...", never a link (migration 0016)."""
+
+    __tablename__ = "possible_copies"
+    __table_args__ = (UniqueConstraint("sha256", "other", "reference"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    other: Mapped[str] = mapped_column(Text)  # sha256 of a crawled image, or a reference item key
+    reference: Mapped[str | None] = mapped_column(String(100))  # reference set name, None = crawl
+    kind: Mapped[str] = mapped_column(String(32))  # e.g. embed+orb, or embed+orb:few-keypoints
+    score: Mapped[float] = mapped_column(Float)
+    cosine: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -283,6 +301,9 @@ class ReferenceSet(Base):
     hash_file: Mapped[str] = mapped_column(Text)  # relative to the data directory
     count: Mapped[int] = mapped_column(Integer, default=0)
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The embeddings beside the hashes: model@weights_hash and items embedded (migration 0017).
+    embed_model: Mapped[str | None] = mapped_column(Text)
+    embed_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

@@ -455,6 +455,7 @@ class LogitsChunk:
     logits: np.ndarray
     errors: dict[int, str]
     rechecked: int
+    features: np.ndarray | None = None  # pooled pre-logits (float32) of the same forward, when asked for
 
 
 @dataclass(frozen=True)
@@ -467,6 +468,7 @@ class _Scoring:
     argmax_over: Sequence[int] | None = None
     margin_recheck: float | None = None
     near_decision: Any = None
+    features: bool = False
 
 
 def _scoring(loaded: LoadedModel, precision: str, batch_size: int | None, workers: int | None, *rest: Any) -> _Scoring:
@@ -498,14 +500,16 @@ def iter_logits(
     tensor_decode: bool | None = None,
     margin_recheck: float | None = None,
     near_decision: Any = None,
+    features: bool = False,
 ) -> Iterator[LogitsChunk]:
     """Logits of ``paths`` in order, one chunk of about ``chunk_size`` images at a time, from one
     input pipeline (its workers live for the whole run); see :func:`predict_logits` for the options.
     Each chunk's close margins are re-checked before it is yielded. ``near_decision``: a function of a
     chunk's logits giving the rows whose decision an approximation could flip, in place of the top-2
-    margin rule (e.g. an MSP near a threshold)."""
+    margin rule (e.g. an MSP near a threshold). ``features``: each chunk also carries the pooled
+    pre-logits of the same forward (see :func:`forward_with_features`)."""
     device = loaded.device
-    scoring = _scoring(loaded, precision, batch_size, workers, argmax_over, margin_recheck, near_decision)
+    scoring = _scoring(loaded, precision, batch_size, workers, argmax_over, margin_recheck, near_decision, features)
     batch_size, workers = scoring.batch_size, scoring.workers
     chunk_size = max(1, -(-chunk_size // batch_size)) * batch_size  # whole batches
     if not paths:
@@ -540,7 +544,7 @@ def _chunk_logits(
     errors: dict[int, str] = {}
     approximate = np.zeros(len(span), dtype=bool)
     rows: list[int] = []
-    outputs = []  # kept on the device until the chunk ends: no GPU sync per batch
+    outputs, pooled = [], []  # kept on the device until the chunk ends: no GPU sync per batch
     autocast = torch.autocast(
         device.type, dtype=_AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision != "fp32"
     )
@@ -550,12 +554,23 @@ def _chunk_logits(
             errors.update(batch_errors)
             approximate[[i - start for i in batch_approximate]] = True
             if indices:
-                outputs.append(loaded.model(normalize_batch(batch, loaded.data_config, device)).float())
+                x = normalize_batch(batch, loaded.data_config, device)
+                if scoring.features:
+                    out, vec = forward_with_features(loaded.model, x)
+                    pooled.append(vec.float())
+                else:
+                    out = loaded.model(x)
+                outputs.append(out.float())
                 rows += [i - start for i in indices]
             if bar is not None:
                 bar.update(len(indices) + len(batch_errors))
         if outputs:
             logits[rows] = torch.cat(outputs).cpu().numpy()
+    features = None
+    if scoring.features:  # rows re-checked below keep the features of this pass (cos >= 0.997 to fp32)
+        features = np.full((len(span), pooled[0].shape[1] if pooled else 0), np.nan, dtype=np.float32)
+        if pooled:
+            features[rows] = torch.cat(pooled).cpu().numpy()
     inexact = approximate | (precision != "fp32")
     inexact[[i - start for i in errors]] = False
     close = np.empty(0, dtype=np.int64)
@@ -572,7 +587,15 @@ def _chunk_logits(
         )
         logits[close] = exact
         errors.update({start + int(close[j]): err for j, err in exact_errors.items()})
-    return LogitsChunk(start, logits, errors, len(close))
+    return LogitsChunk(start, logits, errors, len(close), features)
+
+
+def forward_with_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, pooled pre-logits) of one forward: timm's forward_features -> forward_head(pre_logits)
+    -> classifier gives logits equal to ``model(x)`` (max |diff| 0.0 measured on Lite0)."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    return model.get_classifier()(pooled), pooled
 
 
 # --------------------------------------------------------------------------- decode here, score elsewhere
@@ -611,10 +634,11 @@ def score_decoded(
     argmax_over: Sequence[int] | None = None,
     margin_recheck: float | None = None,
     near_decision: Any = None,
+    features: bool = False,
 ) -> LogitsChunk:
     """The logits of a decoded chunk: the model pass and exact re-check of :func:`iter_logits`
     (``workers``: the re-check's decode threads), positions from ``chunk.start``."""
-    scoring = _scoring(loaded, precision, batch_size, workers, argmax_over, margin_recheck, near_decision)
+    scoring = _scoring(loaded, precision, batch_size, workers, argmax_over, margin_recheck, near_decision, features)
     row = {index: k for k, index in enumerate(chunk.indices)}
 
     def batches() -> Iterator[tuple]:
@@ -627,7 +651,8 @@ def score_decoded(
 
     paths = [Path(p) for p in chunk.paths]
     part = _chunk_logits(loaded, batches(), paths, range(len(paths)), scoring, None)
-    return LogitsChunk(chunk.start, part.logits, {chunk.start + i: e for i, e in part.errors.items()}, part.rechecked)
+    errors = {chunk.start + i: e for i, e in part.errors.items()}
+    return LogitsChunk(chunk.start, part.logits, errors, part.rechecked, part.features)
 
 
 def _exact_logits(

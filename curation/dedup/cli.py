@@ -14,6 +14,7 @@ from curation.dedup.config import (
     DEFAULT_ORIENTATIONS,
     ORIENTATION_CHOICES,
     DedupOptions,
+    embedding_spec,
 )
 from curation.dedup.stage import run_stage
 from curation.errors import CurationError
@@ -45,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--against", action="append", default=[], metavar="NAME", help="also check against reference set NAME"
     )
     parser.add_argument("--workers", type=int, help="hashing processes (default: CPU count)")
+    parser.add_argument(
+        "--matchers",
+        type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+        help="comma-separated: hash,embedding (default) or hash (embedding: top-k neighbours by the "
+        "[dedup] model, default [filter] model, each proved by ORB + RANSAC verification)",
+    )
     parser.set_defaults(func=run)
     commands = parser.add_subparsers(dest="dedup_command", metavar="reference", parser_class=type(parser))
     reference = commands.add_parser("reference", help="manage reference sets (ImageNet train/val, any folder)")
@@ -92,12 +99,18 @@ def run_reference(args: argparse.Namespace, settings: Any) -> int:
             print(f"{row.name}\t{row.count}\t{state}\t{row.root or '(imported)'}\t{row.hash_file}")
         return 0
     path = Path(args.path)
+    from curation.dedup.ref_embed import export_embeddings, import_embeddings
+
     if action == "export":
         n = reference_sets.export_file(catalog, settings.data_dir, args.name, path)
-        print(f"reference export: {args.name}: {n} hashes written to {path}")
+        label = export_embeddings(catalog, settings.data_dir, args.name, path)
+        carried = f" with the embeddings and index of {label}" if label else " (no embeddings to carry)"
+        print(f"reference export: {args.name}: {n} hashes written to {path}{carried}")
         return 0
     n = reference_sets.import_file(catalog, settings.data_dir, args.name, path)  # import, or add FILE.npz
-    print(f"reference import: {args.name}: {n} hashes from {path}")
+    label = import_embeddings(catalog, settings.data_dir, args.name, path, n)
+    carried = f" with the embeddings and index of {label}" if label else ""
+    print(f"reference import: {args.name}: {n} hashes from {path}{carried}")
     return 0
 
 
@@ -123,7 +136,27 @@ def _add_reference_folder(args: argparse.Namespace, settings: Any, executor: Exe
         f"reference add: {summary.name}: {summary.total} hashes ({summary.hashed_now} hashed now, "
         f"{summary.resumed_from} already done, {summary.failed} unreadable{failed_note})"
     )
+    _embed_reference(args.name, settings, executor)
     return 0
+
+
+def _embed_reference(name: str, settings: Any, executor: Executor) -> None:
+    """Embed the set with dedup's embedding model (resumably: only items without a vector get a
+    forward) and build its index; one line, or one line saying why not."""
+    from curation.catalog import open_catalog
+    from curation.dedup.matchers import open_embedding
+    from curation.dedup.ref_embed import embed_reference
+
+    catalog = open_catalog(settings.db_url)
+    opts = options.resolve(DedupOptions, settings)
+    matcher = open_embedding(catalog, settings.data_dir, embedding_spec(settings, opts), executor, opts.processes)
+    if matcher is None:
+        return
+    total, now, failed = embed_reference(catalog, settings.data_dir, name, matcher.embedder, executor)
+    print(
+        f"reference add: {name}: {total} items embedded with {matcher.embedder.label} ({now} now, "
+        f"{failed} unreadable for the model) and indexed"
+    )
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
@@ -143,6 +176,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             opts.processes,
             opts.orientations,
             executor,
+            embedding=embedding_spec(settings, opts),
         )
     print(summary.line())
     print(summary.funnel())

@@ -37,10 +37,17 @@ def reference_signatures(catalog: Catalog, rule: str, names: list[str]) -> tuple
 
 
 def check_references(
-    catalog: Catalog, table: HashTable, references: dict[str, Any], match: Match, rows: np.ndarray | None
+    catalog: Catalog,
+    table: HashTable,
+    references: dict[str, Any],
+    match: Match,
+    rows: np.ndarray | None,
+    proved: dict[str, list[dict]] | None = None,
 ) -> np.ndarray:
     """Rewrite the links of the reference sets checked now (other sets' links stay), of every row or
-    of ``rows`` only; returns whether each row is leaked by any set's link."""
+    of ``rows`` only; returns whether each row is leaked by any set's link. ``proved``: each set's
+    links from other matchers (the embedding matcher's verified ones), kept where no hash link
+    already joins the same pair."""
     import numpy as np
     from sqlalchemy import delete, insert, select
 
@@ -49,6 +56,12 @@ def check_references(
     queried = np.arange(len(table.shas)) if rows is None else rows
     for name, ref in references.items():
         links = _reference_links(table.hashes[queried], table.shas[queried], name, ref, match)
+        hashed = {(link["sha256"], link["other"]) for link in links}
+        mine = set(table.shas[queried].astype(str).tolist())
+        extra = [
+            x for x in (proved or {}).get(name, []) if x["sha256"] in mine and (x["sha256"], x["other"]) not in hashed
+        ]
+        links = links + list({(x["sha256"], x["other"]): x for x in extra}.values())
         with catalog.session() as session:
             if rows is None:
                 session.execute(delete(DuplicateLink).where(DuplicateLink.reference == name))
@@ -103,6 +116,7 @@ def _reference_links(hashes: np.ndarray, shas: np.ndarray, name: str, ref: Any, 
             "reference": name,
             "hash_kind": ORIENTATIONS[int(k[i])].kind,
             "distance": int(d[i]),
+            "score": None,
         }
         for i in first
     ]

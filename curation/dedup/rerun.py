@@ -18,18 +18,28 @@ if TYPE_CHECKING:
     from curation.catalog import Catalog
 
 
-def cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match: Match) -> bool:
+def cluster_new(
+    catalog: Catalog, index: Any, references: dict[str, Any], match: Match, matcher: Any = None, data_dir: Any = None
+) -> bool:
     """The rerun: search the new images in the stored index and merge them into the stored clusters
     they hit, reading each hit cluster's representative only (its survivor, and the cluster's
     leaked and label-conflict flags, stand for all its members). A stored cluster of several is read
-    whole only when its representative loses: to a new image, or to another cluster's. Returns
-    whether there were new images."""
+    whole only when its representative loses: to a new image, or to another cluster's. ``matcher``:
+    the embedding matcher, whose proved pairs join the hash hits. Returns whether there were new images."""
     import numpy as np
+
+    from curation.dedup.matchers import add_stored_proofs, embedding_round
 
     new = hash_table.load_table(catalog, match.orientations, full=False, subset=NEW_ONLY)
     if not len(new.shas):
         return False
+    new_shas = new.shas.astype(str).tolist()
+    queried = {name: (ref, new_shas) for name, ref in references.items()}
+    proved, proofs = embedding_round(matcher, catalog, data_dir, new_shas, queried, match.max_distance)
     query_rows, hit_shas = _index_hits(index, new, match)
+    if proved.edges:  # proved pairs of a new image are hits like the index's
+        query_rows = np.concatenate([query_rows, new.rows([a for a, _ in proved.edges])])
+        hit_shas = np.concatenate([hit_shas, np.array([b for _, b in proved.edges], dtype="S64")])
     stored = _stored_clusters(catalog, np.unique(hit_shas))
     keys = np.array([stored[sha].key for sha in hit_shas.tolist()], dtype="S64")
 
@@ -40,7 +50,7 @@ def cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match:
         )
         links = (table.rows(new.shas[query_rows]), table.rows(keys))
         roots = cluster(table, match.max_distance, match.margin, full=False, links=links)
-        leaked = check_references(catalog, table, checked_now, match, np.flatnonzero(table.new))
+        leaked = check_references(catalog, table, checked_now, match, np.flatnonzero(table.new), proved.reference_links)
         return table, roots, leaked, _StoredFlags.of(table, stored), *decide_survivors(catalog, table, roots)
 
     table, roots, leaked, flags, survivors, conflicted = merge(set(), references)
@@ -52,7 +62,9 @@ def cluster_new(catalog: Catalog, index: Any, references: dict[str, Any], match:
     index.commit(catalog)  # before the statuses: every image with a status is in the index
     conflicted |= {int(root) for root in roots[flags.conflict]}
     _spread_flags(catalog, table, (roots, leaked, conflicted), survivors, flags)
-    write_clusters(catalog, table, roots, np.ones(len(table.shas), bool), leaked, flags.conflict)
+    if matcher is not None:
+        add_stored_proofs(catalog, proofs, table.shas.astype(str).tolist())
+    write_clusters(catalog, table, roots, np.ones(len(table.shas), bool), leaked, flags.conflict, proofs=proofs)
     writes.mark_clustered(catalog, new, new.new)
     return True
 

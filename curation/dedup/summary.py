@@ -23,6 +23,9 @@ class Summary:
     leaked_representatives: int = 0
     against: list[str] = field(default_factory=list)
     rule: str = ""  # the match rule in force, e.g. "pHash <= 10, dHash <= 14, 2 orientations"
+    matchers: str = ""  # the matchers in force and the embedding model, e.g. "hash + embedding resnet50@..."
+    embedded_now: int = 0
+    unreadable_for_embedding: int = 0
 
     def line(self) -> str:
         refs = f" (against {', '.join(self.against)})" if self.against else ""
@@ -32,6 +35,9 @@ class Summary:
             f"{self.clusters} near-duplicate clusters, {self.representatives} representatives, "
             f"{self.duplicates} duplicates, {self.leaked} leaked{refs}, {self.label_conflicts} in label conflicts"
             + (f" ({self.rule})" if self.rule else "")
+            + (f"; matchers: {self.matchers}" if self.matchers else "")
+            + (f", {self.embedded_now} embedded now" if self.embedded_now else "")
+            + (f", {self.unreadable_for_embedding} unreadable for the model" if self.unreadable_for_embedding else "")
         )
 
     def funnel(self) -> str:

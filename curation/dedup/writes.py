@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 STATUS_BATCH = 50_000
 
 
+EMBED_KIND = "embed+orb"  # a link proved by the embedding matcher: an embedding proposal, ORB + RANSAC
+
+
 def status_row(sha: str, status: str, cluster: str | None = None, conflict: bool = False, reason: str | None = None):
     return {"sha256": sha, "status": status, "cluster_id": cluster, "label_conflict": conflict, "reason": reason}
 
@@ -32,11 +35,13 @@ def write_clusters(
     leaked: np.ndarray,
     conflict: np.ndarray | None = None,
     fresh: bool = False,
+    proofs: Any = None,
 ) -> None:
     """Decide the statuses and crawl links of the affected rows' clusters, a batch of clusters at a
     time, and write what changed (``fresh``: nothing is stored yet, so write without reading). A
     ``conflict`` row flags its whole cluster as found for several classes (a stored flag that members
-    not read carry)."""
+    not read carry). ``proofs`` (:class:`curation.dedup.matchers.Proofs`): members the hashes do not
+    join to the survivor but a proved embedding link does get a link of that kind and score."""
     import numpy as np
 
     rows = np.flatnonzero(affected)
@@ -48,7 +53,7 @@ def write_clusters(
     cluster_conflict = np.zeros(len(roots), dtype=bool)
     if conflict is not None:
         cluster_conflict[roots[conflict]] = True
-    flags = (cluster_leaked[roots], cluster_conflict[roots], fresh)
+    flags = (cluster_leaked[roots], cluster_conflict[roots], fresh, proofs)
     batch: list[np.ndarray] = []
     size = 0
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
@@ -68,6 +73,7 @@ def _decide_and_write(
     leaked: np.ndarray,
     conflicted: np.ndarray,
     fresh: bool,
+    proofs: Any = None,
 ) -> None:
     """Statuses and crawl links of whole clusters (rows); the survivor of a cluster of several: the
     largest resolution, then the most open licence, then the earliest found."""
@@ -97,12 +103,17 @@ def _decide_and_write(
             status_rows[sha] = status_row(sha, status, rep_sha, conflict)
             if j != best:
                 kind, distance = ORIENTATIONS[int(nearest[j])].kind, int(distances[j, nearest[j]])
+                score = None
+                proof = proofs.by_sha.get(sha) if proofs is not None else None
+                if proof is not None and distance > proofs.max_distance:  # proved, not hash-joined
+                    kind, distance, score = EMBED_KIND, proof[0], proof[1]
                 links[sha] = {
                     "sha256": sha,
                     "other": rep_sha,
                     "reference": None,
                     "hash_kind": kind,
                     "distance": distance,
+                    "score": score,
                 }
     write_changes(catalog, status_rows, links, read_stored=not fresh)
 

@@ -25,16 +25,19 @@ class Scorer:
     pipeline: dict[str, Any]
     chunk: int
     tasks: list[tuple[Any, DecodeTask, ScoreTask] | None]
+    stores: list[Any] | None = None  # per model: the FeatureStore its pooled pre-logits go to, or None
 
     @property
     def keys(self) -> list[tuple[str, str]]:
         return [(loaded.name, loaded.weights_hash) for loaded, _ in self.models]
 
     @classmethod
-    def build(cls, plan: Plan, models: list[tuple[Any, list[int]]], cluster: Any) -> Scorer:
+    def build(cls, plan: Plan, models: list[tuple[Any, list[int]]], cluster: Any, embed: str | None = None) -> Scorer:
         """Refuses the same weights twice; the chunk is bounded by the logits buffer (<= 256 MB even
-        for 21k-class heads); on a cluster each model gets a decode task and a scoring actor."""
+        for 21k-class heads); on a cluster each model gets a decode task and a scoring actor. The model
+        named ``embed`` (dedup's embedding model) also stores its pooled pre-logits, from the same forward."""
         from curation.errors import CurationError
+        from curation.features import FeatureStore
         from curation.inference import default_batch_size
 
         keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
@@ -51,6 +54,10 @@ class Scorer:
         default_chunk = max(512, BATCHES_PER_CHUNK[device.type] * (opts.batch_size or default_batch_size(device)))
         widest = max(len(loaded.label_wnids) for loaded, _ in models) or 1000
         chunk = min(opts.commit_every or default_chunk, 2**26 // widest)
+        stores = [
+            FeatureStore(plan.data_dir, loaded.name, loaded.weights_hash) if loaded.name == embed else None
+            for loaded, _ in models
+        ]
         tasks: list[tuple[Any, DecodeTask, ScoreTask] | None] = [None] * len(models)
         if cluster is not None:
             argmax = plan.rule in ("restricted", "msp")
@@ -59,13 +66,15 @@ class Scorer:
                     cluster,
                     DecodeTask(loaded.data_config),
                     ScoreTask(
-                        loaded.name, ckpt, loaded.weights_hash, pipeline, columns if argmax else None,
-                        plan.min_confidence,
+                        loaded.name, ckpt, loaded.weights_hash, {**pipeline, "features": store is not None},
+                        columns if argmax else None, plan.min_confidence,
                     ),
                 )
-                for (loaded, columns), (_, ckpt) in zip(models, opts.models_and_checkpoints(), strict=True)
+                for (loaded, columns), (_, ckpt), store in zip(
+                    models, opts.models_and_checkpoints(), stores, strict=True
+                )
             ]  # fmt: skip
-        return cls(plan, models, pipeline, chunk, tasks)
+        return cls(plan, models, pipeline, chunk, tasks, stores)
 
     def prepare(self) -> Pending:
         """Undo what a changed class set or threshold invalidated, record this run's, and count what is
@@ -87,7 +96,9 @@ class Scorer:
         ``since`` (None: all), committing chunk by chunk; ``expected`` sizes the progress bar."""
         scoring = (self.pipeline, self.chunk, self.plan.min_confidence)
         pages = (todo, expected if expected is not None else todo, since)
-        return score_pages(self.plan.catalog, self.models, self.plan.where, pages, scoring, self.tasks, stop)
+        return score_pages(
+            self.plan.catalog, self.models, self.plan.where, pages, scoring, self.tasks, stop, self.stores
+        )
 
     def all_scored(self, pending: Pending) -> None:
         """Record that every pair ``pending`` counted is scored now."""

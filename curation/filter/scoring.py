@@ -106,11 +106,14 @@ def score_model(
     min_confidence: float | None = None,
     cluster_tasks: tuple[Any, DecodeTask, ScoreTask] | None = None,
     stop: Callable[[], bool] | None = None,
+    store: Any = None,
 ) -> tuple[list[Pair], set[str], int]:
     """Score ``pairs`` with one model through one input pipeline, committing one chunk of images at a
     time; returns the pairs committed, the images that failed and how many were re-checked in fp32.
     With ``min_confidence`` (ImageNet-O), the re-check band follows the MSP threshold and ``correct``
-    stays empty. ``stop()`` is asked after each committed chunk: True ends the pass there."""
+    stays empty. ``stop()`` is asked after each committed chunk: True ends the pass there. ``store``: a
+    :class:`curation.features.FeatureStore` that gets each chunk's pooled pre-logits (dedup's embeddings)
+    before its predictions commit."""
     from sqlalchemy import insert
 
     from curation.catalog import Prediction
@@ -129,6 +132,8 @@ def score_model(
     failed: set[str] = set()
     committed: list[Pair] = []
     rechecked = 0
+    if store is not None:
+        pipeline = {**pipeline, "features": True}
     if cluster_tasks is None:
         parts = iter_logits(loaded, paths, chunk_size=chunk, argmax_over=restricted_to, bar=bar, **pipeline)
     else:
@@ -138,6 +143,9 @@ def score_model(
         rows, part_failed = prediction_rows(part, shas, by_image, loaded, rule, restricted_to, min_confidence)
         failed |= part_failed
         rechecked += part.rechecked
+        if store is not None and part.features is not None:
+            good = [k for k in range(len(shas)) if part.start + k not in part.errors]
+            store.append([shas[k] for k in good], part.features[good])
         with catalog.session() as session:
             if rows:
                 session.execute(insert(Prediction), rows)
@@ -206,16 +214,18 @@ def score_pages(
     scoring: tuple[dict, int, float | None],
     tasks: list[tuple[Any, DecodeTask, ScoreTask] | None],
     stop: Callable[[], bool] | None = None,
+    stores: list[Any] | None = None,
 ) -> Scored:
     """Score pending pairs one page of at most PAGE_PAIRS at a time, each pair by the models that have
     not scored it. ``pages`` is (pairs to score, None: until none is pending; pairs expected, for the
     progress bar; the downloads sequence value after which candidates count, None: all); ``where`` is
     (class set or None, rule, data dir), ``scoring`` (pipeline, chunk, MSP threshold or None), ``tasks``
     each model's cluster task (None: local). ``stop()``, asked after each committed chunk, ends the run
-    there."""
+    there. ``stores``: each model's feature store or None."""
     from tqdm import tqdm
 
     wnids, rule, data_dir = where
+    stores = stores or [None] * len(models)
     pipeline, chunk, min_confidence = scoring
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
     scored = Scored()
@@ -234,7 +244,18 @@ def score_pages(
             for k, (loaded, columns) in enumerate(models):
                 mine = [pair for pair, scored_by in page if not scored_by[k]]
                 committed, failed, rechecked = score_model(
-                    catalog, loaded, rule, columns, mine, pipeline, chunk, bar, min_confidence, tasks[k], stop
+                    catalog,
+                    loaded,
+                    rule,
+                    columns,
+                    mine,
+                    pipeline,
+                    chunk,
+                    bar,
+                    min_confidence,
+                    tasks[k],
+                    stop,
+                    stores[k],
                 )
                 done |= {(pair.sha256, pair.wnid) for pair in committed}
                 scored.failed |= failed

@@ -9,6 +9,7 @@ from typing import Any
 
 from curation import options
 from curation.cpu_share import cpu_sample
+from curation.dedup.config import embedding_model
 from curation.engine import open_cluster
 from curation.errors import CurationError
 from curation.filter.config import FilterOptions
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         models = load_models(plan, args.compile, started if cluster is None else None)
         if args.calibrate is not None:
             return calibrate(args.calibrate, models, opts.workers)
-        scorer = Scorer.build(plan, models, cluster)
+        scorer = Scorer.build(plan, models, cluster, embedding_model(settings, opts))
         if args.rescore:
             return rescore(scorer)
         missing_hint(plan.catalog)

@@ -1,0 +1,131 @@
+"""The matcher seam: a matcher proposes and proves links; clustering, survivors, leak flags, the stored
+index and the catalog writes are shared (:mod:`stage`, :mod:`rerun`, :mod:`writes`).
+
+Two matchers: ``hash`` (pHash/dHash within the rule, :mod:`hash_table` and :mod:`references`: it
+proves by itself) and ``embedding`` (:mod:`embed_match`: top-k embedding proposals, each proved or
+refused by geometric verification). This module opens the embedding matcher when its weights can be
+had, and runs one round of it for the shared code.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from curation.dedup.config import EmbeddingSpec
+from curation.dedup.embed_match import KIND, EmbeddingMatcher, EmbeddingResult, write_possible
+from curation.dedup.hash_table import chunks
+from curation.errors import CurationError
+
+if TYPE_CHECKING:
+    from curation.catalog import Catalog
+    from curation.engine import Executor
+
+
+def open_embedding(
+    catalog: Catalog, data_dir: Path, spec: EmbeddingSpec | None, executor: Executor | None, workers: int
+) -> EmbeddingMatcher | None:
+    """The embedding matcher, or None with one line when its weights cannot be had here (no
+    checkpoint, no file a filter run recorded, hub unreachable): the run goes on with the hashes."""
+    if spec is None:
+        return None
+    why = _no_weights(catalog, spec)
+    if why is None:
+        try:
+            return EmbeddingMatcher(catalog, data_dir, spec, executor, workers)
+        except CurationError as exc:
+            why = str(exc)
+    print(f"dedup: embedding matcher off this run: {why}", file=sys.stderr)
+    return None
+
+
+def _no_weights(catalog: Catalog, spec: EmbeddingSpec) -> str | None:
+    """Why the embedding model's weights cannot be loaded here, found without importing torch."""
+    from curation.filter.weights import known_weights_hash
+
+    if spec.checkpoint is not None:
+        return None if Path(spec.checkpoint).is_file() else f"checkpoint not found: {spec.checkpoint}"
+    with catalog.session() as session:
+        if known_weights_hash(session, spec.model, None) is not None:
+            return None
+    if _hub_reachable():
+        return None
+    return (
+        f"no local weights of {spec.model} (the hub is unreachable): set [dedup] checkpoint or "
+        "[filter] checkpoint, or run the filter with this model once"
+    )
+
+
+@dataclass
+class Proofs:
+    """Crawl images joined by a proved embedding link: (inliers, score) by sha256, and the hash rule's
+    distance beyond which the link is named by the embedding proof instead of the hashes."""
+
+    max_distance: int
+    by_sha: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+def embedding_round(
+    matcher: EmbeddingMatcher | None,
+    catalog: Catalog,
+    data_dir: Path,
+    crawl_queries: list[str],
+    references: dict[str, tuple[Any, list[str]]],
+    max_distance: int,
+) -> tuple[EmbeddingResult, Proofs]:
+    """Run the matcher for ``crawl_queries`` and each set's (hashes, queried sha256s); write the
+    possible copies of everything queried; return what it proved and the crawl images' proofs."""
+    from curation.dedup.ref_embed import open_index
+
+    if matcher is None:
+        return EmbeddingResult(), Proofs(max_distance)
+    indexes = {
+        name: (open_index(catalog, data_dir, name, ref, matcher.embedder, matcher.executor), shas)
+        for name, (ref, shas) in references.items()
+    }
+    result = matcher.run(crawl_queries, indexes)
+    queried: dict[str | None, list[str]] = {None: crawl_queries}
+    queried.update({name: shas for name, (index, shas) in indexes.items() if index is not None})
+    write_possible(catalog, queried, result.possible)
+    return result, Proofs(max_distance, dict(result.proofs))
+
+
+def add_stored_proofs(catalog: Catalog, proofs: Proofs, shas: list[str]) -> None:
+    """Add the stored embedding-proved crawl links of these images (a cluster read again keeps them)."""
+    for sha, proof in stored_proofs(catalog, shas).items():
+        proofs.by_sha.setdefault(sha, proof)
+
+
+def stored_proofs(catalog: Catalog, shas: list[str]) -> dict[str, tuple[int, float]]:
+    """The stored embedding-proved crawl links of these images."""
+    from sqlalchemy import select
+
+    from curation.catalog import DuplicateLink
+
+    found: dict[str, tuple[int, float]] = {}
+    columns = (DuplicateLink.sha256, DuplicateLink.distance, DuplicateLink.score)
+    with catalog.session() as session:
+        for part in chunks(shas):
+            where = (DuplicateLink.sha256.in_(part), DuplicateLink.reference.is_(None), DuplicateLink.hash_kind == KIND)
+            for sha, inliers, score in session.execute(select(*columns).where(*where)):
+                found[sha] = (int(inliers), float(score or 0.0))
+    return found
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """curation.inference.hub_reachable without importing torch (4 s here): offline mode answers at once."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    parts = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
