@@ -169,7 +169,7 @@ def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
     cfg = ReviewConfig(catalog=catalog, data_dir=classes.data_dir, grid_size=8)
     with running_server(cfg) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 700, "height": 900})
+        page = browser.new_page(viewport={"width": 600, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -200,10 +200,12 @@ def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
         kb.press("ArrowRight")
         kb.press(" ")
         kb.press(" ")  # 6: flipped twice, back to the default
-        expect(page.locator(".thumb.exception")).to_have_count(2)
-        kb.press("v")  # the large view of 6, with the model's crop
+        expect(thumbs.nth(7).locator(".num")).to_have_text("8")
+        kb.press("8")  # 7, by its number (one digit on a page of fewer than ten): flipped
+        expect(page.locator(".thumb.exception")).to_have_count(3)
+        kb.press("v")  # the large view of 7, with the model's crop
         expect(page.locator("#viewer")).to_be_visible()
-        expect(page.locator("#photo")).to_have_attribute("src", "/image/" + first[6].split(":")[0])
+        expect(page.locator("#photo")).to_have_attribute("src", "/image/" + first[7].split(":")[0])
         kb.press("c")
         expect(page.locator("#crop")).to_be_visible()
         kb.press("Escape")
@@ -213,7 +215,11 @@ def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
         expect(page.locator("#grid")).not_to_contain_text("ambiguous")
         second = page_ids()
         assert len(second) == 8 and not set(second) & set(first)
-        by_keys = {i: "accept" for i in first} | {first[1]: "wrong_class", first[5]: "ambiguous"}
+        by_keys = {i: "accept" for i in first} | {
+            first[1]: "wrong_class",
+            first[5]: "ambiguous",
+            first[7]: "wrong_class",
+        }
         assert votes(catalog) == by_keys
         expect(page.locator("#remaining")).to_have_text("56")
 

@@ -47,30 +47,35 @@
   }
 
   // The server never sends a pair this annotator decided, but it does send the loaded ones not yet
-  // judged: ask once every decision sent so far is answered, for enough to get new ones.
+  // judged: ask for enough to get new ones. The request waits in the send chain, so the server
+  // counts exactly the decisions made before it was asked (the count shown stays exact).
   function fetchMore() {
     if (exhausted) return Promise.resolve();
     if (loading) return loading;
-    loading = chain
-      .then(() => {
-        const ahead = items.filter((it) => !votes.has(keyOf(it))).length;
-        const limit = Math.min(MAX_LIMIT, ahead + boot.batch);
-        const p = new URLSearchParams({ mode: "single", limit: String(limit) });
-        if (boot.wnid) p.set("wnid", boot.wnid);
-        return fetch("/api/v1/next?" + p.toString(), { credentials: "same-origin" }).then((r) =>
-          r.ok ? r.json().then((data) => ({ data, limit })) : Promise.reject(new Error("HTTP " + r.status)));
-      })
-      .then(({ data, limit }) => {
+    const counted = votes.size;
+    const ahead = items.filter((it) => !votes.has(keyOf(it))).length;
+    const limit = Math.min(MAX_LIMIT, ahead + boot.batch);
+    const p = new URLSearchParams({ mode: "single", limit: String(limit) });
+    if (boot.wnid) p.set("wnid", boot.wnid);
+    loading = chain.then(async () => {
+      try {
+        const r = await fetch("/api/v1/next?" + p.toString(), { credentials: "same-origin" });
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        const data = await r.json();
         add(data.items);
         if (data.items.length < limit) exhausted = true;
         left = data.remaining;
-        votesAtCount = votes.size;
+        votesAtCount = counted;
         const est = data.estimated_remaining_accepts;
         $("estimate").textContent = est == null ? "" : " · ~" + est + " accepts left";
         $("estimate").title = data.estimate.basis;
-      })
-      .catch((err) => flash("could not load more images (" + err.message + "); press → to retry"))
-      .finally(() => { loading = null; });
+      } catch (err) {
+        flash("could not load more images (" + err.message + "); press → to retry");
+      } finally {
+        loading = null;
+      }
+    });
+    chain = loading;
     return loading;
   }
 

@@ -81,17 +81,42 @@
     img.alt = "candidate " + (index + 1) + " for " + it.class_name;
     img.decoding = "async";
     const tag = document.createElement("span");
+    const num = document.createElement("b");
+    num.className = "num";
+    num.textContent = label(index);
     const zoom = document.createElement("span");
     zoom.className = "zoom";
     zoom.textContent = "⤢";
     zoom.title = "large view (v)";
     zoom.addEventListener("click", (e) => { e.stopPropagation(); setFocus(index); openViewer(); });
-    button.append(img, tag, zoom);
+    button.append(img, tag, num, zoom);
     button.addEventListener("click", () => {
       button.blur();
       if (!busy) { setFocus(index); flip(index); }
     });
     return button;
+  }
+
+  // Each thumbnail's number, typed as shown (two digits from ten images up): flips it in 2 keys,
+  // where arrows take 5 on average to reach a random one of 48 (benchmarks/grid_actions.py).
+  const width = () => (items.length >= 10 ? 2 : 1);
+  const label = (index) => String(index + 1).padStart(width(), "0");
+  let typed = "";
+  let typedTimer = 0;
+
+  function digit(d) {
+    typed += d;
+    clearTimeout(typedTimer);
+    if (typed.length < width()) {
+      typedTimer = setTimeout(() => { typed = ""; }, 2000);
+      flash("image " + typed + "…");
+      return;
+    }
+    const n = Number(typed);
+    typed = "";
+    if (n < 1 || n > items.length) { flash("no image " + n + " on this page"); return; }
+    setFocus(n - 1);
+    flip(n - 1);
   }
 
   function paint(index) {
@@ -110,6 +135,7 @@
     items = pageItems;
     chosen = verdicts || new Map(items.map((it) => [it.id, page.default_verdict]));
     focus = 0;
+    typed = "";
     $("class-name").textContent = page ? page.class_name : "";
     $("wnid").textContent = page ? page.wnid : "";
     $("gloss").textContent = items.length ? items[0].gloss || "" : "";
@@ -232,6 +258,11 @@
     $("viewer").hidden = false;
     const photo = $("photo");
     if (photo.getAttribute("src") !== it.image) photo.src = it.image;
+    if (it.width && it.height) { // as large as the window allows (up to 4x), so the crop box stays on it
+      const scale = Math.min((window.innerWidth - 360) / it.width, (window.innerHeight - 24) / it.height, 4);
+      photo.style.width = Math.max(1, Math.floor(it.width * scale)) + "px";
+      photo.style.height = Math.max(1, Math.floor(it.height * scale)) + "px";
+    }
     const crop = $("crop");
     if (it.crop) {
       crop.style.left = it.crop.left + "%";
@@ -283,6 +314,7 @@
     else if (key === "ArrowDown" && !viewing) setFocus(focus + columns());
     else if (key === "ArrowUp" && !viewing) setFocus(focus - columns());
     else if (key === " " || key === "f") flip(focus);
+    else if (/^[0-9]$/.test(key)) digit(key);
     else if (KEYS[key] && boot.verdicts.includes(KEYS[key])) choose(focus, KEYS[key]);
     else if (key === "Enter") { closeViewer(); submit(); }
     else if (key === "u" || key === "Backspace") { closeViewer(); undo(); }
