@@ -1,7 +1,10 @@
 """How the review page scales: queue queries at 1k vs N pairs, and a vote's round trip through
-the real server vs a static file's (the baseline), all on 127.0.0.1 in one process.
+the real server vs a static file's (the baseline), all on 127.0.0.1 in one process. Then a page of
+a sparse queue (N pairs kept, all but --open of them set aside by dedup): the old walk of the kept
+pairs (``queue.next_pairs``, what /api/queue and the old page served) against the v1 API's page
+from the maintained ``review_queue`` (``serving.next_page``), learned and hash order.
 
-    .venv/bin/python benchmarks/annotate_queue.py [--pairs 100000] [--votes 200]
+    .venv/bin/python benchmarks/annotate_queue.py [--pairs 100000] [--votes 200] [--open 0,60]
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation import catalog as cat  # noqa: E402
 from curation.annotate.app import ReviewConfig, create_app, make_server  # noqa: E402
+from curation.annotate.consensus import FIXED, Rule  # noqa: E402
 from curation.annotate.queue import _open_for, describe, next_pairs, remaining  # noqa: E402
+from curation.annotate.serving import HASH, LEARNED, next_page  # noqa: E402
 from curation.annotate.votes import record_vote  # noqa: E402
 
 
-def build(root: Path, n_pairs: int) -> cat.Catalog:
-    """A catalog with ``n_pairs`` kept, representative (image, class) pairs (rows only)."""
+def build(root: Path, n_pairs: int, open_pairs: int | None = None) -> cat.Catalog:
+    """A catalog with ``n_pairs`` kept (image, class) pairs (rows only): all representative, or all
+    but ``open_pairs`` of them duplicates that dedup set aside (their status written first)."""
     catalog = cat.open_catalog(f"sqlite:///{root / 'catalog.sqlite'}")
     with catalog.session() as s:
         wnids = list(s.scalars(select(cat.ImageClass.wnid)))
@@ -41,16 +47,17 @@ def build(root: Path, n_pairs: int) -> cat.Catalog:
                 for h in shas
             ],
         )
+        status = [cat.REPRESENTATIVE if open_pairs is None or i < open_pairs else cat.DUPLICATE for i in range(n_pairs)]
+        s.execute(
+            insert(cat.DedupStatus),
+            [{"sha256": h, "status": status[i], "updated_at": now} for i, h in enumerate(shas)],
+        )
         s.execute(
             insert(cat.FilterVerdict),
             [
                 {"sha256": h, "wnid": wnids[i % len(wnids)], "kept": True, "models": "[]", "keep_rule": "all-wrong"}
                 for i, h in enumerate(shas)
             ],
-        )
-        s.execute(
-            insert(cat.DedupStatus),
-            [{"sha256": h, "status": cat.REPRESENTATIVE, "updated_at": now} for h in shas],
         )
         s.execute(
             insert(cat.Prediction),
@@ -63,6 +70,8 @@ def build(root: Path, n_pairs: int) -> cat.Catalog:
                     "rule": "restricted",
                     "pred_wnid": wnids[(i + 1) % len(wnids)],
                     "confidence": 0.5,
+                    "class_prob": (i % 97) / 100,
+                    "class_rank": 2,
                 }
                 for i, h in enumerate(shas)
             ],
@@ -141,10 +150,41 @@ def vote_round_trips(catalog: cat.Catalog, data_dir: Path, n_votes: int) -> tupl
     return static, votes
 
 
+def sparse_timings(root: Path, n_pairs: int, open_pairs: int) -> dict[str, float]:
+    """ms per page of 20 in a queue of ``n_pairs`` kept pairs of which ``open_pairs`` are reviewable."""
+    root.mkdir()
+    catalog = build(root, n_pairs, open_pairs)
+    fixed = Rule(FIXED, 1)
+    timings = {}
+    with catalog.session() as s:
+        timings["old walk (/api/queue, mixed)"] = best_ms(lambda: next_pairs(s, "bench", 1, limit=20))
+        timings["old walk (class order)"] = best_ms(lambda: next_pairs(s, "bench", 1, limit=20, order="class"))
+    for order in (LEARNED, HASH):
+        with catalog.session() as s:  # the page's writes (scores, draws) stay in this transaction
+            timings[f"v1 page, {order} order"] = best_ms(lambda o=order: next_page(s, "bench", fixed, o, 20))
+            s.rollback()
+    catalog.engine.dispose()
+    return timings
+
+
+def sparse_report(tmp: str, n_pairs: int, opens: list[int]) -> None:
+    print(f"\n{'page of 20, sparse queue':<34} " + " ".join(f"{f'{o} open':>10}" for o in opens))
+    rows: dict[str, list[float]] = {}
+    for open_pairs in opens:
+        for name, ms in sparse_timings(Path(tmp, f"sparse{open_pairs}"), n_pairs, open_pairs).items():
+            rows.setdefault(name, []).append(ms)
+    for name, values in rows.items():
+        print(f"{name:<34} " + " ".join(f"{v:>8.2f}ms" for v in values))
+    for i, open_pairs in enumerate(opens):
+        old, new = rows["old walk (class order)"][i], rows[f"v1 page, {LEARNED} order"][i]
+        print(f"{n_pairs:,} kept, {open_pairs} open: old class walk / v1 learned page = {old / new:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--votes", type=int, default=200)
+    parser.add_argument("--open", default="0,60", help="reviewable pairs of the sparse queues, comma-separated")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         small_dir, big_dir = Path(tmp, "small"), Path(tmp, "big")
@@ -167,6 +207,7 @@ def main() -> None:
             f"vote round trip on {args.pairs:,} pairs: median {v_med:.2f} ms, p95 {v_p95:.2f} ms "
             f"= {v_med / s_med:.1f}x a static file ({s_med:.2f} ms); {1000 / v_med:.0f} votes/s sequential"
         )
+        sparse_report(tmp, args.pairs, [int(x) for x in args.open.split(",")])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from curation import catalog as cat
 from curation.annotate import votes_needed as votes_needed_setting
+from curation.annotate.progress import progress_line, review_progress
 from curation.config import Settings
 from curation.errors import CurationError
 from curation.release import Item, attach_provenance
@@ -51,6 +52,7 @@ class ReportData:
     licences: Counter
     confidences: dict[str, list[int]]  # model -> kept images per CONFIDENCE_BINS bin of its confidence
     by_target: dict[str, Any] | None = None  # out-of-distribution kinds: the funnel by target folder
+    review: dict[str, Any] | None = None  # how far review got (annotate.progress.review_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     plot_confidence(data, args.out_dir / "filter_confidence.png")
     with catalog.session() as session:
         data.by_target = target_funnel(session, votes_needed)
+        data.review = review_progress(session)
     sheets = write_sheets(data, args.out_dir / "sheets", settings.data_dir)
     (args.out_dir / "index.html").write_text(render_html(data, sheets), encoding="utf-8")
     print(
@@ -426,6 +429,8 @@ def render_html(data: ReportData, sheets: dict[str, str]) -> str:
         )
     else:
         parts.append("<p>No release yet.</p>")
+    if data.review:
+        parts.append(f"<p>{e(progress_line(data.review))}</p>")
     parts += [
         "<h2>Funnel</h2>",
         "<table><tr>" + "".join(f"<th>{e(label)}</th>" for _, label in STAGES) + "</tr><tr>",

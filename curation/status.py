@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     from curation.annotate import agreement_stats, summary_line, votes_needed
+    from curation.annotate.progress import progress_line, review_progress
     from curation.kinds import catalog_kind
 
     catalog = open_catalog(settings.db_url)
@@ -62,12 +63,15 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
             return print_target_funnel(session, kind, votes_needed(settings), args.json)
         rows = funnel(session, votes_needed(settings))
         agreement = agreement_stats(session)
+        review = review_progress(session)
     totals = {c: sum(r[c] for r in rows) for c in FUNNEL_COLUMNS}
     if args.json:
-        print(json.dumps({"classes": rows, "totals": totals, "agreement": agreement}, ensure_ascii=False))
+        out = {"classes": rows, "totals": totals, "agreement": agreement, "review": review}
+        print(json.dumps(out, ensure_ascii=False))
         return 0
     print_funnel(rows, totals)
     print(summary_line(agreement))
+    print(progress_line(review))
     return 0
 
 
@@ -98,13 +102,15 @@ def print_target_funnel(session: Any, kind: Any, votes: int, as_json: bool) -> i
     """The funnel of an out-of-distribution kind: crawl totals over the source classes, then per target
     folder the pairs kept, unique, accepted and released."""
     from curation.annotate import agreement_stats, summary_line
+    from curation.annotate.progress import progress_line, review_progress
     from curation.kinds.by_target import TARGET_COLUMNS, funnel_by_target
 
     data = funnel_by_target(session, target_names(session, kind), votes)
     totals = {c: sum(r[c] for r in data["targets"]) for c in TARGET_COLUMNS}
-    agreement = agreement_stats(session)
+    agreement, review = agreement_stats(session), review_progress(session)
     if as_json:
-        print(json.dumps({"kind": kind.name, **data, "totals": totals, "agreement": agreement}, ensure_ascii=False))
+        out = {"kind": kind.name, **data, "totals": totals, "agreement": agreement, "review": review}
+        print(json.dumps(out, ensure_ascii=False))
         return 0
     src = data["sources"]
     print(
@@ -121,6 +127,7 @@ def print_target_funnel(session: Any, kind: Any, votes: int, as_json: bool) -> i
     label = f"{len(shown)} of {len(data['targets'])}"
     print(f"{'total':<10} {label:<{name_width}} " + " ".join(f"{totals[c]:>10}" for c in TARGET_COLUMNS))
     print(summary_line(agreement))
+    print(progress_line(review))
     return 0
 
 

@@ -8,18 +8,26 @@ import hashlib
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, insert, select
 from test_annotate import ReviewCatalog, build_review_catalog, client, running_server, votes_in
 
 from curation import catalog as cat
+from curation.annotate import accuracy, consensus, ranker
 from curation.annotate.app import ReviewConfig
+from curation.annotate.progress import progress_line, review_progress
 
 
 @pytest.fixture
 def review(catalog_url: str, tmp_path: Path) -> ReviewCatalog:
     """The review catalog of test_annotate (8 queued photos, 3 set aside), widened to every queued
     photo under every queued photo's class: 64 pairs, 8 per class, on SQLite or PostgreSQL."""
+    return widened(tmp_path, catalog_url)
+
+
+def widened(tmp_path: Path, catalog_url: str | None = None) -> ReviewCatalog:
+    """``review``'s catalog (SQLite in ``tmp_path`` unless ``catalog_url``)."""
     built = build_review_catalog(tmp_path, url=catalog_url)
     shas = sorted({sha for sha, _ in built.queue})
     wnids = sorted({wnid for _, wnid in built.queue})
@@ -220,13 +228,14 @@ def test_v1_errors_are_per_item_and_lose_or_double_nothing(review):
         assert http.post(base + "/api/v1/session", json={"annotator": "eve"}, timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize("votes_needed,annotators", [(1, 2), (2, 3)])
-def test_concurrent_annotators_never_double_a_pair_or_lose_a_vote(review, votes_needed, annotators):
-    """Every annotator fetches the same next page at the same moment and decides all of it; until
-    the queue is empty. Each pair ends with exactly ``votes_needed`` votes, every decision the API
-    said it recorded is in the catalog, and every refused one was a pair others had finished."""
+@pytest.mark.parametrize("votes_needed,annotators,order", [(1, 2, "learned"), (2, 3, "hash")])
+def test_concurrent_annotators_never_double_a_pair_or_lose_a_vote(review, votes_needed, annotators, order):
+    """Every annotator fetches the next page at the same moment and decides all of it; until the
+    queue is empty. Each pair ends with exactly ``votes_needed`` votes, every decision the API said
+    it recorded is in the catalog, and every refused one was a pair others had finished. The learned
+    order (its pages also write scores and draws) is the one a single vote per pair is tested under."""
     catalog = review.open()
-    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=votes_needed)
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=votes_needed, order=order)
     names = [f"ann{i}" for i in range(annotators)]
     recorded: dict[str, set[str]] = {name: set() for name in names}
     refused: dict[str, list[str]] = {name: [] for name in names}
@@ -328,3 +337,92 @@ def test_a_decision_that_cannot_get_its_lock_is_refused_and_can_be_sent_again(pg
         again = http.post(base + "/api/v1/decisions", json=body, headers=csrf, timeout=30).json()
         assert again == {"ok": True, "recorded": 2, "errors": []}
     assert votes_in(impatient) == {(s0, w0, "alice", "accept"), (s1, w1, "alice", "accept")}
+
+
+def test_the_learned_order_serves_every_pair_with_a_random_share(tmp_path):
+    """One annotator pages through the whole queue in the learned order, with votes that teach the
+    model (accept exactly the pairs of one class): every pair is served exactly once, every page
+    holds at least one random draw (the 5 % guard, rounded up), the estimate of accepts left rests
+    on the draws, and the learned scores put the accepted class ahead of the others."""
+    review = widened(tmp_path)
+    catalog = review.open()
+    liked = review.queue[0][1]
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, order="learned", consensus="fixed")
+    served: list[str] = []
+    with running_server(cfg) as base:
+        http, csrf = start(base, "alice")
+        while page := http.get(base + "/api/v1/next", params={"limit": 6}, timeout=30).json()["items"]:
+            assert any(item["served_as"] == "random" for item in page)
+            served += [item["id"] for item in page]
+            votes = [{"id": i["id"], "verdict": "accept" if i["wnid"] == liked else "wrong_class"} for i in page]
+            assert http.post(base + "/api/v1/decisions", json={"decisions": votes}, headers=csrf, timeout=30).json()[
+                "recorded"
+            ] == len(page)
+            if len(served) == 24:
+                estimate = http.get(base + "/api/v1/next", params={"limit": 1}, timeout=30).json()["estimate"]
+                assert estimate["sampled_votes"] >= 4 and "served at random" in estimate["basis"]
+                assert estimate["interval"][0] <= estimate["estimate"] <= estimate["interval"][1]
+    assert sorted(served) == sorted(ids(review.queue))  # every pair, none twice
+    with catalog.session() as s:
+        state = ranker.load(s)[0]
+        assert state.votes == 64 and state.classes[liked] == [8, 8]
+    facts = {"p": 0.2, "conf": 0.6, "rank": 2, "margin": 0.3}
+    assert ranker.features(facts, state.class_rate(liked)) @ np.asarray(state.coef) > ranker.features(
+        facts, state.class_rate(review.queue[-1][1])
+    ) @ np.asarray(state.coef)
+
+
+def test_dynamic_consensus_asks_for_another_vote_where_two_reviewers_disagree(tmp_path):
+    """Under dynamic consensus two agreeing accepts close a pair, one accept and one reject do not:
+    that pair is served first to a third reviewer (as needing more votes), and never to the two who
+    voted; a reviewer cannot add a vote to a closed pair (``complete``)."""
+    review = widened(tmp_path)
+    catalog = review.open()
+    agreed, disputed = ids(review.queue[:2])
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, order="learned", consensus="dynamic")
+    with running_server(cfg) as base:
+        (alice, a_csrf), (bob, b_csrf), (carol, c_csrf) = (start(base, n) for n in ("alice", "bob", "carol"))
+        rules = alice.get(base + "/api/v1/rules", timeout=30).json()
+        assert rules["consensus"] == "dynamic" and "posterior" in rules["rule"] and rules["order"] == "learned"
+
+        def decide(http, csrf, verdicts):
+            body = {"decisions": [{"id": i, "verdict": v} for i, v in verdicts.items()]}
+            return http.post(base + "/api/v1/decisions", json=body, headers=csrf, timeout=30).json()
+
+        assert decide(alice, a_csrf, {agreed: "accept", disputed: "accept"})["recorded"] == 2
+        assert decide(bob, b_csrf, {agreed: "accept", disputed: "wrong_class"})["recorded"] == 2
+        first = carol.get(base + "/api/v1/next", params={"limit": 5}, timeout=30).json()["items"]
+        assert first[0]["id"] == disputed and first[0]["served_as"] == "more_votes"
+        assert agreed not in [i["id"] for i in first]
+        for http in (alice, bob):
+            page = http.get(base + "/api/v1/next", params={"limit": 100}, timeout=30).json()["items"]
+            assert {agreed, disputed}.isdisjoint(i["id"] for i in page)
+        late = decide(carol, c_csrf, {agreed: "accept"})
+        assert late["recorded"] == 0 and late["errors"][0]["code"] == "complete"
+        assert decide(carol, c_csrf, {disputed: "accept"})["recorded"] == 1
+    with catalog.session() as s:
+        rows = {f"{r.sha256}:{r.wnid}": (r.tier, r.outcome) for r in s.scalars(select(cat.ReviewQueue))}
+    assert rows[agreed] == (cat.CLOSED, "accept")
+    assert rows[disputed][0] in (cat.CLOSED, cat.MORE)  # two of three accept: closed unless still unsure
+    with catalog.session() as s:
+        progress = review_progress(s)
+    closed = sum(tier == cat.CLOSED for tier, _ in rows.values())
+    assert progress["reviewed"] == closed and progress["pairs"] == 64 and progress["accepted"] >= 1
+    assert progress["votes_per_pair"] == pytest.approx((2 + 3 * (closed - 1)) / closed if closed == 2 else 2.0)
+    line = progress_line(progress)
+    assert f"review: {closed} of 64 pairs reviewed" in line and "served at random" in line
+
+
+def test_dynamic_consensus_never_accepts_without_a_human_accept():
+    """Automatic accepts (the demo's auto-accept) never close a pair as accepted and weigh nothing."""
+    weights = accuracy.Weights()
+    rule = consensus.Rule(consensus.DYNAMIC)
+    robot = consensus.AUTOMATIC[0]
+    assert consensus.judge(rule, {robot: "accept"}, 0.9, weights, "n01498041") is None
+    assert consensus.judge(rule, {robot: "accept", "ann": "accept"}, 0.9, weights, "n01498041") == "accept"
+    one_reject = {"x": "wrong_class"}
+    assert consensus.posterior({robot: "accept", **one_reject}, 0.5, weights, "n") == consensus.posterior(
+        one_reject, 0.5, weights, "n"
+    )  # an automatic accept is no evidence
+    five = {robot: "accept", **{name: "wrong_class" for name in "vwxy"}, "z": "accept"}
+    assert consensus.judge(rule, five, 0.9, weights, "n01498041") == "reject"  # five human votes: decided

@@ -74,16 +74,19 @@ def judge(rule: Rule, votes: dict[str, str], prior: float, weights: accuracy.Wei
         return "accept"
     if p <= REJECT_AT:
         return "reject"
-    if len(votes) >= MAX_VOTES:
+    if sum(a not in AUTOMATIC for a in votes) >= MAX_VOTES:
         return "accept" if p >= 0.5 and human_accept else "reject"
     return None
 
 
 def posterior(votes: dict[str, str], prior: float, weights: accuracy.Weights, wnid: str) -> float:
-    """P(the pair is true | its votes), a naive-Bayes sum of log-odds."""
+    """P(the pair is true | its votes), a naive-Bayes sum of log-odds; automatic votes (an accept
+    of everything unseen) carry no evidence and are left out."""
     prior = min(max(prior, PRIOR_MIN), PRIOR_MAX)
     z = math.log(prior / (1 - prior))
     for annotator, verdict in votes.items():
+        if annotator in AUTOMATIC:
+            continue
         w = weights.log_odds(annotator, wnid)
         z += w if verdict == "accept" else -w
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))

@@ -14,6 +14,7 @@ ends only when no open pair is left: every pair is served.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class Page:
                 self.scores[pair] = score
 
 
-def not_mine(annotator: str):  # noqa: ANN201 - an SQL expression
+@functools.lru_cache(maxsize=256)
+def not_mine(annotator: str):  # noqa: ANN201 - an SQL expression, built once per annotator
     """Pairs ``annotator`` has no verdict on (a skip included)."""
     return ~exists().where(
         and_(
@@ -90,7 +92,9 @@ def serialise_pages(session: Session) -> None:
     write lock first; PostgreSQL: a transaction advisory lock), so two pages never lock rows in
     crossing orders. A decision locks only its own pair's row and never waits on a page."""
     if session.get_bind().dialect.name == "sqlite":
-        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        connection = session.connection()
+        if not connection.connection.dbapi_connection.in_transaction:  # a caller's open one already writes
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         session.execute(select(func.pg_advisory_xact_lock(PAGE_LOCK)))
 
