@@ -1,11 +1,13 @@
-"""Validated, content-addressed image storage.
+"""Validated images, and the write journal of the image store.
 
 Bytes are judged by what they are, not by what a server says they are: the format is sniffed
 from the first bytes, then Pillow decodes the whole image under a pixel cap. Accepted images are
-stored once, unchanged, at ``<data_dir>/images/ab/cd/<sha256>.<ext>`` (temp file + rename, so a
-killed process never leaves a partial image under its final name). Temp files live in one staging
-folder, ``<data_dir>/.staging``, beside a :class:`WriteJournal` of stored but not yet catalogued
-paths: after a kill -9, :func:`recover` removes exactly those leftovers without walking the store.
+stored once, unchanged, under their content address ``ab/cd/<sha256>.<ext>`` in the image store
+(:mod:`curation.store`; by default the folder ``<data_dir>/images``, so ``Image.path`` is
+``images/ab/cd/<sha256>.<ext>``). A :class:`WriteJournal` in ``<data_dir>/.staging`` lists the keys
+written but not yet catalogued, so a rerun after kill -9 removes exactly those leftovers
+(:mod:`curation.store.recovery`); :func:`recover` still reads the journals and temp files of runs
+from before the image store.
 
 Deliberate handling of awkward images: CMYK, palette, alpha and 16-bit images are accepted and
 stored as they are (their mode is recorded); EXIF orientation is applied before measuring the
@@ -15,7 +17,6 @@ later stages the one agreed RGB view of a stored image.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -32,7 +33,7 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
 # EXIF orientations that swap width and height.
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 TEMP_SUFFIX = ".part"
-OWNER_FILE = ".catalog-id"
+OWNER_FILE = ".catalog-id"  # the object naming the catalog that owns an image store
 STAGING = ".staging"  # beside images/, same file system, so a rename into the store is atomic
 
 
@@ -125,37 +126,6 @@ def validate(data: bytes, *, min_side: int = 64, max_pixels: int = 40_000_000) -
     return ValidImage(sha, kind, EXTENSIONS[kind], width, height, mode, frames, len(data))
 
 
-def store(data_dir: Path, image: ValidImage, data: bytes, journal: WriteJournal | None = None) -> Path:
-    """Write ``data`` under its content address (once; atomically); returns the absolute path.
-
-    With a ``journal``, the path is journaled before it appears in the store."""
-    final = os.path.join(data_dir, image.relative_path)
-    try:
-        if os.stat(final).st_size == len(data):
-            return Path(final)
-    except FileNotFoundError:
-        pass
-    staging = os.path.join(data_dir, STAGING)
-    temp = os.path.join(staging, f"{image.sha256}.{os.getpid()}.{threading.get_ident():x}{TEMP_SUFFIX}")
-    try:
-        try:
-            out = open(temp, "wb")  # noqa: SIM115 - closed just below
-        except FileNotFoundError:
-            os.makedirs(staging, exist_ok=True)
-            out = open(temp, "wb")  # noqa: SIM115
-        with out:
-            out.write(data)
-        if journal is not None:
-            journal.begin(image.relative_path)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(temp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return Path(final)
-
-
 class WriteJournal:
     """Store paths written but not yet recorded in the catalog, mirrored line by line in
     ``<data_dir>/.staging/<name>.journal`` so that a rerun after kill -9 knows exactly which files
@@ -163,8 +133,8 @@ class WriteJournal:
     so it holds the in-flight writes only (a few hundred at most), never the store. It is created
     by the first write: a journal that wrote nothing leaves no file.
 
-    A cluster worker journals each batch in ``<catalog id>.<batch>.journal``; :func:`recover` reads
-    every journal of the catalog."""
+    A cluster's batches are journaled in ``<name>.<batch>.journal``; a recovery reads every journal
+    of the catalog."""
 
     def __init__(self, data_dir: Path, name: str) -> None:
         self.name = name
@@ -235,17 +205,6 @@ def recover(
     for journal in journals:
         journal.unlink()
     return temps, orphans
-
-
-def claim(data_dir: Path, catalog_id: str) -> bool:
-    """Mark ``data_dir/images`` as the image store of catalog ``catalog_id``; False if another
-    catalog already owns it (then files it does not know must not be treated as leftovers)."""
-    marker = Path(data_dir) / "images" / OWNER_FILE
-    if marker.is_file():
-        return marker.read_text().strip() == catalog_id
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(catalog_id + "\n")
-    return True
 
 
 def open_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:

@@ -133,6 +133,14 @@ class LoopbackCluster:
     def address(self) -> str:
         return self.cluster.address
 
+    def add_node(self, env: dict[str, str]) -> Any:
+        """One more node whose processes (its raylet and the workers it starts) see ``env`` over this
+        process's environment: a machine configured otherwise (``ray start`` on it with that env)."""
+        node = self.cluster.add_node(**self._node_args(gpu=False), env_vars=env)
+        self.nodes.append(node)
+        self.cluster.wait_for_nodes()
+        return node
+
     def add_node_blind_to(self, hidden: Path) -> subprocess.Popen:
         """A node (`ray start`) in its own mount namespace where ``hidden`` is an empty tmpfs: a
         node that cannot see that directory."""

@@ -40,11 +40,22 @@ def stored_paths(db: Path) -> set[str]:
         con.close()
 
 
+def old_write(data_dir: Path, data: bytes, journal: storage.WriteJournal) -> Path:
+    """An image written as runs before the image store wrote it: its data_dir-relative path journaled,
+    then the file."""
+    image = storage.validate(data)
+    journal.begin(image.relative_path)
+    path = Path(data_dir) / image.relative_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
 def test_recover_removes_only_what_was_in_flight(tmp_path):
     keep, orphan = sample_bytes(0), with_comment(sample_bytes(0), "orphan")
     journal = storage.WriteJournal(tmp_path, "cat1")
-    kept = storage.store(tmp_path, storage.validate(keep), keep, journal)
-    lost = storage.store(tmp_path, storage.validate(orphan), orphan, journal)
+    kept = old_write(tmp_path, keep, journal)
+    lost = old_write(tmp_path, orphan, journal)
     journal.recorded([kept.relative_to(tmp_path).as_posix()])
     assert journal.path.read_text().split() == [lost.relative_to(tmp_path).as_posix()]
     journal.close()
@@ -72,7 +83,8 @@ def test_rerun_after_kill_9_of_a_run_before_the_image_store_leaves_no_staging_or
             settings, urls=write_list(tmp_path / "a.csv", [(f"{server.base}/img/{i}.jpg", WNIDS[0]) for i in range(3)])
         )
         recorded = stored_paths(tmp_path / "c.sqlite")
-        # A writer killed with SIGKILL: two images journaled and renamed into the store, one temp file half written.
+        # A writer of before the image store killed with SIGKILL: two images journaled and written, one temp
+        # file half written.
         script = (
             "import os, signal, sys\n"
             "from curation import storage\n"
@@ -80,7 +92,10 @@ def test_rerun_after_kill_9_of_a_run_before_the_image_store_leaves_no_staging_or
             "journal = storage.WriteJournal(sys.argv[1], sys.argv[2])\n"
             "for i in range(2):\n"
             "    data = with_comment(sample_bytes(1), f'in flight {i}')\n"
-            "    storage.store(sys.argv[1], storage.validate(data), data, journal)\n"
+            "    image = storage.validate(data)\n"
+            "    journal.begin(image.relative_path)\n"
+            "    (storage.Path(sys.argv[1]) / image.relative_path).parent.mkdir(parents=True, exist_ok=True)\n"
+            "    (storage.Path(sys.argv[1]) / image.relative_path).write_bytes(data)\n"
             "(storage.Path(sys.argv[1]) / storage.STAGING / ('f' * 64 + '.1.2.part')).write_bytes(data[:99])\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n"
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from curation import storage
+from curation.store import image_key, open_store
 from tests.conftest import SAMPLES, VAL
 from tests.crawl_images import broken, sample_bytes, sample_paths, variants
 
@@ -35,10 +36,11 @@ def test_awkward_but_valid_images_are_accepted_and_measured_after_orientation(tm
     plain = found["photo.webp"]
     rotated = found["exif_rotated.jpg"]
     assert (rotated.width, rotated.height) == (plain.height, plain.width)  # EXIF orientation 6 swaps sides
+    store = open_store(str(tmp_path / "images"))
     for name, data in variants().items():
         image = found[name]
-        path = storage.store(tmp_path, image, data)
-        rgb = storage.open_rgb(path)
+        store.put_if_absent(image_key(image.sha256, image.ext), data)
+        rgb = storage.open_rgb(tmp_path / image.relative_path)
         assert rgb.mode == "RGB" and rgb.size == (image.width, image.height), name
 
 
@@ -47,11 +49,15 @@ def test_store_is_content_addressed_atomic_and_once(tmp_path):
     image = storage.validate(data)
     sha = hashlib.sha256(data).hexdigest()
     assert image.relative_path == f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
-    first = storage.store(tmp_path, image, data)
+    store = open_store(str(tmp_path / "images"))
+    key = image_key(image.sha256, image.ext)
+    assert store.put_if_absent(key, data) is True
+    first = tmp_path / image.relative_path
     mtime = first.stat().st_mtime_ns
-    assert storage.store(tmp_path, image, data) == first and first.stat().st_mtime_ns == mtime
+    assert store.put_if_absent(key, data) is False and first.stat().st_mtime_ns == mtime
     assert first.read_bytes() == data
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp file left behind
+    assert list((tmp_path / storage.STAGING).iterdir()) == []
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:

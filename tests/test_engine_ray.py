@@ -380,9 +380,10 @@ def _crawl_args(root: Path, config: Path) -> list[str]:
     return ["--config", str(config), "--db", str(root / "c.sqlite"), "--data-dir", str(root / "data")]
 
 
-def _crawl_tables(root: Path, servers: list) -> dict[str, list[tuple]]:
-    """Candidates, images and stored files, each server's base URL replaced by its index (two runs
-    use two sets of servers), timestamps left out."""
+def _crawl_tables(root: Path, servers: list, store_url: str | None = None) -> dict[str, list[tuple]]:
+    """Candidates, images and stored files (``images/<key>``: in ``data/images``, or under
+    ``store_url``), each server's base URL replaced by its index (two runs use two sets of servers),
+    timestamps left out."""
     con = sqlite3.connect(root / "c.sqlite")
 
     def unport(value):
@@ -399,14 +400,16 @@ def _crawl_tables(root: Path, servers: list) -> dict[str, list[tuple]]:
             "images": con.execute(
                 "SELECT sha256, path, width, height, format, bytes, mode, multi_class FROM images ORDER BY sha256"
             ).fetchall(),
-            "files": sorted(
-                p.relative_to(root / "data").as_posix()
-                for p in (root / "data" / "images").rglob("*")
-                if p.is_file() and not p.name.startswith(".")
-            ),
+            "files": sorted(f"images/{key}" for key in _image_keys(store_url or str(root / "data" / "images"))),
         }
     finally:
         con.close()
+
+
+def _image_keys(url: str) -> list[str]:
+    from curation.store import open_store
+
+    return [key for key, _ in open_store(url).list() if not key.startswith(".")]
 
 
 def _photo_folder(root: Path) -> Path:
@@ -419,30 +422,50 @@ def _photo_folder(root: Path) -> Path:
 
 
 @pytest.mark.ray(timeout=300)
-def test_crawl_on_ray_writes_the_same_catalog_and_files_and_keeps_per_host_limits(
-    ray_cluster, tmp_path: Path, run_cli
+def test_crawl_on_ray_into_s3_writes_what_local_writes_and_a_node_with_a_wrong_key_stops_it(
+    s3_env, ray_cluster, tmp_path: Path, run_cli
 ) -> None:
+    """The cluster's nodes take the S3 server's variables from their own environment (s3_env is set
+    before they start); the node added last has a wrong secret key."""
+    import uuid
+
     from replay_server import ReplayServer
 
     photos = _photo_folder(tmp_path)
+    prefix = f"s3://images/ray-{uuid.uuid4().hex[:8]}"
     results = {}
     for name, engine in (("local", []), ("ray", ["--engine", "ray", "--ray-address", ray_cluster.address])):
         with ReplayServer(latency=0.05) as a, ReplayServer(latency=0.05) as b, ReplayServer(latency=0.05) as c:
             servers = [a, b, c]
             root = tmp_path / name
             config, listing = _crawl_setup(root, servers, per_host_urls=30)
+            env = {"CURATION_STORAGE_IMAGES": f"{prefix}/images"} if name == "ray" else {}
             crawl = ("crawl", "--urls", str(listing), "--folder", str(photos))
-            result = run_cli(*_crawl_args(root, config), *engine, *crawl, timeout=200)
+            result = run_cli(*_crawl_args(root, config), *engine, *crawl, env=env, timeout=200)
             assert result.returncode == 0, result.stderr
             assert all(0 < s.max_in_flight <= PER_HOST for s in servers), [s.max_in_flight for s in servers]
             assert all(len(s.hits(f"/img/{h}-0.jpg")) == 1 for h, s in enumerate(servers))  # once for 2 classes
-            results[name] = _crawl_tables(root, servers)
+            results[name] = _crawl_tables(root, servers, env.get("CURATION_STORAGE_IMAGES"))
             assert not list((root / "data" / ".staging").glob("*.b*.journal"))  # every batch journal dropped
     assert ray_cluster.drivers_seen() == 1  # the Ray run did run on the cluster
     local, ray = results["local"], results["ray"]
     assert len(local["candidates"]) == 96 and len(local["images"]) == 84 and len(local["files"]) == 84
     assert sum(row[3] == "failed" for row in local["candidates"]) == 9
     assert ray == local
+
+    wrong = ray_cluster.add_node({"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    root = tmp_path / "wrong"
+    config, listing = _crawl_setup(root, [a], per_host_urls=3)
+    engine = ["--engine", "ray", "--ray-address", ray_cluster.address]
+    env = {"CURATION_STORAGE_IMAGES": f"{prefix}-2/images"}
+    result = run_cli(*_crawl_args(root, config), *engine, "crawl", "--urls", str(listing), env=env, timeout=200)
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert result.stderr == (
+        f"curation: error: storage preflight failed on Ray node 127.0.0.1 ({wrong.node_id[:8]}): cannot read in "
+        f"{prefix}-2/images: wrong secret key (SignatureDoesNotMatch): check AWS_SECRET_ACCESS_KEY\n"
+    )
+    assert sorted(p.name for p in root.iterdir()) == ["curation.toml", "list.tsv"]  # no catalog, no data
+    assert _image_keys(f"{prefix}-2") == []  # nor any object beside the images
 
 
 def _start_crawl(root: Path, servers: list, cluster) -> tuple:
@@ -533,11 +556,11 @@ def test_crawl_on_ray_killed_with_sigkill_leaves_only_journaled_files_and_resume
             assert time.monotonic() < deadline + 60, "the killed run's actors lived on"
             time.sleep(0.5)
         unrecorded = on_disk() - recorded()
-        journaled = {line for j in staging.glob("*.b*.journal") for line in j.read_text().split()}
+        journaled = {f"images/{key}" for j in staging.glob("store-*.b*.journal") for key in j.read_text().split()}
         assert unrecorded and unrecorded <= journaled  # every file not in the catalog is journaled
         rerun = run_cli(*args[3:], timeout=200)
         assert rerun.returncode == 0, rerun.stderr
-        assert f"and {len(unrecorded)} unrecorded files of an earlier run" in rerun.stderr
+        assert f"and {len(unrecorded)} unrecorded images of an earlier run" in rerun.stderr
         tables = _crawl_tables(root, servers)
     assert on_disk() == recorded() and not list(staging.glob("*.b*.journal"))
     assert tables == local
