@@ -25,7 +25,7 @@ from curation.annotate.app import ReviewConfig, create_app  # noqa: E402
 from curation.dialect import in_batches, insert_ignore  # noqa: E402
 from tests.pg_server import PostgresServer  # noqa: E402
 
-DISCOVER_BATCH = 1000  # crawl._add_listed
+DISCOVER_BATCH = 1000  # curation.crawl.discover.LISTED_BATCH
 OUTCOME_BATCH = 200  # crawl.FLUSH_EVERY
 PREDICTION_BATCH = 1000
 
