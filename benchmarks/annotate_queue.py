@@ -116,7 +116,8 @@ def queue_timings(catalog: cat.Catalog, voted: int) -> dict[str, float]:
 
 
 def vote_round_trips(catalog: cat.Catalog, data_dir: Path, n_votes: int) -> tuple[list[float], list[float]]:
-    """Per-request ms of POST /api/vote and of GET /static/annotate.css on the real server."""
+    """Per-request ms of one decision through POST /api/v1/decisions and of GET /static/annotate.css
+    on the real server."""
     server = make_server(create_app(ReviewConfig(catalog=catalog, data_dir=data_dir)), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -136,8 +137,8 @@ def vote_round_trips(catalog: cat.Catalog, data_dir: Path, n_votes: int) -> tupl
             http.get(f"{base}/static/annotate.css", timeout=60).raise_for_status()
             t1 = time.perf_counter()
             http.post(
-                f"{base}/api/vote",
-                json={"sha256": sha, "wnid": wnid, "verdict": "accept"},
+                f"{base}/api/v1/decisions",
+                json={"decisions": [{"id": f"{sha}:{wnid}", "verdict": "accept"}]},
                 headers={"X-CSRF-Token": csrf},
                 timeout=60,
             ).raise_for_status()

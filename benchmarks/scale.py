@@ -201,10 +201,10 @@ class Workbench:
                 page = http.get(f"{url}/", timeout=120).text
                 pages.append(time.perf_counter() - started)
             csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
-            items = http.get(f"{url}/api/queue", timeout=120).json()["items"]
+            items = http.get(f"{url}/api/v1/next", params={"limit": 5}, timeout=120).json()["items"]
             for item in items[:5]:
                 started = time.perf_counter()
-                http.post(f"{url}/api/vote", json={"sha256": item["sha256"], "wnid": item["wnid"], "verdict": "accept"},
+                http.post(f"{url}/api/v1/decisions", json={"decisions": [{"id": item["id"], "verdict": "accept"}]},
                           headers={"X-CSRF-Token": csrf}, timeout=120).raise_for_status()  # fmt: skip
                 votes.append(time.perf_counter() - started)
             return statistics.median(pages), statistics.median(votes) if votes else float("nan")

@@ -671,14 +671,14 @@ def test_token_csrf_and_host_checks(review):
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, default_annotator="alice", token="s3cret-token")
     with running_server(cfg) as base:
         anonymous = client()
-        for path in ("/", "/stats", "/conflicts", f"/image/{sha}", "/static/annotate.js", "/api/queue"):
+        for path in ("/", "/grid", "/stats", "/conflicts", f"/image/{sha}", "/static/grid.js", "/api/v1/next"):
             assert anonymous.get(base + path, timeout=30).status_code == 403, path
         assert anonymous.get(base + "/?token=wrong", timeout=30).status_code == 403
-        assert anonymous.post(base + "/api/vote", json={}, timeout=30).status_code == 403
+        assert anonymous.post(base + "/api/v1/decisions", json={}, timeout=30).status_code == 403
         # the printed URL's token becomes an HttpOnly cookie and leaves the address bar
         http = client()
-        first = http.get(base + "/?token=s3cret-token&order=class", allow_redirects=False, timeout=30)
-        assert first.status_code == 302 and first.headers["Location"] == "/?order=class"
+        first = http.get(base + f"/grid?token=s3cret-token&wnid={wnid}", allow_redirects=False, timeout=30)
+        assert first.status_code == 302 and first.headers["Location"] == f"/grid?wnid={wnid}"
         assert "HttpOnly" in first.headers["Set-Cookie"] and "SameSite=Strict" in first.headers["Set-Cookie"]
         page = http.get(base + "/", timeout=30)
         assert page.status_code == 200
@@ -686,25 +686,25 @@ def test_token_csrf_and_host_checks(review):
         header_only = client().get(base + "/stats", headers={"X-Curation-Token": "s3cret-token"}, timeout=30)
         assert header_only.status_code == 200
         # POSTs need the session's CSRF token
-        vote = {"sha256": sha, "wnid": wnid, "verdict": "accept"}
-        assert http.post(base + "/api/vote", json=vote, timeout=30).status_code == 400
-        assert (
-            http.post(base + "/api/vote", json=vote, headers={"X-CSRF-Token": "guess"}, timeout=30).status_code == 400
-        )
+        vote = {"decisions": [{"id": f"{sha}:{wnid}", "verdict": "accept"}]}
+        assert http.post(base + "/api/v1/decisions", json=vote, timeout=30).status_code == 400
+        guess = {"X-CSRF-Token": "guess"}
+        assert http.post(base + "/api/v1/decisions", json=vote, headers=guess, timeout=30).status_code == 400
         assert votes_in(catalog) == set()
-        ok = http.post(base + "/api/vote", json=vote, headers={"X-CSRF-Token": csrf_of(page.text)}, timeout=30)
-        assert ok.status_code == 200 and ok.json()["ok"]
+        csrf = {"X-CSRF-Token": csrf_of(page.text)}
+        ok = http.post(base + "/api/v1/decisions", json=vote, headers=csrf, timeout=30)
+        assert ok.status_code == 200 and ok.json()["recorded"] == 1
         assert votes_in(catalog) == {(sha, wnid, "alice", "accept")}
-        assert http.get(base + "/api/vote", timeout=30).status_code == 405  # no state change by GET
+        assert http.get(base + "/api/v1/decisions", timeout=30).status_code == 405  # no state change by GET
     loopback = ReviewConfig(catalog=catalog, data_dir=review.data_dir, default_annotator="alice")
     with running_server(loopback) as base:
         # DNS rebinding: a foreign Host name is refused on a loopback server
         assert client().get(base + "/", headers={"Host": "evil.example"}, timeout=30).status_code == 400
         assert client().get(base + "/", headers={"Host": "localhost"}, timeout=30).status_code == 200
-        bad = client().post(
-            base + "/api/vote", json={**vote, "verdict": "nope"}, headers={"X-CSRF-Token": "x"}, timeout=30
-        )
+        undo = {"ids": [f"{sha}:{wnid}"]}
+        bad = client().post(base + "/api/v1/undo", json=undo, headers={"X-CSRF-Token": "x"}, timeout=30)
         assert bad.status_code == 400
+    assert votes_in(catalog) == {(sha, wnid, "alice", "accept")}
 
 
 def test_api_refuses_bad_votes(review):
@@ -723,28 +723,33 @@ def test_api_refuses_bad_votes(review):
         assert "annotator <b>bob</b>" in page.text
         headers = {"X-CSRF-Token": csrf_of(page.text)}
         dup_sha, dup_wnid = review.excluded["duplicate"]
-        cases = [
-            ({"sha256": sha, "wnid": wnid, "verdict": "delete everything"}, 400),
-            ({"sha256": "../../etc/passwd", "wnid": wnid, "verdict": "accept"}, 400),
-            ({"sha256": sha, "wnid": "n01", "verdict": "accept"}, 400),
-            ({"sha256": dup_sha, "wnid": dup_wnid, "verdict": "accept"}, 404),
-            ({"sha256": sha, "wnid": wnid, "verdict": "accept", "note": 5}, 400),
-            (["not", "an", "object"], 400),
+        cases = [  # the pages' one way to decide: each bad item refused on its own
+            ({"id": f"{sha}:{wnid}", "verdict": "delete everything"}, "bad_verdict"),
+            ({"id": f"../../etc/passwd:{wnid}", "verdict": "accept"}, "bad_id"),
+            ({"id": f"{sha}:n01", "verdict": "accept"}, "bad_id"),
+            ({"id": f"{dup_sha}:{dup_wnid}", "verdict": "accept"}, "not_reviewable"),
+            ({"id": f"{sha}:{wnid}", "verdict": "accept", "note": 5}, "bad_note"),
+            ("not an object", "bad_id"),
         ]
-        for body, status in cases:
-            response = http.post(base + "/api/vote", json=body, headers=headers, timeout=30)
-            assert response.status_code == status, body
-            assert response.json()["ok"] is False
+        response = http.post(base + "/api/v1/decisions", json={"decisions": [c for c, _ in cases]}, headers=headers)
+        assert response.json()["recorded"] == 0
+        assert [e["code"] for e in response.json()["errors"]] == [code for _, code in cases]
+        for body in (["not", "an", "object"], {"decisions": "accept"}, {"decisions": []}):
+            refused = http.post(base + "/api/v1/decisions", json=body, headers=headers, timeout=30)
+            assert refused.status_code == 400 and refused.json()["ok"] is False, body
         assert votes_in(catalog) == set()
-        queue = http.get(
-            base + "/api/queue", params={"after": f"{review.queue[2][0]}:{review.queue[2][1]}"}, timeout=30
-        )
-        assert [(i["sha256"], i["wnid"]) for i in queue.json()["items"]] == review.queue[3:]
+        # the grid page checks its class as the one-by-one page does
+        assert http.get(base + "/grid?wnid=n01", timeout=30).status_code == 400
+        grid = http.get(base + "/grid?wnid=" + wnid, timeout=30).text
+        boot = json.loads(grid[grid.index('type="application/json">') + 24 : grid.index("</script>")])
+        assert boot["mode"] == "grid" and boot["grid_size"] == 48 and boot["wnid"] == wnid and boot["remaining"] == 1
 
 
 def test_twenty_parallel_votes_all_land(review):
+    """20 annotators decide 3 pairs at once through the pages' API: each decision waits for the pair's
+    lock and lands (votes_needed leaves room for all: refusing the surplus is test_review_api's)."""
     catalog = review.open()
-    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=3)
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=20)
     n = 20
     with running_server(cfg) as base:
         sessions = []
@@ -753,7 +758,7 @@ def test_twenty_parallel_votes_all_land(review):
             page = http.get(f"{base}/?annotator=ann{i:02d}", timeout=30)
             sessions.append((http, csrf_of(page.text)))
         barrier = threading.Barrier(n)
-        statuses: list[int] = [0] * n
+        answers: list[object] = [None] * n
 
         def vote(i: int) -> None:
             http, token = sessions[i]
@@ -761,19 +766,19 @@ def test_twenty_parallel_votes_all_land(review):
             verdict = ("accept", "wrong_class", "ambiguous", "low_quality")[i % 4]
             barrier.wait()
             response = http.post(
-                f"{base}/api/vote",
-                json={"sha256": sha, "wnid": wnid, "verdict": verdict, "note": f"note {i}"},
+                f"{base}/api/v1/decisions",
+                json={"decisions": [{"id": f"{sha}:{wnid}", "verdict": verdict, "note": f"note {i}"}]},
                 headers={"X-CSRF-Token": token},
                 timeout=60,
             )
-            statuses[i] = response.status_code
+            answers[i] = (response.status_code, response.json()["recorded"])
 
         threads = [threading.Thread(target=vote, args=(i,)) for i in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
-    assert statuses == [200] * n
+    assert answers == [(200, 1)] * n
     expected = {
         (*review.queue[i % 3], f"ann{i:02d}", ("accept", "wrong_class", "ambiguous", "low_quality")[i % 4])
         for i in range(n)
@@ -789,7 +794,7 @@ def test_stats_and_conflicts_pages_and_adjudication(review):
         record_vote(s, p1, w1, "bob", "wrong_class", note="<i>looks like a ray</i>")
         record_vote(s, p2, w2, "alice", "accept")
         record_vote(s, p2, w2, "bob", "accept")
-    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2, consensus="dynamic")
     with running_server(cfg) as base:
         http = client()
         stats = http.get(base + "/stats", timeout=30).text
@@ -801,19 +806,23 @@ def test_stats_and_conflicts_pages_and_adjudication(review):
         link = f"/?pair={p1}:{w1}"
         assert f'href="{link}"' in conflicts_page
         assert p2 not in conflicts_page  # agreeing votes are no conflict
-        # carol adjudicates the conflicting pair, although it has all its votes and left the queue
-        page = http.get(base + "/?annotator=carol", timeout=30).text
-        assert json.loads(page[page.index('type="application/json">') + 24 : page.index("</script>")])["remaining"] == 6
+        # carol adjudicates the conflicting pair: under dynamic consensus a disagreement asks for a vote
+        served = http.post(base + "/api/v1/session", json={"annotator": "carol"}, timeout=30)
+        left = http.get(base + "/api/v1/next", params={"limit": 1}, timeout=30).json()["remaining"]
+        page = http.get(base + "/", timeout=30).text
+        assert (
+            json.loads(page[page.index('type="application/json">') + 24 : page.index("</script>")])["remaining"] == left
+        )
         single = http.get(base + link, timeout=30).text
         boot = json.loads(single[single.index('type="application/json">') + 24 : single.index("</script>")])
         assert [(i["sha256"], i["wnid"]) for i in boot["items"]] == [(p1, w1)]
         response = http.post(
-            base + "/api/vote",
-            json={"sha256": p1, "wnid": w1, "verdict": "accept"},
-            headers={"X-CSRF-Token": csrf_of(single)},
+            base + "/api/v1/decisions",
+            json={"decisions": [{"id": f"{p1}:{w1}", "verdict": "accept"}]},
+            headers={"X-CSRF-Token": served.json()["csrf"]},
             timeout=30,
         )
-        assert response.status_code == 200
+        assert response.json() == {"ok": True, "recorded": 1, "errors": []}
         assert http.get(base + "/?pair=nonsense", timeout=30).status_code == 400
     with catalog.session() as s:
         assert cat.accepted_pairs(s, 2) == {(p1, w1), (p2, w2)}
@@ -824,7 +833,7 @@ def test_stats_and_conflicts_pages_and_adjudication(review):
 
 def test_sessions_survive_a_restart_until_the_secret_is_rotated(review):
     sha, wnid = review.queue[0]
-    vote = {"sha256": sha, "wnid": wnid, "verdict": "accept"}
+    vote = {"decisions": [{"id": f"{sha}:{wnid}", "verdict": "accept"}]}
     http = client()  # one browser: its cookies go to every 127.0.0.1 port
     with running_server(ReviewConfig(catalog=review.open(), data_dir=review.data_dir)) as base:
         page = http.get(base + "/?annotator=dora", timeout=30)
@@ -833,8 +842,8 @@ def test_sessions_survive_a_restart_until_the_secret_is_rotated(review):
     catalog = review.open()  # the restarted server: a new process would open the catalog afresh
     with running_server(ReviewConfig(catalog=catalog, data_dir=review.data_dir)) as base:
         assert "annotator <b>dora</b>" in http.get(base + "/", timeout=30).text
-        voted = http.post(base + "/api/vote", json=vote, headers={"X-CSRF-Token": csrf}, timeout=30)
-        assert voted.status_code == 200 and voted.json()["ok"]
+        voted = http.post(base + "/api/v1/decisions", json=vote, headers={"X-CSRF-Token": csrf}, timeout=30)
+        assert voted.status_code == 200 and voted.json()["recorded"] == 1
     assert votes_in(catalog) == {(sha, wnid, "dora", "accept")}
     with catalog.session() as s:
         assert len(bytes.fromhex(s.get(cat.Meta, SECRET_META_KEY).value)) == 32  # kept in the catalog, as hex
@@ -842,9 +851,8 @@ def test_sessions_survive_a_restart_until_the_secret_is_rotated(review):
     rotate_session_secret(catalog)
     with running_server(ReviewConfig(catalog=review.open(), data_dir=review.data_dir)) as base:
         assert "Who is reviewing?" in http.get(base + "/", timeout=30).text  # signed out
-        stale = http.post(
-            base + "/api/vote", json={**vote, "verdict": "skip"}, headers={"X-CSRF-Token": csrf}, timeout=30
-        )
+        undo = {"ids": [f"{sha}:{wnid}"]}
+        stale = http.post(base + "/api/v1/undo", json=undo, headers={"X-CSRF-Token": csrf}, timeout=30)
         assert stale.status_code == 400 and "CSRF" in stale.json()["error"]
     assert votes_in(catalog) == {(sha, wnid, "dora", "accept")}
 

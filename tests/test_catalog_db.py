@@ -4,6 +4,7 @@ strings, several review servers and crawl drivers on one catalog."""
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 import threading
@@ -191,11 +192,11 @@ def test_overlong_web_strings_are_cut_to_their_columns(tmp_path, catalog_url, ru
 # --------------------------------------------------------------------------- concurrency on PostgreSQL
 
 
-def start_review_server(db_url: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_review_server(db_url: str, data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "curation", "--db", db_url, "--data-dir", str(data_dir), "annotate", "serve",
          "--port", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
     )  # fmt: skip
     line = proc.stdout.readline()
     assert "review page at" in line, proc.stderr.read() if proc.poll() is not None else line
@@ -206,7 +207,9 @@ def test_three_review_servers_twenty_clients_each_every_vote_lands_once(tmp_path
     review = build_review_catalog(tmp_path / "src", n_queue=4)
     cat.open_catalog(pg_url).engine.dispose()
     copy_catalog(review.url, pg_url)
-    servers = [start_review_server(pg_url, review.data_dir) for _ in range(3)]
+    # room for every vote: a fixed rule of 60 (refusing a closed pair's surplus is test_review_api's)
+    room = {"CURATION_ANNOTATE_CONSENSUS": "fixed", "CURATION_ANNOTATE_VOTES_NEEDED": "60"}
+    servers = [start_review_server(pg_url, review.data_dir, room) for _ in range(3)]
     try:
         n = 60
         verdicts = ("accept", "wrong_class", "ambiguous", "low_quality")
@@ -216,7 +219,7 @@ def test_three_review_servers_twenty_clients_each_every_vote_lands_once(tmp_path
             base = servers[i % 3][1]
             sessions.append((http, csrf_of(http.get(f"{base}/?annotator=ann{i:02d}", timeout=30).text)))
         barrier = threading.Barrier(n)
-        statuses: list[list[int]] = [[] for _ in range(n)]
+        answers: list[list[tuple[int, int]]] = [[] for _ in range(n)]
 
         def vote(i: int) -> None:
             http, token = sessions[i]
@@ -224,13 +227,14 @@ def test_three_review_servers_twenty_clients_each_every_vote_lands_once(tmp_path
             barrier.wait()
             for round_ in range(2):  # a first verdict, then a change of mind through another server
                 base = servers[(i + round_) % 3][1]
+                decision = {"id": f"{sha}:{wnid}", "verdict": verdicts[(i + round_) % 4], "note": f"n{i}"}
                 response = http.post(
-                    f"{base}/api/vote",
-                    json={"sha256": sha, "wnid": wnid, "verdict": verdicts[(i + round_) % 4], "note": f"n{i}"},
+                    f"{base}/api/v1/decisions",
+                    json={"decisions": [decision]},
                     headers={"X-CSRF-Token": token},
                     timeout=60,
                 )
-                statuses[i].append(response.status_code)
+                answers[i].append((response.status_code, response.json()["recorded"]))
 
         threads = [threading.Thread(target=vote, args=(i,)) for i in range(n)]
         for t in threads:
@@ -241,7 +245,7 @@ def test_three_review_servers_twenty_clients_each_every_vote_lands_once(tmp_path
         for proc, _base in servers:
             proc.terminate()
             proc.wait(timeout=30)
-    assert statuses == [[200, 200]] * n
+    assert answers == [[(200, 1), (200, 1)]] * n
     catalog = cat.open_catalog(pg_url)
     with catalog.session() as s:
         rows = s.execute(select(cat.Annotation.sha256, cat.Annotation.wnid, cat.Annotation.annotator,

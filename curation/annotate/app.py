@@ -1,4 +1,5 @@
-"""The review web app (Flask): pages, a small JSON API, images by catalog id, and its safety rails.
+"""The review web app (Flask): the grid and one-by-one pages over ``/api/v1`` (``api_v1.py``, their
+only API), images by catalog id, and its safety rails.
 
 Safety: the server answers only to loopback Host names when bound to loopback (no DNS
 rebinding); with a token every request must carry it (query once, then an HttpOnly cookie,
@@ -25,17 +26,10 @@ from werkzeug.exceptions import HTTPException
 
 from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflicts
 from curation.annotate.api_v1 import SESSION_ENDPOINT, create_api, csrf_token
-from curation.annotate.queue import (
-    CENTRE_CROP_FRACTION,
-    ORDERS,
-    describe,
-    is_sha256,
-    is_wnid,
-    next_pairs,
-    pair_exists,
-    remaining,
-)
-from curation.annotate.votes import MAX_NOTE, check_annotator, check_verdict, record_vote, undo_vote
+from curation.annotate.consensus import Rule
+from curation.annotate.progress import remaining
+from curation.annotate.queue import CENTRE_CROP_FRACTION, describe, is_sha256, is_wnid, pair_exists
+from curation.annotate.votes import MAX_NOTE, check_annotator
 from curation.catalog import Catalog, Image, Meta
 from curation.errors import CurationError
 from curation.kinds import catalog_kind
@@ -161,6 +155,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
     with cfg.catalog.session() as s:
         kind = catalog_kind(s)
     verdict_ui = kind_verdict_ui(kind)
+    rule = Rule(cfg.consensus, cfg.votes_needed)  # as the API's: the pages count what it serves
     allowed_hosts = LOOPBACK_HOSTS | {cfg.bind_host.strip("[]")} if is_loopback(cfg.bind_host) else None
 
     def annotator() -> str | None:
@@ -218,25 +213,11 @@ def create_app(cfg: ReviewConfig) -> Flask:
     def common() -> dict[str, Any]:
         return {"csrf": csrf_token(), "annotator": annotator(), "votes_needed": cfg.votes_needed}
 
-    def queue_args() -> tuple[str, str | None]:
-        order = request.args.get("order", "mixed")
-        wnid = request.args.get("wnid") or None
-        if order not in ORDERS:
-            abort(400, f"order must be one of {', '.join(ORDERS)}")
-        if wnid is not None and not is_wnid(wnid):
-            abort(400, "wnid must look like n01498041")
-        return order, wnid
-
     def parse_pair(text: str) -> tuple[str, str]:
         sha, _, wnid = text.partition(":")
         if not (is_sha256(sha) and is_wnid(wnid)):
             abort(400, "a pair is written SHA256:WNID")
         return sha, wnid
-
-    def load(name: str, order: str, wnid: str | None, after: tuple[str, str] | None) -> dict[str, Any]:
-        with cfg.catalog.session() as s:
-            pairs = next_pairs(s, name, cfg.votes_needed, limit=BATCH, after=after, order=order, wnid=wnid)
-            return {"items": describe(s, pairs, name, cfg.crop_fraction), "batch": BATCH}
 
     app.register_blueprint(
         create_api(
@@ -273,7 +254,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
                 boot["items"] = describe(s, [pair] if pair_exists(s, *pair) else [], name, cfg.crop_fraction)
                 boot.update(pair=True, remaining=len(boot["items"]))
             else:  # once per page load: exact, from the maintained counts
-                boot["remaining"] = remaining(s, name, cfg.votes_needed, wnid)
+                boot["remaining"] = remaining(s, name, rule, wnid)
         boot.update(batch=BATCH, grid_size=cfg.grid_size, crop_fraction=cfg.crop_fraction)
         first = boot["items"][0] if boot["items"] else None
         return render_template(
@@ -296,48 +277,6 @@ def create_app(cfg: ReviewConfig) -> Flask:
             abort(400, str(exc))
         return redirect(url_for("review"))
 
-    @app.get("/api/queue")
-    def api_queue() -> Any:
-        name = annotator() or abort(409, "choose an annotator name first")
-        order, wnid = queue_args()
-        after = parse_pair(request.args["after"]) if request.args.get("after") else None
-        return jsonify(ok=True, **load(name, order, wnid, after))
-
-    def pair_from_json() -> tuple[dict[str, Any], str, str]:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            abort(400, "expected a JSON object")
-        sha, wnid = body.get("sha256"), body.get("wnid")
-        if not (isinstance(sha, str) and is_sha256(sha) and isinstance(wnid, str) and is_wnid(wnid)):
-            abort(400, "sha256 and wnid are required")
-        return body, sha, wnid
-
-    @app.post("/api/vote")
-    def api_vote() -> Any:
-        name = annotator() or abort(409, "choose an annotator name first")
-        body, sha, wnid = pair_from_json()
-        verdict, note = body.get("verdict"), body.get("note") or ""
-        if not isinstance(verdict, str) or not isinstance(note, str):
-            abort(400, "verdict and note must be strings")
-        try:
-            check_verdict(verdict)
-        except CurationError as exc:
-            abort(400, str(exc))
-        with cfg.catalog.session() as s:
-            if not pair_exists(s, sha, wnid):
-                abort(404, "no such image and class in the review queue")
-        with cfg.catalog.session() as s:  # the write alone in its transaction: one upsert
-            record_vote(s, sha, wnid, name, verdict, note)
-        return jsonify(ok=True, sha256=sha, wnid=wnid, verdict=verdict)
-
-    @app.post("/api/undo")
-    def api_undo() -> Any:
-        name = annotator() or abort(409, "choose an annotator name first")
-        _body, sha, wnid = pair_from_json()
-        with cfg.catalog.session() as s:
-            removed = undo_vote(s, sha, wnid, name)
-        return jsonify(ok=True, removed=removed)
-
     @app.get("/image/<sha256>")
     def image(sha256: str) -> Any:
         if not is_sha256(sha256):
@@ -358,7 +297,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
     def stats() -> Any:
         with cfg.catalog.session() as s:
             numbers = agreement_stats(s)
-            left = remaining(s, annotator(), cfg.votes_needed) if annotator() else None
+            left = remaining(s, annotator(), rule) if annotator() else None
         return render_template("stats.html", stats=numbers, remaining=left, verdicts=VOTE_VERDICTS)
 
     @app.get("/conflicts")
