@@ -59,11 +59,6 @@ class Settings:
             raise CurationError(f"config {self.config_path}: [sources.{name}] must be a table")
         return value
 
-    @property
-    def images_dir(self) -> Path:
-        """Where downloaded images are stored by content hash."""
-        return self.data_dir / "images"
-
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML config file, turning every failure into one clear line."""
