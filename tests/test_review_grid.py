@@ -63,3 +63,30 @@ def test_grid_size_is_a_typed_option_and_unknown_keys_are_refused():
             options.resolve(AnnotateOptions, Settings(toml={"annotate": {"grid_size": bad}}))
     with pytest.raises(CurationError, match="unknown key \\[annotate\\] grid_sise"):
         options.check_tables({"annotate": {"grid_sise": 8}}, "curation.toml")
+
+
+@pytest.mark.parametrize("consensus", ["fixed", "dynamic"])
+def test_an_undone_decision_reopens_its_pair_for_everyone(review, consensus):
+    catalog = review.open()
+    first = ids(review.queue[:1])
+    cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, consensus=consensus)
+    with running_server(cfg) as base:
+        alice, alice_csrf = start(base, "alice")
+        bob, _ = start(base, "bob")
+
+        def bob_sees() -> tuple[list[str], int]:
+            answer = bob.get(base + "/api/v1/next", params={"limit": 100}, timeout=30).json()
+            return [item["id"] for item in answer["items"]], answer["remaining"]
+
+        everything, left = bob_sees()
+        decided = alice.post(
+            base + "/api/v1/decisions", json={"decisions": [{"id": first[0], "verdict": "wrong_class"}]},
+            headers=alice_csrf, timeout=30,
+        ).json()  # fmt: skip
+        assert decided["recorded"] == 1
+        if consensus == "fixed":  # one vote closes it (dynamic may ask bob for a second one)
+            assert bob_sees() == ([i for i in everything if i != first[0]], left - 1)
+        undone = alice.post(base + "/api/v1/undo", json={"ids": first}, headers=alice_csrf, timeout=30).json()
+        assert undone == {"ok": True, "removed": 1, "errors": []}
+        assert sorted(bob_sees()[0]) == sorted(everything) and bob_sees()[1] == left
+    assert votes_in(catalog) == set()
