@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 
 from curation.errors import CurationError
+from curation.store.reader import FetchedBatches, Item, Source, as_item, fetch_sources, readable, source_file
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -246,9 +248,9 @@ class Preprocess:
         crop_h, crop_w = self.crop_size
         return (new_w, new_h), (int(round((new_w - crop_w) / 2.0)), int(round((new_h - crop_h) / 2.0)))
 
-    def __call__(self, path: str | Path) -> tuple[np.ndarray, bool]:
+    def __call__(self, path: Item | BinaryIO) -> tuple[np.ndarray, bool]:
         """The crop, and whether it is approximate (JPEG draft scaling was applied)."""
-        with Image.open(path) as img:
+        with Image.open(readable(path)) as img:
             if not self.fast:
                 return self._generic_transform(img), False
             full_w, full_h = img.size
@@ -274,16 +276,23 @@ class Preprocess:
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
-        self.paths = [str(p) for p in paths]
+    def __init__(self, paths: Sequence[Item], preprocess: Preprocess) -> None:
+        self.paths = [as_item(p) for p in paths]
         self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, bool, str | None]:
+    def __getitems__(self, batch: list[tuple[int, Source]]) -> list[tuple[int, np.ndarray | None, bool, str | None]]:
+        """A batch of (position, source) from :class:`FetchedBatches`: the stored images' bytes were
+        fetched in the main process (a local file is read here)."""
+        return [self._decoded(i, source) for i, source in batch]
+
+    def _decoded(self, index: int, source: Source) -> tuple[int, np.ndarray | None, bool, str | None]:
         try:
-            return index, *self.preprocess(self.paths[index]), None
+            if isinstance(source, Exception):
+                raise source
+            return index, *self.preprocess(source_file(source)), None
         except Exception as exc:  # noqa: BLE001 - any undecodable file is recorded, never fatal
             return index, None, False, image_error(exc)
 
@@ -331,13 +340,15 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class _JpegBytes(_ImageFiles):
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, bool, str | None]:
+    def _decoded(self, index: int, source: Source) -> tuple[int, np.ndarray | None, bool, str | None]:
         """(index, raw JPEG bytes or a Pillow-made HWC crop, is_raw_jpeg, error)."""
         try:
-            data = Path(self.paths[index]).read_bytes()
+            if isinstance(source, Exception):
+                raise source
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
             if data[:3] == _JPEG_MAGIC:
                 return index, np.frombuffer(data, dtype=np.uint8), True, None
-            return index, self.preprocess(self.paths[index])[0], False, None
+            return index, self.preprocess(io.BytesIO(data))[0], False, None
         except Exception as exc:  # noqa: BLE001 - any unreadable file is recorded, never fatal
             return index, None, False, image_error(exc)
 
@@ -518,9 +529,10 @@ def iter_logits(
     if tensor_decode is None:
         tensor_decode = device.type == "cuda"
     tensor_decode = tensor_decode and preprocess.fast and preprocess.interpolation in _TENSOR_MODES
+    dataset = (_JpegBytes if tensor_decode else _ImageFiles)(paths, preprocess)
     loader = torch.utils.data.DataLoader(
-        (_JpegBytes if tensor_decode else _ImageFiles)(paths, preprocess),
-        batch_size=batch_size,
+        dataset,
+        batch_sampler=FetchedBatches(dataset.paths, batch_size),
         num_workers=workers,
         collate_fn=_collate_bytes if tensor_decode else _collate,
         pin_memory=device.type == "cuda" and not tensor_decode,
@@ -620,7 +632,7 @@ def decode_chunk(preprocess: Preprocess, paths: Sequence[str], start: int = 0) -
     """Read, decode and crop ``paths`` as :func:`iter_logits`' CPU workers do (one bad file is an
     error of its position)."""
     files = _ImageFiles(paths, preprocess)
-    indices, crops, approximate, errors = _collate([files[i] for i in range(len(files))])
+    indices, crops, approximate, errors = _collate(files.__getitems__(list(enumerate(fetch_sources(files.paths)))))
     return DecodedChunk(start, files.paths, indices, crops.numpy(), approximate, errors)
 
 
@@ -649,7 +661,7 @@ def score_decoded(
             approximate = [i for i in chunk.approximate if i in span]
             yield indices, crops.permute(0, 3, 1, 2), approximate, {i: e for i, e in chunk.errors.items() if i in span}
 
-    paths = [Path(p) for p in chunk.paths]
+    paths = list(chunk.paths)
     part = _chunk_logits(loaded, batches(), paths, range(len(paths)), scoring, None)
     errors = {chunk.start + i: e for i, e in part.errors.items()}
     return LogitsChunk(chunk.start, part.logits, errors, part.rechecked, part.features)

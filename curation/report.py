@@ -27,6 +27,7 @@ from curation.annotate.progress import progress_line, review_progress
 from curation.config import Settings
 from curation.errors import CurationError
 from curation.release import Item, attach_provenance
+from curation.store.reader import ImageReader, Source, fetch_sources, open_reader, source_file
 
 STAGES = [
     ("candidates", "crawled"),
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with catalog.session() as session:
         data.by_target = target_funnel(session, votes_needed)
         data.review = review_progress(session)
-    sheets = write_sheets(data, args.out_dir / "sheets", settings.data_dir)
+    sheets = write_sheets(data, args.out_dir / "sheets", open_reader(settings, check=False))
     (args.out_dir / "index.html").write_text(render_html(data, sheets), encoding="utf-8")
     print(
         f"report: {args.out_dir / 'index.html'} with 4 plots and {len(sheets)} contact sheets "
@@ -362,21 +363,25 @@ def plot_confidence(data: ReportData, path: Path) -> None:
     _save(fig, path)
 
 
-def _thumbnail(path: Path) -> Any:
+def _thumbnail(source: Source) -> Any:
+    """A thumbnail of a fetched image; a grey square for one that is missing or unreadable."""
     from PIL import Image
 
     from curation.storage import open_rgb
 
     try:
-        image = open_rgb(path)
+        if isinstance(source, Exception):
+            raise OSError(str(source))
+        image = open_rgb(source_file(source))
     except (OSError, ValueError):
         return Image.new("RGB", (THUMBNAIL, THUMBNAIL), (200, 200, 200))
     image.thumbnail((THUMBNAIL, THUMBNAIL))
     return image
 
 
-def write_sheets(data: ReportData, folder: Path, data_dir: Path) -> dict[str, str]:
-    """One contact sheet per class; returns wnid -> file name relative to the report folder."""
+def write_sheets(data: ReportData, folder: Path, images: ImageReader) -> dict[str, str]:
+    """One contact sheet per class, its images read from the image store together; returns wnid ->
+    file name relative to the report folder."""
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
@@ -391,8 +396,9 @@ def write_sheets(data: ReportData, folder: Path, data_dir: Path) -> dict[str, st
         )
         for ax in axes.flat:
             ax.axis("off")
-        for ax, item in zip(axes.flat, items, strict=False):
-            ax.imshow(_thumbnail(data_dir / item.path))
+        sources = fetch_sources([images.ref(item.path) for item in items])
+        for ax, item, source in zip(axes.flat, items, sources, strict=False):
+            ax.imshow(_thumbnail(source))
             prediction = item.filter_prediction_name or item.filter_prediction or "?"
             confidence = f" ({100 * item.filter_confidence:.0f}%)" if item.filter_confidence is not None else ""
             ax.set_title(f"{item.class_name[:24]}\n→ {prediction[:24]}{confidence}", fontsize=10)

@@ -166,17 +166,17 @@ def test_released_bytes(tmp_path):
     from curation.release import released_bytes
 
     photo = SAMPLES / "n01498041.JPEG"
-    assert released_bytes(photo, "JPEG") == (photo.read_bytes(), "")
+    assert released_bytes(photo.read_bytes(), "JPEG") == (photo.read_bytes(), "")
     with Image.open(photo) as im:
         width, height = im.size
         exif = im.getexif()
         exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees, ImageFolder would not
         im.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
         im.save(tmp_path / "photo.png")
-    data, converted = released_bytes(tmp_path / "rotated.jpg", "JPEG")
+    data, converted = released_bytes((tmp_path / "rotated.jpg").read_bytes(), "JPEG")
     with Image.open(io.BytesIO(data)) as out:
         assert out.format == "JPEG" and out.size == (height, width) and converted == "JPEG (EXIF-rotated)"
-    data, converted = released_bytes(tmp_path / "photo.png", "PNG")
+    data, converted = released_bytes((tmp_path / "photo.png").read_bytes(), "PNG")
     with Image.open(io.BytesIO(data)) as out:
         assert out.format == "JPEG" and out.size == (width, height) and out.mode == "RGB" and converted == "PNG"
-    assert released_bytes(tmp_path / "photo.png", "PNG")[0] == data  # deterministic
+    assert released_bytes((tmp_path / "photo.png").read_bytes(), "PNG")[0] == data  # deterministic

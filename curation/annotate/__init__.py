@@ -91,6 +91,7 @@ def votes_needed(settings: Settings) -> int:
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from curation.annotate.app import ReviewConfig, create_app, is_loopback, make_server, rotate_session_secret
+    from curation.store.reader import open_reader
 
     token = args.token or os.environ.get("CURATION_ANNOTATE_TOKEN") or None
     if not is_loopback(args.host) and not token:
@@ -106,6 +107,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     cfg = ReviewConfig(
         catalog=catalog,
         data_dir=settings.data_dir,
+        images=open_reader(settings, check=False),
         bind_host=args.host,
         votes_needed=annotate.votes_needed,
         token=token,

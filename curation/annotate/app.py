@@ -13,6 +13,7 @@ keeps annotators signed in; ``rotate_session_secret`` signs everyone out.
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import secrets
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from curation.annotate.votes import MAX_NOTE, check_annotator
 from curation.catalog import Catalog, Image, Meta
 from curation.errors import CurationError
 from curation.kinds import catalog_kind
+from curation.store.base import MissingObject, StoreError
+from curation.store.location import StorageOptions
+from curation.store.reader import ImageReader, ReadFailed
 
 BATCH = 20
 TOKEN_COOKIE = "curation_token"
@@ -129,6 +133,7 @@ class ReviewConfig:
     catalog: Catalog
     data_dir: Path
     bind_host: str = "127.0.0.1"
+    images: ImageReader | None = None  # the image store; None: the folder data_dir/images
     votes_needed: int = 1
     token: str | None = None
     default_annotator: str | None = None
@@ -151,7 +156,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
     )
-    data_root = cfg.data_dir.resolve()
+    images = cfg.images or ImageReader(str(cfg.data_dir.resolve() / "images"), StorageOptions.retry_seconds)
     with cfg.catalog.session() as s:
         kind = catalog_kind(s)
     verdict_ui = kind_verdict_ui(kind)
@@ -243,7 +248,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
             return redirect(request.path + ("?" + urlencode(rest) if rest else ""))
         name = annotator()
         if not name:
-            return render_template("name.html")
+            return render_template("name.html", next_page=request.endpoint)
         wnid = request.args.get("wnid") or None
         if wnid is not None and not is_wnid(wnid):
             abort(400, "wnid must look like n01498041")
@@ -275,7 +280,8 @@ def create_app(cfg: ReviewConfig) -> Flask:
             session["annotator"] = check_annotator(request.form.get("annotator", ""))
         except CurationError as exc:
             abort(400, str(exc))
-        return redirect(url_for("review"))
+        back = request.form.get("next")  # the page that asked for the name: an endpoint, never a URL
+        return redirect(url_for(back if back in ("grid", "review") else "review"))
 
     @app.get("/image/<sha256>")
     def image(sha256: str) -> Any:
@@ -286,12 +292,14 @@ def create_app(cfg: ReviewConfig) -> Flask:
             if row is None:
                 abort(404, "no such image in the catalog")
             rel_path, fmt = row.path, row.format
-        path = (data_root / rel_path).resolve()
-        if not path.is_relative_to(data_root) or not path.is_file():
-            abort(404, "the image file is missing from the data folder")
-        return send_file(
-            path, mimetype=MIME_TYPES.get((fmt or "").upper(), "application/octet-stream"), max_age=31536000
-        )
+        try:  # the key comes from the catalog's row; the store refuses "..", so nothing outside it is served
+            data = images.ref(rel_path).read()
+        except MissingObject:
+            abort(404, "the image is missing from the image store")
+        except (ReadFailed, StoreError):
+            abort(503, "the image store cannot be read now")
+        mimetype = MIME_TYPES.get((fmt or "").upper(), "application/octet-stream")
+        return send_file(io.BytesIO(data), mimetype=mimetype, etag=sha256, max_age=31536000)
 
     @app.get("/stats")
     def stats() -> Any:

@@ -18,6 +18,7 @@ from curation.dedup.config import (
 )
 from curation.dedup.stage import run_stage
 from curation.errors import CurationError
+from curation.store.reader import open_reader
 
 if TYPE_CHECKING:
     from curation.engine import Executor
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
     opts = options.resolve(DedupOptions, settings, args)
     with open_executor(settings, settings.data_dir) as executor:
+        images = open_reader(settings)  # an object store is preflighted before any image is read
         catalog = open_catalog(settings.db_url)
         summary = run_stage(
             catalog,
@@ -176,6 +178,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             opts.processes,
             opts.orientations,
             executor,
+            images,
             embedding=embedding_spec(settings, opts),
         )
     print(summary.line())

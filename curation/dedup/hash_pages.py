@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from curation.store.base import MissingObject
+from curation.store.reader import FetchedInOrder, ImageReader, ImageRef, Source, fetch_sources
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -23,8 +26,9 @@ HASH_PAGE = 20_000
 
 
 class HashTask:
-    """Hashes a batch of (sha256, absolute path) on a worker: (sha256, hashes, None) or (sha256,
-    None, reason) per image."""
+    """Hashes a batch of (sha256, image ref) on a worker, the batch's images fetched from the store
+    together, or of (sha256, source) fetched by the driver (see :class:`FetchedInOrder`):
+    (sha256, hashes, None) or (sha256, None, reason) per image."""
 
     resource = "cpu"
 
@@ -34,22 +38,24 @@ class HashTask:
     def setup(self) -> None:
         pass
 
-    def run(self, batch: list[tuple[str, str]]) -> list[tuple[str, Any, str | None]]:
+    def run(self, batch: list[tuple[str, ImageRef | Source]]) -> list[tuple[str, Any, str | None]]:
         from curation.hashing import hash_file
 
         records: list[tuple[str, Any, str | None]] = []
-        for sha, path in batch:
+        for (sha, _), source in zip(batch, fetch_sources([item for _, item in batch]), strict=True):
             try:
-                records.append((sha, hash_file(path, orientations=self.orientations), None))
-            except FileNotFoundError:
-                records.append((sha, None, f"file missing: {path}"))
+                if isinstance(source, Exception):
+                    raise source
+                records.append((sha, hash_file(source, orientations=self.orientations), None))
+            except MissingObject as exc:
+                records.append((sha, None, str(exc)))
             except Exception as exc:  # noqa: BLE001 - any undecodable file is a per-image failure
                 records.append((sha, None, f"{type(exc).__name__}: {exc}"))
         return records
 
 
 def hash_new_images(
-    catalog: Catalog, data_dir: Path, workers: int, orientations: int, executor: Executor
+    catalog: Catalog, images: ImageReader, workers: int, orientations: int, executor: Executor
 ) -> tuple[int, int, dict[str, str]]:
     """Hash every image without hashes in ``orientations`` orientations; with 8, also add the rotated
     ones to rows hashed without them (with 2, or before revision 0004). Returns (hashed now, rows
@@ -63,7 +69,7 @@ def hash_new_images(
     total = len(page) if len(page) < HASH_PAGE else _unhashed_count(catalog, orientations)
     with tqdm(total=total, desc="hashing", unit="img", file=sys.stderr, disable=not total) as bar:
         while page:
-            page_hashed, page_completed = _hash_page(catalog, data_dir, page, workers, orientations, executor, failures)
+            page_hashed, page_completed = _hash_page(catalog, images, page, workers, orientations, executor, failures)
             hashed, completed = hashed + page_hashed, completed + page_completed
             bar.update(len(page))
             page = _unhashed_page(catalog, orientations, page[-1][0])
@@ -110,7 +116,7 @@ def _unhashed_page(catalog: Catalog, orientations: int, after: str) -> list[Any]
 
 def _hash_page(
     catalog: Catalog,
-    data_dir: Path,
+    images: ImageReader,
     page: list[Any],
     workers: int,
     orientations: int,
@@ -150,7 +156,9 @@ def _hash_page(
             if completed_rows:
                 session.execute(update(PerceptualHash), completed_rows)
 
-    items = [(sha, str((data_dir / path).absolute())) for sha, path, _ in page]
+    items: Sequence[Any] = [(sha, images.ref(path)) for sha, path, _ in page]
+    if executor.name == "local":  # forked workers: the driver fetches (obstore is not fork-safe)
+        items = FetchedInOrder(items)
     hashed = completed = 0
     with Sink(write, key=lambda record: record[0], rows=HASH_BATCH) as sink:
         for sha, hashes, error in executor.map(HashTask(orientations), items, batch_size=HASH_CHUNK, workers=workers):

@@ -16,6 +16,8 @@ from curation.dedup.rerun import cluster_new
 from curation.dedup.summary import Summary, summarise
 from curation.dedup.writes import no_statuses, status_row, write_changes, write_clusters
 from curation.errors import CurationError
+from curation.store.location import StorageOptions
+from curation.store.reader import ImageReader
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -34,14 +36,16 @@ def run_stage(
     workers: int,
     orientations: int = DEFAULT_ORIENTATIONS,
     executor: Executor | None = None,
+    images: ImageReader | None = None,
     embedding: EmbeddingSpec | None = None,
 ) -> Summary:
     """Hash new images, cluster near-duplicates (each image queried in ``orientations`` orientations,
     2 or 8), check reference sets, and write the statuses and links that changed. With the rule of
     the stored clusters, nothing rehashed and every reference set checked before, only the new
     images are searched in the stored index (:mod:`curation.dedup_index`) and only the clusters they
-    hit are read and rewritten; otherwise every image is read (and the index rebuilt). ``embedding``: the
-    embedding matcher beside the hashes (:mod:`curation.dedup.matchers`); None: the hashes alone."""
+    hit are read and rewritten; otherwise every image is read (and the index rebuilt). ``images``: the
+    image store (default: the folder ``data_dir/images``). ``embedding``: the embedding matcher beside
+    the hashes (:mod:`curation.dedup.matchers`); None: the hashes alone."""
     from curation import reference_sets
     from curation.catalog import Meta
     from curation.dedup_index import StoredIndex
@@ -54,7 +58,8 @@ def run_stage(
         from curation.engine.local import LocalExecutor
 
         executor = LocalExecutor()
-    hashed_now, rehashed, failures = hash_new_images(catalog, data_dir, workers, orientations, executor)
+    images = images or ImageReader(str(Path(data_dir).absolute() / "images"), StorageOptions.retry_seconds)
+    hashed_now, rehashed, failures = hash_new_images(catalog, images, workers, orientations, executor)
     rule = f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations"
     match = Match(max_distance, margin, orientations, rule)
     matcher = open_embedding(catalog, data_dir, embedding, executor, workers)

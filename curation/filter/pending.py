@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from curation.errors import CurationError
+from curation.store.reader import ImageReader, ImageRef
 
 
 @dataclass
@@ -15,7 +15,7 @@ class Pair:
 
     sha256: str
     wnid: str
-    path: Path
+    path: ImageRef
 
 
 def class_set(session: Any, classes_arg: str | None) -> list[str]:
@@ -94,7 +94,7 @@ def pending_page(
     wnids: list[str] | None,
     keys: list[tuple[str, str]],
     rule: str,
-    data_dir: Path,
+    images: ImageReader,
     limit: int,
     after: tuple[str, str] | None,
     since: int | None = None,
@@ -113,7 +113,7 @@ def pending_page(
         sha, wnid = after
         stmt = stmt.where(or_(Candidate.image_sha256 > sha, and_(Candidate.image_sha256 == sha, Candidate.wnid > wnid)))
     rows = session.execute(stmt.limit(limit)).all()
-    return [(Pair(sha, wnid, data_dir / path), [bool(v) for v in done]) for sha, wnid, path, *done in rows]
+    return [(Pair(sha, wnid, images.ref(path)), [bool(v) for v in done]) for sha, wnid, path, *done in rows]
 
 
 def count_pairs(

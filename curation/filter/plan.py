@@ -15,6 +15,7 @@ from curation.filter.scoring import Scored
 from curation.filter.state import record_scored_through, scored_through, unchanged_since_last_run
 from curation.filter.verdicts import update_verdicts
 from curation.filter.weights import known_weights_hash
+from curation.store.reader import ImageReader, open_reader
 
 MIN_CONFIDENCE_META = "filter:min_confidence"  # the release's datasheet reads the threshold in force
 
@@ -40,10 +41,11 @@ class Plan:
     wnids: list[str]  # the label space the argmax is over
     in_set: list[str] | None  # the classes whose downloads are scored; None: every class
     data_dir: Path
+    images: ImageReader  # the image store the images are read from
 
     @property
-    def where(self) -> tuple[list[str] | None, str, Path]:
-        return self.in_set, self.rule, self.data_dir
+    def where(self) -> tuple[list[str] | None, str, ImageReader]:
+        return self.in_set, self.rule, self.images
 
     def pending(self, session: Any, keys: list[tuple[str, str]]) -> Pending:
         """Count the pairs and the pending pairs: from the record of what is scored, only the candidates
@@ -96,7 +98,7 @@ def make_plan(args: argparse.Namespace, settings: Any, opts: FilterOptions) -> P
         wnids, sources = label_space(session, kind, args.classes)
         every_class = not kind.ood and len(wnids) == session.scalar(select(func.count()).select_from(ImageClass))
     in_set = None if every_class else sources
-    return Plan(catalog, opts, rule, min_confidence, wnids, in_set, settings.data_dir)
+    return Plan(catalog, opts, rule, min_confidence, wnids, in_set, settings.data_dir, open_reader(settings))
 
 
 def nothing_to_do(plan: Plan) -> str | None:

@@ -62,9 +62,9 @@ def _fill(catalog: Any, loaded: Any, columns: list[int] | None, rows: list[tuple
     images = list(dict.fromkeys(sha for _, sha, _, _ in rows))
     position = {sha: k for k, sha in enumerate(images)}
     paths = {sha: catalog_path for _, sha, _, catalog_path in rows}
-    data_dir = pipeline.pop("data_dir")
+    reader = pipeline.pop("images")
     logits = None
-    for part in iter_logits(loaded, [data_dir / paths[sha] for sha in images], chunk_size=len(images), **pipeline):
+    for part in iter_logits(loaded, [reader.ref(paths[sha]) for sha in images], chunk_size=len(images), **pipeline):
         logits = part.logits if logits is None else logits  # one chunk: chunk_size covers every image
     index_of = {wnid: i for i, wnid in enumerate(loaded.label_wnids)}
     targets = [index_of.get(wnid, -1) for _, _, wnid, _ in rows]
@@ -101,7 +101,7 @@ def rescore(scorer: Any) -> int:
                 rows = _page(session, loaded, plan.rule, after)
             if not rows:
                 break
-            pipeline = {**scorer.pipeline, "data_dir": plan.data_dir}
+            pipeline = {**scorer.pipeline, "images": plan.images}
             filled += _fill(plan.catalog, loaded, columns if restricted else None, rows, pipeline)
             after = rows[-1][0]
     with plan.catalog.session() as session:

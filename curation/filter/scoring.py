@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from curation.engine import Task
@@ -13,6 +12,7 @@ from curation.errors import CurationError
 from curation.filter.config import FAILED
 from curation.filter.judging import judge, msp_near_threshold, own_class_scores
 from curation.filter.pending import PAGE_PAIRS, Pair, pending_page
+from curation.store.reader import ImageRef
 
 # Images per cluster batch (one decode task, one call of a model's actor): 19 MB of 224 px crops
 # between them, a GPU batch, a few seconds of CPU inference; chunks spread over the workers while
@@ -27,8 +27,9 @@ WORKER_MIN_IMAGES = 256
 
 
 class DecodeTask(Task):
-    """The filter's first stage on a cluster: a CPU worker reads, decodes and crops a batch of
-    (position, absolute path) for the model, as the local run's DataLoader workers do."""
+    """The filter's first stage on a cluster: a CPU worker reads (from the image store, with the node's
+    own credentials), decodes and crops a batch of (position, image ref) for the model, as the local
+    run's DataLoader workers do."""
 
     def __init__(self, data_config: dict) -> None:
         self.data_config = data_config
@@ -84,11 +85,11 @@ class ScoreTask(Task):
 
 
 def cluster_logits(
-    cluster: Any, decode: DecodeTask, score: ScoreTask, paths: list[Path], chunk: int, bar: Any
+    cluster: Any, decode: DecodeTask, score: ScoreTask, paths: list[ImageRef], chunk: int, bar: Any
 ) -> Iterator[Any]:
     """Chunks of logits from a cluster, in the order they finish: decoded by CPU tasks, scored by
     the model's actors."""
-    items = [(position, str(path.absolute())) for position, path in enumerate(paths)]
+    items = list(enumerate(paths))
     for part in cluster.pipeline(decode, score, items, batch_size=chunk, workers=1):
         bar.update(len(part.logits))
         yield part
@@ -219,12 +220,12 @@ def score_pages(
     """Score pending pairs one page of at most PAGE_PAIRS at a time, each pair by the models that have
     not scored it. ``pages`` is (pairs to score, None: until none is pending; pairs expected, for the
     progress bar; the downloads sequence value after which candidates count, None: all); ``where`` is
-    (class set or None, rule, data dir), ``scoring`` (pipeline, chunk, MSP threshold or None), ``tasks``
+    (class set or None, rule, image reader), ``scoring`` (pipeline, chunk, MSP threshold or None), ``tasks``
     each model's cluster task (None: local). ``stop()``, asked after each committed chunk, ends the run
     there. ``stores``: each model's feature store or None."""
     from tqdm import tqdm
 
-    wnids, rule, data_dir = where
+    wnids, rule, images = where
     stores = stores or [None] * len(models)
     pipeline, chunk, min_confidence = scoring
     keys = [(loaded.name, loaded.weights_hash) for loaded, _ in models]
@@ -237,7 +238,7 @@ def score_pages(
         while todo is None or scored.pairs < todo:
             limit = PAGE_PAIRS if todo is None else min(PAGE_PAIRS, todo - scored.pairs)
             with catalog.session() as session:
-                page = pending_page(session, wnids, keys, rule, data_dir, limit, after, since)
+                page = pending_page(session, wnids, keys, rule, images, limit, after, since)
             if not page:
                 break
             done: set[tuple[str, str]] = set()

@@ -26,6 +26,10 @@ class StoreError(CurationError):
         self.url = url
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickles as its url and reason (it crosses to decode workers and back from them)."""
+        return type(self), (self.url, self.reason)
+
 
 class MissingObject(StoreError):
     """A key that should be in the store is not."""
