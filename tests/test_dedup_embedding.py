@@ -1,12 +1,14 @@
 """The embedding matcher (issue 25): proposals by EfficientNet-Lite0 features, proved by the geometric
-verifier; features reused from the filter; reference embedding that resumes after kill -9."""
+verifier; features reused from the filter; reference embedding that resumes after kill -9.
+
+Cheap by sharing: one data folder holds the reference photos' and the crawl copies' features for both
+catalogs (SQLite and PostgreSQL), so the second embeds nothing; the filter runs in this process; the
+kill -9 case forks its child from this process (no second torch start-up) and resumes here."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from curation.features import FeatureStore
 from tests.test_dedup import add_image, jpeg
 
 VAL = Path(__file__).resolve().parents[2] / "shared" / "images" / "imagenet_val"
-REFERENCE = sorted(VAL.glob("ILSVRC2012_val_000*.JPEG"))[:10]  # ten 227x227 photos
+REFERENCE = sorted(VAL.glob("ILSVRC2012_val_000*.JPEG"))[:8]  # eight 227x227 photos
 MONARCHS = ("ILSVRC2012_val_00012557.JPEG", "ILSVRC2012_val_00014310.JPEG")  # distinct, cos 0.86 (notes)
 
 
@@ -56,124 +58,138 @@ def _links(catalog: cat.Catalog) -> list[cat.DuplicateLink]:
         return list(session.scalars(select(cat.DuplicateLink)))
 
 
-def test_cropped_padded_and_screenshot_copies_of_a_reference_photo_are_leaked_by_a_proved_link(
-    catalog_url, tmp_path, lite0_checkpoint
-):
-    from curation.dedup.embeddings import open_embedder
-    from curation.dedup.ref_embed import embed_reference
-
-    catalog = cat.open_catalog(catalog_url)
-    refs = tmp_path / "refs"
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, bytes]]:
+    """(data folder shared by both catalogs, reference photo folder, the copies' JPEG bytes)."""
+    root = tmp_path_factory.mktemp("embedding")
+    refs = root / "refs"
     refs.mkdir()
     for path in REFERENCE:
         (refs / path.name).write_bytes(path.read_bytes())
-    reference_sets.add_folder(catalog, tmp_path, "val10", refs, workers=1)
+    return root / "data", refs, {name: jpeg(img) for name, img in _edits(REFERENCE[3]).items()}
+
+
+def test_copies_of_a_reference_photo_are_leaked_by_proved_links_and_a_refused_pair_stays_apart(
+    catalog_url, shared, lite0_checkpoint
+):
+    """Crop/pad/screenshot copies -> leaked by embed+orb links with scores; two distinct monarchs
+    (each other's nearest neighbour, cos 0.86) are proposed, refused, and never joined."""
+    from curation.dedup.embeddings import open_embedder
+    from curation.dedup.ref_embed import embed_reference
+
+    data_dir, refs, edits = shared
+    data_dir.mkdir(exist_ok=True)
+    catalog = cat.open_catalog(catalog_url)
+    reference_sets.add_folder(catalog, data_dir, "val8", refs, workers=1)
     embedder = open_embedder(catalog, _spec(lite0_checkpoint))
-    assert embed_reference(catalog, tmp_path, "val10", embedder, None)[:2] == (10, 10)
+    items, computed, unreadable = embed_reference(catalog, data_dir, "val8", embedder, None)
+    assert items == 8 and unreadable == 0 and computed in (0, 8)  # 0: the other catalog's run embedded them
     with catalog.session() as session:
-        copies = {name: add_image(session, tmp_path, jpeg(img)) for name, img in _edits(REFERENCE[3]).items()}
-        other = add_image(session, tmp_path, (VAL / MONARCHS[0]).read_bytes())
-    summary = _dedup(catalog, tmp_path, lite0_checkpoint, ["val10"])
+        assert session.get(cat.ReferenceSet, "val8").embed_count == 8
+        copies = {name: add_image(session, data_dir, data) for name, data in edits.items()}
+        a, b = (add_image(session, data_dir, (VAL / name).read_bytes()) for name in MONARCHS)
+    summary = _dedup(catalog, data_dir, lite0_checkpoint, ["val8"])
     assert "matchers: hash + embedding tf_efficientnet_lite0@" in summary.line()
-    by_sha = {link.sha256: link for link in _links(catalog) if link.reference == "val10"}
+    links = _links(catalog)
+    by_sha = {link.sha256: link for link in links if link.reference == "val8"}
     for name, sha in copies.items():
         link = by_sha.get(sha)
         assert link is not None, f"{name} copy not linked"
         assert link.other == REFERENCE[3].name and link.hash_kind.startswith("embed+") and link.score >= 40, name
     with catalog.session() as session:
         assert {session.get(cat.DedupStatus, sha).status for sha in copies.values()} == {cat.LEAKED}
-        assert session.get(cat.DedupStatus, other).status == cat.REPRESENTATIVE
+        rows = [session.get(cat.DedupStatus, sha) for sha in (a, b)]
+        possible = list(session.scalars(select(cat.PossibleCopy)))
     # The copies are proved copies of each other too: one cluster, leaked as a whole.
     assert summary.leaked == 3
-
-
-def test_a_proposal_that_fails_verification_never_joins_two_clusters(tmp_path, lite0_checkpoint):
-    catalog = cat.open_catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    with catalog.session() as session:
-        a, b = (add_image(session, tmp_path, (VAL / name).read_bytes()) for name in MONARCHS)
-    _dedup(catalog, tmp_path, lite0_checkpoint)
-    with catalog.session() as session:
-        rows = [session.get(cat.DedupStatus, sha) for sha in (a, b)]
-        assert [row.status for row in rows] == [cat.REPRESENTATIVE] * 2 and rows[0].cluster_id is None
-        possible = list(session.scalars(select(cat.PossibleCopy)))
-    assert not _links(catalog)
-    # Proposed (the two monarchs are each other's nearest neighbour) and refused or left for review.
-    assert all({p.sha256, p.other} == {a, b} and p.kind.startswith("embed+orb") for p in possible)
+    # The monarchs: proposed, then refused or left for review; never a link, never a cluster.
+    assert [row.status for row in rows] == [cat.REPRESENTATIVE] * 2
+    assert rows[0].cluster_id is None and rows[1].cluster_id is None
+    assert not [link for link in links if {link.sha256, link.other} & {a, b}]
+    assert all(p.kind.startswith("embed+orb") for p in possible if {p.sha256, p.other} & {a, b})
+    assert summary.images == 5
 
 
 def test_features_the_filter_wrote_are_reused_without_a_second_forward(tmp_path, lite0_checkpoint, monkeypatch):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
-    env.update({"CURATION_DB": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "CURATION_DATA_DIR": str(tmp_path)})
+    from curation import inference
+    from curation.cli import main
+    from curation.filter.weights import known_weights_hash
     from tests.test_filter import _val_folder
 
-    folder = _val_folder(tmp_path / "photos", 6)
-    cli = [sys.executable, "-m", "curation"]
-    crawl = subprocess.run([*cli, "crawl", "--folder", str(folder)], env=env, capture_output=True, text=True)
-    assert crawl.returncode == 0, crawl.stderr
+    for key in [k for k in os.environ if k.startswith("CURATION_")]:
+        monkeypatch.delenv(key)
+    db = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    common = ["--db", db, "--data-dir", str(tmp_path)]
+    assert main([*common, "crawl", "--folder", str(_val_folder(tmp_path / "photos", 4))]) == 0
     model = ["--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--device", "cpu"]
-    filtered = subprocess.run([*cli, "filter", *model], env=env, capture_output=True, text=True)
-    assert filtered.returncode == 0, filtered.stderr
-    catalog = cat.open_catalog(env["CURATION_DB"])
+    assert main([*common, "filter", *model]) == 0
+    catalog = cat.open_catalog(db)
     with catalog.session() as session:
         shas = list(session.scalars(select(cat.Image.sha256)))
-    from curation.filter.weights import known_weights_hash
-
-    with catalog.session() as session:
         weights = known_weights_hash(session, "tf_efficientnet_lite0", str(lite0_checkpoint))
     assert FeatureStore(tmp_path, "tf_efficientnet_lite0", weights).has(shas).all()
-    from curation import inference
-
     forwards = []
     monkeypatch.setattr(inference, "iter_logits", lambda *a, **k: forwards.append(a) or iter(()))
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: forwards.append(a))
     summary = _dedup(catalog, tmp_path, lite0_checkpoint)
-    assert forwards == [] and summary.embedded_now == 0 and summary.images == len(shas) == 6
+    assert forwards == [] and summary.embedded_now == 0 and summary.images == len(shas) == 4
+
+
+def _embed_then_die_slowly(db: str, data_dir: Path, embedder) -> None:
+    """The forked child: ``reference add``'s embedding, two images a committed segment, 0.5 s after
+    each (so the parent's kill -9 lands mid-run); never returns into pytest."""
+    try:
+        import torch
+
+        from curation.dedup import embeddings
+        from curation.dedup.ref_embed import embed_reference
+
+        torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
+        embeddings.EMBED_CHUNK = 2
+        append = FeatureStore.append
+        FeatureStore.append = lambda self, *a: (append(self, *a), time.sleep(0.5))[0]
+        embed_reference(cat.open_catalog(db), data_dir, "r", embedder, None)
+    finally:
+        os._exit(0)
 
 
 def test_reference_add_embedding_resumes_after_kill_9(tmp_path, lite0_checkpoint):
+    """A forked child (torch already imported: no second start-up) embeds two images a segment and is
+    killed with SIGKILL after two segments; a new run here computes only the rest."""
+    from curation.dedup.embeddings import open_embedder
+    from curation.dedup.ref_embed import embed_reference
+
     refs = tmp_path / "refs"
     refs.mkdir()
-    for path in sorted(VAL.glob("*.JPEG"))[:24]:
+    for path in sorted(VAL.glob("*.JPEG"))[:12]:
         (refs / path.name).write_bytes(path.read_bytes())
     db = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    script = f"""
-import sys, time
-from pathlib import Path
-from curation import catalog as cat, reference_sets
-from curation.dedup import embeddings
-from curation.dedup.config import EmbeddingSpec
-from curation.dedup.ref_embed import embed_reference
-embeddings.EMBED_CHUNK = 4
-catalog = cat.open_catalog({db!r})
-reference_sets.add_folder(catalog, Path({str(tmp_path)!r}), "r", Path({str(refs)!r}), workers=1)
-embedder = embeddings.open_embedder(catalog, EmbeddingSpec("tf_efficientnet_lite0", {str(lite0_checkpoint)!r}))
-if sys.argv[1] == "slow":
-    from curation.features import FeatureStore
-    append = FeatureStore.append
-    FeatureStore.append = lambda self, *a: (append(self, *a), time.sleep(0.5))[0]
-print(embed_reference(catalog, Path({str(tmp_path)!r}), "r", embedder, None), flush=True)
-"""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
-    first = subprocess.Popen([sys.executable, "-c", script, "slow"], env=env, stdout=subprocess.PIPE, text=True)
+    catalog = cat.open_catalog(db)
+    reference_sets.add_folder(catalog, tmp_path, "r", refs, workers=1)
+    embedder = open_embedder(catalog, _spec(lite0_checkpoint), load=True)
+    catalog.engine.dispose()  # no connection crosses the fork
+    pid = os.fork()
+    if pid == 0:
+        _embed_then_die_slowly(db, tmp_path, embedder)
     folder = tmp_path / "references" / "r" / "features"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while len(list(folder.glob("*/seg-*.keys.npy"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    done = 4 * len(list(folder.glob("*/seg-*.keys.npy")))
-    assert 8 <= done < 24
-    second = subprocess.run([sys.executable, "-c", script, "fast"], env=env, capture_output=True, text=True)
-    assert second.returncode == 0, second.stderr
-    assert second.stdout.strip() == f"(24, {24 - done}, 0)"  # only what the killed run had not stored
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            pytest.fail("the embedding child ended before it was killed")
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
+    done = 2 * len(list(folder.glob("*/seg-*.keys.npy")))
+    assert 4 <= done < 12
+    assert embed_reference(catalog, tmp_path, "r", embedder, None) == (12, 12 - done, 0)  # only the rest
     vectors = np.load(next(folder.glob("*/vectors.npy")))
-    assert vectors.shape == (24, 1280) and np.all(np.abs(np.linalg.norm(vectors.astype(np.float32), axis=1) - 1) < 1e-2)
+    assert vectors.shape == (12, 1280) and np.all(np.abs(np.linalg.norm(vectors.astype(np.float32), axis=1) - 1) < 1e-2)
 
 
-@pytest.mark.parametrize("n", [3])
-def test_feature_store_appends_only_new_keys_and_survives_a_half_written_segment(tmp_path, n):
+def test_feature_store_appends_only_new_keys_and_survives_a_half_written_segment(tmp_path):
     store = FeatureStore(tmp_path, "m", "abc")
-    shas = [f"{i:064x}" for i in range(n)]
-    assert store.append(shas, np.eye(n, 4, dtype=np.float32)) == n
+    shas = [f"{i:064x}" for i in range(3)]
+    assert store.append(shas, np.eye(3, 4, dtype=np.float32)) == 3
     assert store.append(shas[:1] + [f"{9:064x}"], np.ones((2, 4), np.float32)) == 1
     (store.folder / "seg-000003.vec.npy").write_bytes(b"half")  # a writer killed before its keys file
     found, vectors = FeatureStore(tmp_path, "m", "abc").get([shas[1], f"{7:064x}"])
