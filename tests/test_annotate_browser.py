@@ -57,6 +57,7 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
         expect(page.locator(".who")).to_contain_text("alice")
         expect(page.locator("#wnid")).to_have_text(q[0][1])
         expect(page.locator("#title")).to_have_text(shown[0]["title"])
+        expect(page.locator("#estimate-basis")).to_contain_text("accepts left: no estimate yet; basis:")
         preload = {f"{base}/image/{sha}" for sha, _ in q[1:4]}  # the next three are fetched ahead
         for _ in range(100):
             if preload <= set(requests_seen):
@@ -230,6 +231,8 @@ def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
         }
         assert votes(catalog) == by_keys
         expect(page.locator("#remaining")).to_have_text("56")
+        expect(page.locator("#estimate-basis")).to_contain_text("accepts left:")
+        expect(page.locator("#estimate-basis")).to_contain_text("basis:")
         bob.keyboard.press("Enter")  # a stale page: nothing of it recorded, and bob is told why
         expect(bob.locator("#flash")).to_contain_text("saved 0 verdicts; 8 already finished by other reviewers")
         assert votes(catalog) == by_keys

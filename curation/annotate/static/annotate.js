@@ -66,9 +66,9 @@
         if (data.items.length < limit) exhausted = true;
         left = data.remaining;
         votesAtCount = counted;
-        const est = data.estimated_remaining_accepts;
-        $("estimate").textContent = est == null ? "" : " · ~" + est + " accepts left";
-        $("estimate").title = data.estimate.basis;
+        const estimate = window.reviewEstimate(data);
+        $("estimate").textContent = estimate.short;
+        $("estimate-basis").textContent = estimate.line;
       } catch (err) {
         flash("could not load more images (" + err.message + "); press → to retry");
       } finally {

@@ -152,9 +152,9 @@
 
   function counts(answer) {
     $("remaining").textContent = String(answer.remaining);
-    const est = answer.estimated_remaining_accepts;
-    $("estimate").textContent = est == null ? "" : " · ~" + est + " accepts left";
-    $("estimate").title = answer.estimate ? answer.estimate.basis : "";
+    const estimate = window.reviewEstimate(answer);
+    $("estimate").textContent = estimate.short;
+    $("estimate-basis").textContent = estimate.line;
   }
 
   async function load() {
