@@ -33,7 +33,7 @@ def crawled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Image.open(photos[0]) as im:
         im.save(folder / f"{photos[1].stem}_copy.jpg", quality=80)  # same wrong class as photo 0
     assert (
-        main(["--db", str(root / "crawl.sqlite"), "--data-dir", str(root / "file"), "crawl", "--folder", str(folder)])
+        main(["--db", str(root / "local.sqlite"), "--data-dir", str(root / "file"), "crawl", "--folder", str(folder)])
         == 0
     )
     return root
@@ -46,12 +46,6 @@ def _stages(db: Path, data_dir: Path, checkpoint: Path, release_to: str) -> None
     assert main([*common, "dedup"]) == 0
     _accept_everything(db)
     assert main([*common, "release", release_to]) == 0
-
-
-def _copy_db(source: Path, target: Path) -> None:
-    """A copy of an SQLite catalog with what its write-ahead log holds."""
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
 
 
 def _accept_everything(db: Path) -> None:
@@ -72,26 +66,31 @@ def _rows(db: Path, sql: str) -> list[tuple]:
         con.close()
 
 
+IMAGES = "SELECT path, sha256, width, height, format, bytes FROM images"
+CANDIDATES = "SELECT wnid, source, url, status, image_sha256 FROM candidates"
 VERDICTS = "SELECT sha256, wnid, kept FROM filter_verdicts"
 CLUSTERS = "SELECT sha256, status, cluster_id, label_conflict FROM dedup_status"
 
 
 def test_s3_store_gives_the_file_store_results(crawled, s3_env, lite0_checkpoint, monkeypatch, capsys):
-    from curation.store import open_store
-    from curation.store.cli import copy_store
+    """The same folder crawled into s3:// then filter, dedup and release: the same rows, verdicts,
+    clusters and a byte-identical archive as the run on file:// (the module's crawl)."""
+    from curation.store import open_store, sha_of_key
 
     local_db, s3_db = crawled / "local.sqlite", crawled / "s3.sqlite"
-    _copy_db(crawled / "crawl.sqlite", local_db)
-    _copy_db(crawled / "crawl.sqlite", s3_db)
     s3 = open_store(f"s3://images/{crawled.name}/images")
-    counts, refused = copy_store(open_store(str(crawled / "file" / "images")), s3)
-    assert counts["copied"] == N_PHOTOS + 1 and not refused
-
-    _stages(local_db, crawled / "file", lite0_checkpoint, str(crawled / "out"))
     monkeypatch.setenv("CURATION_STORAGE_IMAGES", s3.url)
-    capsys.readouterr()
+    s3_run = ["--db", str(s3_db), "--data-dir", str(crawled / "s3-data")]
+    assert main([*s3_run, "crawl", "--folder", str(crawled / "photos")]) == 0
+    assert sorted(key for key, _ in s3.list() if sha_of_key(key)) == sorted(
+        p[len("images/") :] for p, *_ in _rows(s3_db, IMAGES)
+    )
+    assert _rows(local_db, IMAGES) == _rows(s3_db, IMAGES) and _rows(local_db, CANDIDATES) == _rows(s3_db, CANDIDATES)
+
     _stages(s3_db, crawled / "s3-data", lite0_checkpoint, f"s3://images/{crawled.name}/releases")
-    assert not (crawled / "s3-data" / "images").exists()  # every image came from the object store
+    assert not (crawled / "s3-data" / "images").exists()  # every image went to and came from the object store
+    monkeypatch.delenv("CURATION_STORAGE_IMAGES")
+    _stages(local_db, crawled / "file", lite0_checkpoint, str(crawled / "out"))
 
     verdicts = _rows(local_db, VERDICTS)
     assert verdicts == _rows(s3_db, VERDICTS) and sum(kept for *_, kept in verdicts) >= 4
@@ -109,6 +108,7 @@ def test_s3_store_gives_the_file_store_results(crawled, s3_env, lite0_checkpoint
     # A released image deleted from the store: the next release records it as failed, the rest goes out.
     gone = next(key for key, _ in s3.list() if key.endswith(".jpg") and _released(s3_db, key))
     s3.delete(gone)
+    monkeypatch.setenv("CURATION_STORAGE_IMAGES", s3.url)
     capsys.readouterr()
     common = ["--db", str(s3_db), "--data-dir", str(crawled / "s3-data")]
     assert main([*common, "release", str(crawled / "again")]) == 0
@@ -124,8 +124,8 @@ def _released(db: Path, key: str) -> bool:
 
 
 def test_missing_object_is_the_images_failure(crawled, s3_env, lite0_checkpoint):
-    """Read through refs: the filter's loader (in a DataLoader worker) and dedup's hashing record a
-    missing object as that image's failure, with its key."""
+    """Read through refs: the filter's loader (bytes fetched in this process, decoded in a DataLoader
+    worker) and dedup's hashing record a missing object as that image's failure, with its key."""
     from curation.dedup.hash_pages import HashTask
     from curation.inference import load_model, predict_logits
     from curation.store import open_store
@@ -156,14 +156,14 @@ def test_missing_object_is_the_images_failure(crawled, s3_env, lite0_checkpoint)
 
 def test_unreachable_store_is_one_line(crawled, s3_env, lite0_checkpoint, monkeypatch, capsys):
     """A server that is down: every reading stage stops with one line before any work; the filter's
-    loader, when the store goes away under it, stops with one line too (not a worker's traceback)."""
+    loader, when the store goes away under it, stops with one line too."""
     from curation.inference import load_model, predict_logits
     from curation.store.reader import ImageReader, ReadFailed
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("CURATION_STORAGE_IMAGES", "s3://images/down")
     monkeypatch.setenv("CURATION_STORAGE_RETRY_SECONDS", "0.5")
-    common = ["--db", str(crawled / "crawl.sqlite"), "--data-dir", str(crawled / "down")]
+    common = ["--db", str(crawled / "local.sqlite"), "--data-dir", str(crawled / "down")]
     for stage in (["dedup"], ["release", str(crawled / "down-out")]):
         capsys.readouterr()
         assert main([*common, *stage]) == 1

@@ -40,14 +40,7 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 class ReadFailed(CurationError):
-    """A store error that stops the stage (not a missing object). Built from one line, so that it also
-    survives a DataLoader worker, which re-raises ``type(exc)(message with the worker's traceback)``."""
-
-    def __init__(self, message: str) -> None:
-        if "Original Traceback" in message:  # torch's wrapper: the line that matters is the last one
-            last = message.rstrip().splitlines()[-1]
-            message = last.split(": ", 1)[1] if ": " in last else last
-        super().__init__(message)
+    """A store error that stops the stage (server down, access denied; not a missing object)."""
 
 
 @dataclass(frozen=True)
