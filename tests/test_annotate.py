@@ -601,6 +601,8 @@ def test_serve_prints_the_url_and_serves_the_page(review, tmp_path, run_cli):
         assert "annotator <b>alice</b> · 3 votes per image" in page.text
         assert f"{len(review.queue)}</b> left" in page.text
         assert session_secret(review.open()) != before  # --new-secret replaced it before serving
+        grid = line.split("grid pages: ")[1].split(";")[0]
+        assert grid == url + "grid" and 'id="grid"' in client().get(grid, timeout=30).text
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -122,8 +122,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise CurationError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{server.server_port}/" + (f"?token={token}" if token else "")
-    print(f"annotate: review page at {url} (Ctrl-C to stop)", flush=True)
+    base, query = f"http://{host}:{server.server_port}/", (f"?token={token}" if token else "")
+    print(f"annotate: review page at {base + query} (grid pages: {base}grid{query}; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
