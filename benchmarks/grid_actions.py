@@ -98,7 +98,7 @@ def grid_run(page, base: str, pages: int, rate: float, rng: random.Random, route
     actions = 0
     page.goto(f"{base}/grid?annotator={route}")
     for _ in range(pages):
-        expect(page.locator("body")).to_have_attribute("data-pending", "0")
+        expect(page.locator("body")).to_have_attribute("data-pending", "0", timeout=60_000)
         ids = [thumbs.nth(i).get_attribute("data-id") for i in range(thumbs.count())]
         if not ids:
             break
@@ -126,7 +126,9 @@ def grid_run(page, base: str, pages: int, rate: float, rng: random.Random, route
                 at = i
             page.keyboard.press("Enter")
         actions += 1
-        expect(page.locator("body")).to_have_attribute("data-pending", "0")  # saved, and the next page shown
+        expect(page.locator("body")).to_have_attribute(
+            "data-pending", "0", timeout=60_000
+        )  # saved, and the next page shown
     return actions, truth
 
 
@@ -164,7 +166,7 @@ def single_run(page, base: str, wnid: str, rate: float, rng: random.Random) -> t
         truth[f"{sha}:{wnid}"] = "wrong_class" if rng.random() < rate else "accept"
         page.keyboard.press("a" if truth[f"{sha}:{wnid}"] == "accept" else "w")
         expect(page.locator("#remaining")).to_have_text(str(left - k))
-    expect(page.locator("body")).to_have_attribute("data-pending", "0")
+    expect(page.locator("body")).to_have_attribute("data-pending", "0", timeout=60_000)
     return left, truth
 
 

@@ -66,8 +66,9 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
         assert preload <= set(requests_seen)
 
         def settle() -> None:
-            # every vote and undo answered (wait_for_function would need eval, which the CSP forbids)
-            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            # every vote and undo answered (wait_for_function would need eval, which the CSP forbids);
+            # a decision can wait behind a page fetch, whose first model fit imports scikit-learn
+            expect(page.locator("body")).to_have_attribute("data-pending", "0", timeout=30_000)
 
         kb = page.keyboard
         kb.press("a")  # q0 accept
