@@ -207,6 +207,7 @@
     let gone = 0;
     try {
       for (let round = 0; todo.length && round < 3; round++) {
+        if (round) await new Promise((resolve) => setTimeout(resolve, 500 * round)); // busy: wait, resend
         const answer = await call("/api/v1/decisions", { decisions: todo });
         const retry = [];
         for (const e of answer.errors) {
@@ -308,7 +309,7 @@
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement) return;
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     let handled = true;
-    if (busy || e.repeat) { e.preventDefault(); return; }
+    if (busy || (e.repeat && !key.startsWith("Arrow"))) { e.preventDefault(); return; } // held arrows move on
     if (key === "ArrowRight") setFocus(focus + 1);
     else if (key === "ArrowLeft") setFocus(focus - 1);
     else if (key === "ArrowDown" && !viewing) setFocus(focus + columns());
