@@ -162,7 +162,7 @@
     $("current").textContent = mine ? "your verdict: " + LABELS[mine] + " (press a key to change it)" : "";
     $("note").value = it.note || "";
     preload();
-    if (items.length - pos <= PRELOAD + 2) fetchMore();
+    if (items.length - pos <= boot.batch / 2) fetchMore(); // half a batch ahead: a slow answer never stalls
   }
 
   function status() {
