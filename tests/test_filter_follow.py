@@ -142,14 +142,16 @@ def test_follow_beside_a_crawl_scores_every_pair_once_and_ends_with_it(tmp_path,
             [sys.executable, "-m", "curation", "--config", str(tmp_path / "curation.toml"), "crawl", "--urls",
              str(listing)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        scored_during_crawl = 0
+        scored_while_storing = 0  # pairs scored at a moment the crawl had not yet stored all n images
         while crawl.poll() is None:
-            scored_during_crawl = _count(tmp_path, "SELECT count(*) FROM predictions")
+            scored = _count(tmp_path, "SELECT count(*) FROM predictions")
+            if _count(tmp_path, "SELECT count(*) FROM candidates WHERE status = 'downloaded'") < n:
+                scored_while_storing = max(scored_while_storing, scored)
             time.sleep(0.2)
         assert crawl.returncode == 0, crawl.stderr.read()
         out, err = follower.communicate(timeout=120)  # ends by itself
     assert follower.returncode == 0, err
-    assert 0 < scored_during_crawl < n  # it scored while the crawl was still storing
+    assert 0 < scored_while_storing < n  # it scored while the crawl was still storing
     assert "until the crawl ended" in out and f"scored {n} image(s) ({n} pair(s)" in out
     with _db(tmp_path) as con:
         pairs = con.execute("SELECT DISTINCT image_sha256, wnid FROM candidates WHERE status = 'downloaded'").fetchall()
