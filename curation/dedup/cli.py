@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
     opts = options.resolve(DedupOptions, settings, args)
     with open_executor(settings, settings.data_dir) as executor:
-        images = open_reader(settings)  # an object store is preflighted before any image is read
+        images = open_reader(settings, cluster=executor)  # an object store: preflighted here and on each node
         catalog = open_catalog(settings.db_url)
         summary = run_stage(
             catalog,

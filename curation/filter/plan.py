@@ -84,8 +84,9 @@ class Plan:
         )
 
 
-def make_plan(args: argparse.Namespace, settings: Any, opts: FilterOptions) -> Plan:
-    """Open the catalog and resolve the rule, threshold, label space and scored classes."""
+def make_plan(args: argparse.Namespace, settings: Any, opts: FilterOptions, cluster: Any = None) -> Plan:
+    """Open the catalog and resolve the rule, threshold, label space and scored classes; check the
+    image store from here and every node of ``cluster``."""
     from sqlalchemy import func, select
 
     from curation.catalog import ImageClass, open_catalog
@@ -98,7 +99,9 @@ def make_plan(args: argparse.Namespace, settings: Any, opts: FilterOptions) -> P
         wnids, sources = label_space(session, kind, args.classes)
         every_class = not kind.ood and len(wnids) == session.scalar(select(func.count()).select_from(ImageClass))
     in_set = None if every_class else sources
-    return Plan(catalog, opts, rule, min_confidence, wnids, in_set, settings.data_dir, open_reader(settings))
+    return Plan(
+        catalog, opts, rule, min_confidence, wnids, in_set, settings.data_dir, open_reader(settings, cluster=cluster)
+    )
 
 
 def nothing_to_do(plan: Plan) -> str | None:

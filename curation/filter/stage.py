@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     started = cpu_sample()  # before torch's import and the model load: the interval that measures free cores
     cluster = open_cluster(settings, settings.data_dir)  # first: a cluster problem writes nothing
     try:
-        plan = make_plan(args, settings, opts)
+        plan = make_plan(args, settings, opts, cluster)
         if args.calibrate is None and not args.follow and not args.rescore:
             line = nothing_to_do(plan)
             if line is not None:

@@ -33,7 +33,7 @@ def open_target(url: str, name: str, force: bool, retry_seconds: float) -> Image
     """The store a release goes to, preflighted; refuses one that holds a finished release of
     ``name`` unless ``force``, and clears what a killed upload (or a forced one) replaces."""
     store = open_store(url, retry_seconds)
-    preflight(store)
+    preflight(store, "the driver")
     try:
         finished = store.exists(f"{name}.tar.gz.sha256") or store.exists(f"{name}/SHA256SUMS")
         if finished and not force:

@@ -94,18 +94,21 @@ Item = ImageRef | Path | str  # what a decoder reads: a stored image or a local 
 Source = bytes | Path | str | Exception  # its bytes (a stored image), its path (a local file) or why not
 
 
-def open_reader(settings: Any, flags: Any = None, check: bool = True) -> ImageReader:
+def open_reader(settings: Any, flags: Any = None, check: bool = True, cluster: Any = None) -> ImageReader:
     """The run's image reader from ``[storage]``; with ``check``, an object store is preflighted first
-    (write, read back and delete one object beside the images): one line and no work if that fails."""
+    (write, read back and delete one object beside the images) by this machine and every node of
+    ``cluster`` (an executor): one line naming the machine, and no work, if that fails."""
     from curation import options
     from curation.store.location import StorageOptions
-    from curation.store.preflight import preflight
+    from curation.store.preflight import preflight, preflight_nodes
 
     resolved = options.resolve(StorageOptions, settings, flags)
     reader = ImageReader(resolved.images or str(Path(settings.data_dir).absolute() / "images"), resolved.retry_seconds)
     store = reader.store  # one line now for an unknown scheme or a missing client
     if check and not store.url.startswith("file:"):
-        preflight(store)
+        preflight(store, "the driver")
+        if cluster is not None:
+            preflight_nodes(store, cluster, resolved.retry_seconds)
     return reader
 
 
