@@ -52,12 +52,14 @@ TILES: tuple[tuple[str, float, float, float, float], ...] = (
 @dataclass(frozen=True)
 class View:
     """Keypoints of one view: ``points`` (n, 2) float32 in the working frame, ``descriptors`` (n, 32)
-    uint8, and ``box`` the region of the frame the view covers, in pixels (x0, y0, x1, y1)."""
+    uint8, ``box`` the region of the frame the view covers, in pixels (x0, y0, x1, y1), and for the
+    whole-image views ``flat``: the share of flat pixels in each cell of a GRID × GRID grid over it."""
 
     name: str
     box: tuple[float, float, float, float]
     points: np.ndarray
     descriptors: np.ndarray
+    flat: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -115,11 +117,33 @@ def detect(grey: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array([kp.pt for kp in keypoints], np.float32), descriptors
 
 
-def _view(name: str, grey: np.ndarray, box: tuple[float, float, float, float], scale: float, features: int) -> View:
+def flat_cells(grey: np.ndarray) -> np.ndarray:
+    """For each GRID × GRID cell, the share of its pixels within one grey level of its two most common
+    levels. Drawn graphics - app and window chrome, text in one colour on a plain ground - are mostly
+    two levels; photographs almost never are where they have keypoints."""
+    height, width = grey.shape
+    rows = np.minimum(np.arange(height) * GRID // max(height, 1), GRID - 1)
+    cols = np.minimum(np.arange(width) * GRID // max(width, 1), GRID - 1)
+    cell = (rows[:, None] * GRID + cols[None, :]).ravel()
+    hist = np.bincount(cell * 256 + grey.ravel(), minlength=GRID * GRID * 256).reshape(GRID * GRID, 256)
+    near = hist.copy()
+    near[:, 1:] += hist[:, :-1]
+    near[:, :-1] += hist[:, 1:]
+    first = near.argmax(axis=1)
+    top = near[np.arange(len(near)), first]
+    levels = np.arange(256)[None, :]
+    second = np.where(np.abs(levels - first[:, None]) <= 2, 0, near).max(axis=1)
+    share = (top + second) / np.maximum(hist.sum(axis=1), 1)
+    return share.reshape(GRID, GRID).astype(np.float32)
+
+
+def _view(
+    name: str, grey: np.ndarray, box: tuple[float, float, float, float], scale: float, features: int, flat: bool = False
+) -> View:
     points, descriptors = detect(grey, features)
     # Back to the working frame: the view was cut at ``box`` and resized by ``scale``.
     points = points / np.float32(scale) + np.array(box[:2], np.float32)
-    return View(name, box, points.astype(np.float32), descriptors)
+    return View(name, box, points.astype(np.float32), descriptors, flat_cells(grey) if flat else None)
 
 
 def load_grey(source: str | Path | bytes, side: int) -> Image.Image:
@@ -145,8 +169,8 @@ def features_of_image(img: Image.Image) -> ImageFeatures:
     work = _resized(img, WORK_SIDE)
     height, width = work.shape
     frame = (0.0, 0.0, float(width), float(height))
-    full = _view("full", work, frame, 1.0, FULL_FEATURES)
-    mirror = _view("mirror", np.ascontiguousarray(work[:, ::-1]), frame, 1.0, FULL_FEATURES)
+    full = _view("full", work, frame, 1.0, FULL_FEATURES, flat=True)
+    mirror = _view("mirror", np.ascontiguousarray(work[:, ::-1]), frame, 1.0, FULL_FEATURES, flat=True)
     fine = _resized(img, WORK_SIDE * TILE_SCALE)
     return ImageFeatures(
         (width, height), full, mirror, _view("fine", fine, frame, fine.shape[1] / width, FINE_FEATURES)
