@@ -1,4 +1,12 @@
-"""Measure which Hamming thresholds catch edited copies of real photos without merging distinct ones.
+"""Measure which rules catch edited copies of real photos without merging distinct ones.
+
+By default: the hash rule alone, embedding proposals + geometric verification alone, and both, on
+the edit families of ``benchmarks/dedup_edits.py`` (crops, turns, pads, frames, shared overlays,
+tilt, chains, collages; ``benchmarks/dedup_matchers.py``):
+
+    .venv/bin/python benchmarks/dedup_thresholds.py [--pool 1500] [--photos 40] [--k 20] [--seed 0]
+
+With ``--sweep``, the Hamming threshold sweep below.
 
 Every photo of ``../shared/images`` gets thirteen edited copies (the kinds a crawl meets: resized,
 re-encoded at low JPEG quality, cropped by 2 % and 5 % per side, rotated by 1° and 3°,
@@ -9,7 +17,7 @@ plain hashes, so a pair matches when either of them, in one of its queried orien
 the other. For each rule and threshold the script prints the recall per edit kind, the false matches
 among the negatives, their rate per pair and the precision.
 
-    .venv/bin/python benchmarks/dedup_thresholds.py [--limit N] [--max-threshold T]
+    .venv/bin/python benchmarks/dedup_thresholds.py --sweep [--limit N] [--max-threshold T]
 """
 
 from __future__ import annotations
@@ -167,7 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos")
     parser.add_argument("--max-threshold", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true", help="the hash threshold sweep (13 edits)")
+    parser.add_argument("--pool", type=int, default=600, help="shared photos in the catalog (seeded sample)")
+    parser.add_argument("--photos", type=int, default=30, help="photos of the pool that get every edit")
+    parser.add_argument("--k", type=int, default=20, help="embedding proposals per item (top-k by cosine)")
+    parser.add_argument("--hardest", type=int, default=2000, help="closest distinct pairs by embedding to verify")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.sweep:
+        from dedup_matchers import run
+
+        return run(args.pool, args.photos, args.k, args.hardest, args.seed, args.workers, shared_photos())
 
     from tqdm import tqdm
 
