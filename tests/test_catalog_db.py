@@ -86,6 +86,8 @@ def filled_catalog(root: Path) -> str:
                                  orientation_hashes=bytes(range(96))))  # fmt: skip
         s.add(cat.DuplicateLink(sha256=sha, other="b" * 64, hash_kind="phash", distance=3))
         s.add(cat.ReferenceSet(name="imagenet_val", hash_file="refs/val.npy", count=3, complete=True))
+        s.add(cat.PossibleCopy(sha256=sha, other="val/x.JPEG", reference="imagenet_val", kind="embed+orb", score=31.5,
+                               cosine=0.71))  # fmt: skip
         s.add(cat.Annotation(sha256=sha, wnid=wnid, annotator="ann", verdict="accept", note="é ünïcode ✓"))
         release = cat.Release(name="r", version="1", out_dir="out", n_images=1, settings='{"a": 1}')
         s.add(release)
