@@ -668,17 +668,20 @@ def score_decoded(
 
 
 def _exact_logits(
-    loaded: LoadedModel, paths: Sequence[Path], batch_size: int, threads: int
+    loaded: LoadedModel, paths: Sequence[Item], batch_size: int, threads: int
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Logits on the exact path (Pillow without draft scaling, strict fp32). Decoding runs in threads
-    of this process (Pillow releases the GIL), overlapping the model, with no worker start-up."""
+    of this process (Pillow releases the GIL), overlapping the model, with no worker start-up; stored
+    images are fetched many at a time ahead of them."""
     from concurrent.futures import ThreadPoolExecutor
 
     preprocess = Preprocess(loaded.data_config, draft=False)
 
-    def read(path: Path) -> np.ndarray | str:
+    def read(source: Source) -> np.ndarray | str:
         try:
-            return preprocess(path)[0]
+            if isinstance(source, Exception):
+                raise source
+            return preprocess(source_file(source))[0]
         except Exception as exc:  # noqa: BLE001 - recorded, never fatal
             return image_error(exc)
 
@@ -693,7 +696,7 @@ def _exact_logits(
         pending.clear()
 
     with ThreadPoolExecutor(max(1, threads)) as pool, torch.inference_mode(), _strict_fp32(True):
-        for i, crop in enumerate(pool.map(read, paths)):
+        for i, crop in enumerate(pool.map(read, fetch_sources(paths))):
             if isinstance(crop, str):
                 errors[i] = crop
                 continue
