@@ -34,7 +34,7 @@ from curation.annotate.votes import MAX_NOTE, check_annotator
 from curation.catalog import Catalog, Image, Meta
 from curation.errors import CurationError
 from curation.kinds import catalog_kind
-from curation.store.base import MissingObject, StoreError
+from curation.store.base import StoreError
 from curation.store.location import StorageOptions
 from curation.store.reader import ImageReader, ReadFailed
 
@@ -292,11 +292,11 @@ def create_app(cfg: ReviewConfig) -> Flask:
             if row is None:
                 abort(404, "no such image in the catalog")
             rel_path, fmt = row.path, row.format
-        try:  # the key comes from the catalog's row; the store refuses "..", so nothing outside it is served
+        try:  # the key comes from the catalog's row; a ".." segment is no key, so nothing outside is served
             data = images.ref(rel_path).read()
-        except MissingObject:
-            abort(404, "the image is missing from the image store")
-        except (ReadFailed, StoreError):
+        except StoreError:  # missing, or a row whose path is no key
+            abort(404, "the image is not in the image store")
+        except ReadFailed:
             abort(503, "the image store cannot be read now")
         mimetype = MIME_TYPES.get((fmt or "").upper(), "application/octet-stream")
         return send_file(io.BytesIO(data), mimetype=mimetype, etag=sha256, max_age=31536000)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from curation.errors import CurationError
-from curation.store.base import ImageStore, MissingObject, StoreError
+from curation.store.base import ImageStore, MissingObject, StoreError, check_key
 
 # GETs in flight per process: obstore's get rate on SeaweedFS was measured with 16 threads (1,130/s
 # of 100 KB objects); local reads gain nothing from more.
@@ -63,8 +63,9 @@ class ImageReader:
         return store
 
     def ref(self, catalog_path: str) -> ImageRef:
-        """The stored image at the catalog's ``Image.path``."""
-        return ImageRef(self, catalog_path.removeprefix(CATALOG_PREFIX))
+        """The stored image at the catalog's ``Image.path``; StoreError for a path that is no key
+        (empty, ``.`` or ``..`` segments)."""
+        return ImageRef(self, check_key(self.url, catalog_path.removeprefix(CATALOG_PREFIX)))
 
     def get(self, key: str) -> bytes:
         """The object's bytes; MissingObject for none, ReadFailed for any other store error."""
