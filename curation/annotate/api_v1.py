@@ -1,8 +1,12 @@
 """The versioned JSON API under ``/api/v1/`` that scripts (and later the pages) drive.
 
 ``POST /api/v1/session`` names the annotator and returns the CSRF token (no HTML scraping);
-``GET /api/v1/rules`` the acceptance rule in force; ``GET /api/v1/next`` the next pairs in the
-server's order (never one the annotator already decided); ``POST /api/v1/decisions`` records a
+``GET /api/v1/rules`` the consensus rule and order in force; ``GET /api/v1/next`` the next pairs in
+the server's order (``serving.py``; never one the annotator already decided), each item with
+``served_as`` (``more_votes``, ``random``, ``ranked`` or ``hash``) and ``p_accept`` (the learned
+order's score, else null), plus ``remaining`` and ``estimated_remaining_accepts`` with its
+``estimate`` object (``interval``, ``accept_rate``, ``sampled_votes``, ``basis``: ``progress.py``);
+``POST /api/v1/decisions`` records a
 list of verdicts, each atomically (``decide.py``), answering a per-item error for bad ones;
 ``POST /api/v1/undo {"ids": [...]}`` withdraws the annotator's own verdicts on those pairs (the
 pages' undo of the last image or grid page), answering ``{"removed": n, "errors": [...]}``.

@@ -70,18 +70,19 @@ def next_page(
     serialise_pages(session)
     state = ranker.learn(session)  # O(new votes): also the random share's tally, whatever the order
     page = Page(state=state)
-    more_votes(session, page, annotator, rule, state, limit, wnid)
-    fresh = limit - len(page.pairs)
-    if fresh > 0 and order == HASH:
-        for pair in hash_order(session, annotator, fresh, wnid, after=None):
+    share = max(1, math.ceil(RANDOM_SHARE * limit)) if order == LEARNED else 0
+    more_votes(session, page, annotator, rule, state, max(limit - share, 1), wnid)
+    if order == HASH:
+        for pair in hash_order(session, annotator, limit - len(page.pairs), wnid, after=None):
             page.add(pair, "hash")
         mark_drawn(session, [p for p, how in page.how.items() if how == "hash"])
-    elif fresh > 0:
-        draws = random_draws(session, annotator, max(1, math.ceil(RANDOM_SHARE * limit)), wnid)
-        for pair in draws[:fresh]:
+    else:  # the random share first (even on a page of pairs needing votes), then the ranked window
+        for pair in random_draws(session, annotator, min(share, limit - len(page.pairs)), wnid):
             page.add(pair, "random")
         ranked(session, page, annotator, state, limit, wnid)
         mark_drawn(session, [p for p, how in page.how.items() if how == "random"])
+    if len(page.pairs) < limit:  # no fresh pair left: the page is all pairs needing votes
+        more_votes(session, page, annotator, rule, state, limit, wnid)
     if order == LEARNED:
         sweep(session, state, wnid)
     return page
