@@ -17,6 +17,7 @@ from curation import catalog as cat
 from curation.annotate import accuracy, consensus, ranker
 from curation.annotate.app import ReviewConfig
 from curation.annotate.progress import progress_line, review_progress
+from curation.annotate.votes import record_vote
 
 
 @pytest.fixture
@@ -375,7 +376,9 @@ def test_the_learned_order_serves_every_pair_with_a_random_share(tmp_path):
 def test_dynamic_consensus_asks_for_another_vote_where_two_reviewers_disagree(tmp_path):
     """Under dynamic consensus two agreeing accepts close a pair, one accept and one reject do not:
     that pair is served first to a third reviewer (as needing more votes), and never to the two who
-    voted; a reviewer cannot add a vote to a closed pair (``complete``)."""
+    voted; a reviewer cannot add a vote to a closed pair (``complete``). Review progress counts it,
+    and the release's selection holds only pairs closed as accepted, never one with only an
+    automatic accept."""
     review = widened(tmp_path)
     catalog = review.open()
     agreed, disputed = ids(review.queue[:2])
@@ -411,6 +414,15 @@ def test_dynamic_consensus_asks_for_another_vote_where_two_reviewers_disagree(tm
     assert progress["votes_per_pair"] == pytest.approx((2 + 3 * (closed - 1)) / closed if closed == 2 else 2.0)
     line = progress_line(progress)
     assert f"review: {closed} of 64 pairs reviewed" in line and "served at random" in line
+    # what a release selects (catalog.accepted_query): the pairs the rule closed as accepted, each
+    # with a human accept; an automatic accept alone (the demo's auto-accept) selects nothing
+    robot_pair = review.queue[2]
+    with catalog.session() as s:
+        record_vote(s, *robot_pair, consensus.AUTOMATIC[0], "accept")
+    with catalog.session() as s:
+        accepted = cat.accepted_pairs(s, 1)
+    assert accepted == {tuple(i.split(":")) for i, (tier, outcome) in rows.items() if outcome == "accept"}
+    assert tuple(agreed.split(":")) in accepted and robot_pair not in accepted
 
 
 def test_dynamic_consensus_never_accepts_without_a_human_accept():

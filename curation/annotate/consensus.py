@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from curation.annotate import accuracy, ranker
 from curation.annotate.auto_accept import AUTO_ACCEPT_ANNOTATOR
 from curation.catalog import CLOSED, MORE, Annotation, Meta, ReviewQueue
+from curation.catalog.queries import CONSENSUS_RULE_KEY
 
 FIXED, DYNAMIC = "fixed", "dynamic"
 CONSENSUS = (DYNAMIC, FIXED)
@@ -32,7 +33,7 @@ CONSENSUS = (DYNAMIC, FIXED)
 ACCEPT_AT, REJECT_AT = 0.98, 0.01
 MAX_VOTES = 5
 PRIOR_MIN, PRIOR_MAX = 0.02, 0.9
-RULE_KEY = "annotate:consensus-rule"  # catalog_meta: the rule that closed the CLOSED pairs
+RULE_KEY = CONSENSUS_RULE_KEY  # catalog_meta: the rule that closed the CLOSED pairs (accepted_query reads it)
 AUTOMATIC = (AUTO_ACCEPT_ANNOTATOR,)  # annotators that are not people
 
 

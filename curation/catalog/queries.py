@@ -10,8 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    and_,
+    exists,
     func,
     inspect,
+    or_,
     select,
 )
 from sqlalchemy.orm import Session
@@ -30,24 +33,35 @@ from curation.catalog.models import (
     Meta,
     Release,
     ReleaseItem,
+    ReviewQueue,
 )
 from curation.errors import CurationError
+
+# catalog_meta: the consensus rule the review server adopted ("fixed:N" or "dynamic:...").
+CONSENSUS_RULE_KEY = "annotate:consensus-rule"
 
 # --------------------------------------------------------------------------- reading helpers
 
 
 def accepted_query(votes_needed: int = 1) -> Any:
-    """SELECT (sha256, wnid) of the pairs accepted by annotation: at least a majority of
-    ``votes_needed`` accepts and more accepts than other verdicts (skips do not count). One GROUP BY
-    with HAVING over the (sha256, wnid, annotator) index: usable as a subquery."""
+    """SELECT (sha256, wnid) of the pairs accepted by annotation. Under the fixed rule: at least a
+    majority of ``votes_needed`` accepts and more accepts than other verdicts (skips do not count).
+    Once a review server adopted dynamic consensus (``CONSENSUS_RULE_KEY``): the pairs it closed as
+    accepted (``review_queue.outcome``; it closes none without a human accept), whatever the
+    majority. One GROUP BY with HAVING over the (sha256, wnid, annotator) index: usable as a subquery."""
     from sqlalchemy import case
 
     accepts = func.sum(case((Annotation.verdict == "accept", 1), else_=0))
+    dynamic = exists().where(Meta.key == CONSENSUS_RULE_KEY, Meta.value.like("dynamic%"))
+    closed_accept = exists().where(
+        ReviewQueue.sha256 == Annotation.sha256, ReviewQueue.wnid == Annotation.wnid, ReviewQueue.outcome == "accept"
+    )
+    majority = and_(accepts >= votes_needed // 2 + 1, 2 * accepts > func.count())
     return (
         select(Annotation.sha256, Annotation.wnid)
         .where(Annotation.verdict != "skip")
         .group_by(Annotation.sha256, Annotation.wnid)
-        .having(accepts >= votes_needed // 2 + 1, 2 * accepts > func.count())
+        .having(or_(and_(~dynamic, majority), and_(dynamic, closed_accept)))
     )
 
 
