@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from test_annotate import SCRIPT_TITLE, ReviewCatalog, ReviewConfig, build_review_catalog, running_server, votes_in
+from test_review_api import widened
 
 from curation import catalog as cat
 
@@ -147,19 +148,7 @@ def catalog_name(catalog: cat.Catalog, wnid: str) -> str:
 @pytest.fixture
 def classes(tmp_path: Path) -> ReviewCatalog:
     """Every queued photo under every queued photo's class: 64 pairs, 8 per class (SQLite)."""
-    built = build_review_catalog(tmp_path / "grid")
-    shas = sorted({sha for sha, _ in built.queue})
-    wnids = sorted({wnid for _, wnid in built.queue})
-    extra = [(sha, wnid) for sha in shas for wnid in wnids if (sha, wnid) not in built.queue]
-    catalog = built.open()
-    with catalog.session() as s:
-        s.execute(
-            insert(cat.FilterVerdict),
-            [{"sha256": h, "wnid": w, "kept": True, "models": "[]", "keep_rule": "all-wrong"} for h, w in extra],
-        )
-    catalog.engine.dispose()
-    built.queue = sorted(built.queue + extra)
-    return built
+    return widened(tmp_path / "grid")
 
 
 def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
