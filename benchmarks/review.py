@@ -218,7 +218,8 @@ class Reviewer:
             if pair not in seen:
                 run.served.append(pair)
                 seen.add(pair)
-        run.random_shares.append(sum(i["served_as"] in ("random", "hash") for i in items) / len(items))
+        if any(i["served_as"] != "more_votes" for i in items):  # the guard holds while fresh pairs remain
+            run.random_shares.append(sum(i["served_as"] in ("random", "hash") for i in items) / len(items))
         decisions = [{"id": i["id"], "verdict": self.vote((i["sha256"], i["wnid"]), truth)} for i in items]
         if mode == "grid":
             default = page["page"]["default_verdict"]
@@ -293,7 +294,7 @@ def order_metrics(run: Run, truth: dict, facts: dict) -> dict[str, float]:
         "r50": recall_at[0.5],
         "wss95": 1 - at95 / n - 0.05,
         "served_all": float(set(run.served) == set(truth)),
-        "random_share_min": min(run.random_shares),
+        "random_share_min": min(run.random_shares, default=float("nan")),
         "early_p_ratio": med(early, 0) / med(all_true, 0) if early else float("nan"),
         "early_conf_ratio": med(early, 1) / med(all_true, 1) if early else float("nan"),
     }
