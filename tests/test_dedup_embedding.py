@@ -194,3 +194,17 @@ def test_feature_store_appends_only_new_keys_and_survives_a_half_written_segment
     (store.folder / "seg-000003.vec.npy").write_bytes(b"half")  # a writer killed before its keys file
     found, vectors = FeatureStore(tmp_path, "m", "abc").get([shas[1], f"{7:064x}"])
     assert found.tolist() == [True, False] and vectors[0].tolist() == [0, 1, 0, 0]
+
+
+def test_feature_store_compacts_block_by_block_and_keeps_every_vector(tmp_path, monkeypatch):
+    from curation import features
+
+    monkeypatch.setattr(features, "COMPACT_AT", 3)
+    monkeypatch.setattr(features, "COMPACT_BLOCK", 2)
+    store = FeatureStore(tmp_path, "m", "abc")
+    shas = [f"{i:064x}" for i in range(7)]
+    for part in (shas[:3], shas[3:5], shas[5:]):
+        store.append(part, np.array([[int(s, 16), 1.0] for s in part], np.float32))
+    assert len(list(store.folder.glob("seg-*.keys.npy"))) == 1 and not list(store.folder.glob("*.tmp"))
+    found, vectors = FeatureStore(tmp_path, "m", "abc").get(shas[::-1])
+    assert found.all() and vectors[:, 0].tolist() == list(range(6, -1, -1))
