@@ -182,8 +182,12 @@ def test_reference_add_embedding_resumes_after_kill_9(tmp_path, lite0_checkpoint
     done = 2 * len(list(folder.glob("*/seg-*.keys.npy")))
     assert 4 <= done < 12
     assert embed_reference(catalog, tmp_path, "r", embedder, None) == (12, 12 - done, 0)  # only the rest
-    vectors = np.load(next(folder.glob("*/vectors.npy")))
+    built = next(folder.glob("*/vectors.npy"))
+    vectors = np.load(built)
     assert vectors.shape == (12, 1280) and np.all(np.abs(np.linalg.norm(vectors.astype(np.float32), axis=1) - 1) < 1e-2)
+    stamp = built.stat().st_mtime_ns
+    assert embed_reference(catalog, tmp_path, "r", embedder, None) == (12, 0, 0)  # a rerun with nothing new
+    assert built.stat().st_mtime_ns == stamp  # ... keeps the index it has
 
 
 def test_feature_store_appends_only_new_keys_and_survives_a_half_written_segment(tmp_path):

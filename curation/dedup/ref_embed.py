@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curation.dedup.embeddings import Embedder, ensure_features
-from curation.dedup.ref_index import ReferenceIndex, build, embed_dir, key_ids, reference_store
+from curation.dedup.ref_index import ReferenceIndex, build, embed_dir, is_current, key_ids, reference_store
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -47,7 +47,10 @@ def embed_reference(
         catalog, data_dir, embedder, items, executor, store=store, desc=f"embedding {name}"
     )
     folder = embed_dir(data_dir, name, embedder.spec.model, embedder.weights_hash)  # the hash may be known now
-    embedded = build(folder, hashes.keys, reference_store(data_dir, name, embedder.spec.model, embedder.weights_hash))
+    store = reference_store(data_dir, name, embedder.spec.model, embedder.weights_hash)
+    embedded = int(store.has(ids).sum())
+    if computed or not is_current(folder, hashes.keys, embedded):
+        embedded = build(folder, hashes.keys, store)
     _record(catalog, name, embedder.label, embedded)
     return len(hashes), computed, len(failed)
 

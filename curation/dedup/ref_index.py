@@ -74,10 +74,27 @@ def build(folder: Path, keys: np.ndarray, store: FeatureStore, seed: int = 0) ->
     kind = "flat"
     if len(keys) >= FLAT_BELOW:
         kind = _build_ivfpq(folder, np.load(folder / "vectors.npy", mmap_mode="r"), found, seed)
-    info = {"kind": kind, "items": len(keys), "embedded": int(found.sum())}
+    info = {"kind": kind, "items": len(keys), "embedded": int(found.sum()), "keys": keys_digest(keys)}
     (folder / "index.json.tmp").write_text(json.dumps(info))
     os.replace(folder / "index.json.tmp", folder / "index.json")
     return int(found.sum())
+
+
+def keys_digest(keys: np.ndarray) -> str:
+    """What an index was built over: the SHA-256 of its item keys in order (0.1 s at 1.28 M)."""
+    return hashlib.sha256(b"\0".join(bytes(k) for k in keys)).hexdigest()
+
+
+def is_current(folder: Path, keys: np.ndarray, embedded: int) -> bool:
+    """Whether ``folder`` holds an index of exactly these keys with ``embedded`` vectors: a rerun of
+    ``reference add`` with nothing new then skips the rebuild (minutes of training at 1.28 M)."""
+    try:
+        info = json.loads((folder / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        info.get("keys") == keys_digest(keys) and info.get("embedded") == embedded and (folder / "vectors.npy").exists()
+    )
 
 
 def _build_ivfpq(folder: Path, vectors: np.ndarray, found: np.ndarray, seed: int) -> str:
