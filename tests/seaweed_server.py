@@ -67,6 +67,11 @@ class SeaweedServer:
         (self.root / "s3.json").write_text(json.dumps({"identities": [identity]}))
         ports = free_ports(len(SERVERS))
         self.port = ports[0]
+        # Each server's gRPC unix socket: weed puts it in /tmp whatever TMPDIR says (no flag moves it).
+        self.grpc_sockets = [
+            Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock")
+            for name, port in zip(SERVERS, ports, strict=True)
+        ]
         flags = [f"-{name}.port={port}" for name, port in zip(SERVERS, ports, strict=True)]
         command = [str(binary), f"-logdir={self.root}", "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    f"-s3.config={self.root / 's3.json'}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
@@ -138,3 +143,5 @@ class SeaweedServer:
         finally:
             self.log.close()
             shutil.rmtree(self.root, ignore_errors=True)
+            for sock in self.grpc_sockets:
+                sock.unlink(missing_ok=True)
