@@ -1050,6 +1050,7 @@ def test_images_a_second_dedup_hashes_meanwhile_are_left_to_it(catalog, tmp_path
     read: the second, once it holds the lock, clusters the new copy (a status, its cluster)."""
     from curation.dedup import hash_pages
     from curation.engine.local import LocalExecutor
+    from curation.store.reader import ImageReader
 
     original, other = (p.read_bytes() for p in shared_photos()[:2])
     with catalog.session() as session:
@@ -1063,7 +1064,8 @@ def test_images_a_second_dedup_hashes_meanwhile_are_left_to_it(catalog, tmp_path
     def second_run_hashes() -> None:
         with catalog.session() as session:
             add_image(session, tmp_path, copy_bytes)
-        assert hash_pages.hash_new_images(catalog, tmp_path, 1, 2, LocalExecutor())[0] == 1
+        images = ImageReader(str(tmp_path / "images"), 60.0)
+        assert hash_pages.hash_new_images(catalog, images, 1, 2, LocalExecutor())[0] == 1
 
     with _before_the_mark(second_run_hashes) as raced:
         dedup(catalog, tmp_path)
