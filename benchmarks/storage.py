@@ -198,6 +198,46 @@ def read_runs(work: Path, envs: dict[str, dict[str, str]], args: argparse.Namesp
     return results
 
 
+def loader_runs(work: Path, envs: dict[str, dict[str, str]], args: argparse.Namespace) -> dict:
+    """The filter's input pipeline alone (Lite0, 1 decode worker, as the filter runs 400 images), in a
+    process of its own: local paths read by the worker (the loader before the store), file:// refs
+    and s3:// refs (bytes fetched in the main process), ``--rounds`` interleaved passes each."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--loader", str(work), str(args.checkpoint), str(args.rounds)],
+        env=envs["s3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if result.returncode != 0:
+        sys.exit(f"benchmark: loader part failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_loader(work: Path, checkpoint: Path, rounds: int) -> None:
+    from curation.inference import load_model, predict_logits
+    from curation.store.reader import ImageReader
+
+    loaded = load_model("tf_efficientnet_lite0", checkpoint, device="cpu")
+    paths = sorted((work / "file-data" / "images").glob("*/*/*.jpg"))
+    keys = [p.relative_to(work / "file-data" / "images").as_posix() for p in paths]
+    local, s3 = ImageReader((work / "file-data" / "images").as_uri(), 60.0), ImageReader("s3://images/bench", 60.0)
+    inputs = {
+        "paths": paths,
+        "file": [local.ref(f"images/{k}") for k in keys],
+        "s3": [s3.ref(f"images/{k}") for k in keys],
+    }
+    predict_logits(loaded, paths[:32], workers=1)  # warm-up
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in inputs}
+    for _ in range(rounds):
+        for name, items in inputs.items():
+            started, cpu = time.perf_counter(), _cpu()
+            predict_logits(loaded, items, workers=1)
+            wall = time.perf_counter() - started
+            rates[name].append((len(items) / wall, 1000 * (_cpu() - cpu) / len(items)))
+    print(json.dumps(rates))
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -207,13 +247,13 @@ def report(samples: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
         f"{args.threads} threads), filter (Lite0, CPU) and dedup of {args.n_read} photos; "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     )
-    print("| part | store | img/s, median (range) | vs file://, median (range) | client CPU-ms/img, median |")
+    print("| part | store | img/s, median (range) | vs file:// (loader: paths), median (range) | client CPU-ms/img |")
     print("|---|---|---|---|---|")
-    for part in PARTS:
+    for part in (*PARTS, "loader"):
         if not samples.get(part):
             continue
-        base = [rate for rate, _ in samples[part]["file"]]
-        for store in STORES:
+        base = [rate for rate, _ in samples[part]["paths" if part == "loader" else "file"]]
+        for store in samples[part]:
             rates = [rate for rate, _ in samples[part][store]]
             cpus = [cpu for _, cpu in samples[part][store]]
             ratios = [r / b for r, b in zip(rates, base, strict=True)]
@@ -221,6 +261,10 @@ def report(samples: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
                 f"| {part} | {store} | {_spread(rates, '.1f')} | {_spread(ratios, '.2f')}x | "
                 f"{statistics.median(cpus):.2f} |"
             )
+        if "s3+30ms" in samples[part]:
+            delayed = [r / s for (r, _), (s, _) in zip(samples[part]["s3+30ms"], samples[part]["s3"], strict=True)]
+            print(f"|   | s3+30ms vs s3 | | {_spread(delayed, '.2f')}x | |")
+    print(json.dumps(samples))  # every run, for the record
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -234,7 +278,7 @@ def main() -> None:
     parser.add_argument("--n-crawl", type=int, default=1000, help="URLs per crawl run (default 1000)")
     parser.add_argument("--threads", type=int, default=16, help="crawl concurrency (default 16)")
     parser.add_argument("--delay", type=float, default=0.03, help="round trip the proxy adds, s (default 0.03)")
-    parser.add_argument("--parts", default="crawl,read", help="crawl, read or both (default)")
+    parser.add_argument("--parts", default="crawl,read,loader", help="crawl, read, loader (default: all)")
     args = parser.parse_args()
     from crawl import ImageServer, class_wnids
 
@@ -252,7 +296,7 @@ def main() -> None:
     try:
         envs = environments(server, proxy_port, work)
         args.wnids, args.image_base = class_wnids(), hosts.base
-        if "read" in args.parts:
+        if "read" in args.parts or "loader" in args.parts:
             args.checkpoint = write_checkpoint(work / "lite0.pth")[1]
             folder = read_folder(work, args.n_read)
             argv = ["--db", str(work / "read.sqlite"), "--data-dir", str(work / "file-data")]
@@ -273,6 +317,8 @@ def main() -> None:
                     for store, value in by_store.items():
                         samples.setdefault(part, {}).setdefault(store, []).append(value)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        if "loader" in args.parts:
+            samples["loader"] = loader_runs(work, envs, args)
     finally:
         hosts.close()
         proxy.terminate()
@@ -286,5 +332,7 @@ if __name__ == "__main__":
         serve_proxy(int(sys.argv[2]), float(sys.argv[3]))
     elif len(sys.argv) == 3 and sys.argv[1] == "--stage":
         run_stage(json.loads(sys.argv[2]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "--loader":
+        run_loader(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
     else:
         main()
