@@ -168,7 +168,9 @@ def test_unreachable_store_is_one_line(crawled, s3_env, lite0_checkpoint, monkey
         capsys.readouterr()
         assert main([*common, *stage]) == 1
         err = capsys.readouterr().err.strip()
-        assert err.startswith("curation: error: storage preflight failed on the driver: cannot list in s3://images/down")
+        assert err.startswith(
+            "curation: error: storage preflight failed on the driver: cannot list in s3://images/down"
+        )
         assert "cannot reach the server at http://127.0.0.1:9" in err and "\n" not in err
     loaded = load_model("tf_efficientnet_lite0", lite0_checkpoint, device="cpu")
     reader = ImageReader("s3://images/down", 0.5)
