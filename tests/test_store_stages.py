@@ -117,6 +117,21 @@ def test_s3_store_gives_the_file_store_results(crawled, s3_env, lite0_checkpoint
     # Again to the same bucket prefix: a finished release is refused without --force.
     assert main([*common, "release", f"s3://images/{crawled.name}/releases"]) == 1
     assert "already holds release imagenet-a-rebuilt; pass --force" in capsys.readouterr().err
+    _review_page_serves_from(s3_db, s3.url, gone)
+
+
+def _review_page_serves_from(db: Path, url: str, gone: str) -> None:
+    """The review page's /image/<sha256>: the stored bytes, 404 for the deleted object."""
+    from curation.annotate.app import ReviewConfig, create_app
+    from curation.catalog import open_catalog
+    from curation.store.reader import ImageReader
+
+    cfg = ReviewConfig(catalog=open_catalog(f"sqlite:///{db}"), data_dir=db.parent, images=ImageReader(url, 5.0))
+    client = create_app(cfg).test_client()
+    sha = next(sha for _, sha, *_ in _rows(db, IMAGES) if sha != Path(gone).stem)
+    served = client.get(f"/image/{sha}")
+    assert served.status_code == 200 and hashlib.sha256(served.data).hexdigest() == sha
+    assert client.get(f"/image/{Path(gone).stem}").status_code == 404
 
 
 def _released(db: Path, key: str) -> bool:
