@@ -30,7 +30,16 @@ import torch
 from PIL import Image
 
 from curation.errors import CurationError
-from curation.store.reader import FetchedBatches, Item, Source, as_item, fetch_sources, readable, source_file
+from curation.store.reader import (
+    FetchedBatches,
+    ImageRef,
+    Item,
+    Source,
+    as_item,
+    fetch_sources,
+    readable,
+    source_file,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -621,14 +630,14 @@ class DecodedChunk:
     in the caller's list, which the scores' positions follow."""
 
     start: int
-    paths: list[str]
+    paths: list[ImageRef | str]  # stored images, or local files
     indices: list[int]  # positions (in ``paths``) of the crops
     crops: np.ndarray  # uint8 [len(indices), H, W, 3]
     approximate: list[int]  # positions of crops made with JPEG draft scaling
     errors: dict[int, str]  # positions that could not be read, with the reason
 
 
-def decode_chunk(preprocess: Preprocess, paths: Sequence[str], start: int = 0) -> DecodedChunk:
+def decode_chunk(preprocess: Preprocess, paths: Sequence[Item], start: int = 0) -> DecodedChunk:
     """Read, decode and crop ``paths`` as :func:`iter_logits`' CPU workers do (one bad file is an
     error of its position)."""
     files = _ImageFiles(paths, preprocess)
