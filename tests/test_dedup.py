@@ -374,7 +374,7 @@ def _downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     engine = cat.make_engine(url)
-    config = cat._alembic_config(engine)
+    config = cat.alembic_config(engine)
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)

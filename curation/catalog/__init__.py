@@ -12,6 +12,7 @@ from curation.catalog.engine import (
     PROJECT_ROOT,
     SQLITE_CACHE_KIB,
     Catalog,
+    alembic_config,
     current_revision,
     database_error,
     head_revision,
@@ -63,6 +64,7 @@ from curation.catalog.queries import (
 )
 
 __all__ = [
+    "alembic_config",
     "Annotation",
     "Base",
     "CLOSED",

@@ -77,7 +77,8 @@ def database_error(engine: Engine, exc: SQLAlchemyError) -> CurationError:
     return CurationError(f"cannot open the catalog {engine.url.render_as_string()}: {first}")
 
 
-def _alembic_config(engine: Engine | None = None) -> Any:
+def alembic_config(engine: Engine | None = None) -> Any:
+    """Alembic's config for the shipped migrations (and for ``engine``'s database when given)."""
     from alembic.config import Config
 
     cfg = Config()
@@ -92,7 +93,7 @@ def head_revision() -> str:
     """The newest migration revision shipped with this code."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
@@ -162,7 +163,7 @@ def upgrade_locked(engine: Engine, revision: str = "head") -> None:
     """``upgrade`` for a caller that already holds the migration lock (``catalog_lock(engine, "migrate")``)."""
     from alembic import command
 
-    cfg = _alembic_config(engine)
+    cfg = alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
