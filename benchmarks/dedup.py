@@ -21,6 +21,10 @@ decodes, one process each.
     .venv/bin/python benchmarks/dedup.py                       # full size
     .venv/bin/python benchmarks/dedup.py --references 200000 --queries 10000   # quick
     .venv/bin/python benchmarks/dedup.py --rerun 100000        # part 3 only
+
+Part 4 (``--leak``) — the embedding matcher at ImageNet scale: a leak check of 100,000 queries against
+1,281,167 reference embeddings (index search, verification, memory, embedding core-hours) and a +100
+rerun with verification; ``benchmarks/dedup_leak.py`` takes the other options (``--leak --help``).
 """
 
 from __future__ import annotations
@@ -255,6 +259,12 @@ def bench_rerun(n: int, new: int, repeats: int, stress: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--leak" in argv:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from dedup_leak import main as leak_main
+
+        return leak_main([a for a in argv if a != "--leak"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--references", type=int, default=1_281_167)
     parser.add_argument("--queries", type=int, default=100_000)
