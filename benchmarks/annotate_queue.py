@@ -186,7 +186,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--votes", type=int, default=200)
     parser.add_argument("--open", default="0,60", help="reviewable pairs of the sparse queues, comma-separated")
+    parser.add_argument("--sparse-only", action="store_true", help="only the sparse-queue pages")
     args = parser.parse_args()
+    if args.sparse_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            sparse_report(tmp, args.pairs, [int(x) for x in args.open.split(",")])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         small_dir, big_dir = Path(tmp, "small"), Path(tmp, "big")
         small_dir.mkdir()
