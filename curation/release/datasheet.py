@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation import catalog as cat
+from curation.annotate.progress import progress_line, review_progress
 from curation.config import Settings
 from curation.release.selection import Item, Selection
 from curation.release_card import auto_accept_warning
@@ -82,6 +83,7 @@ def datasheet_context(
         "dropped": selection.dropped,
         "references": references,
         "agreement": agreement_stats(session),
+        "review": review_progress(session),
         "annotation_dates": (annotation_dates[0], annotation_dates[-1]) if annotation_dates else None,
         "thresholds": {"filter": public("filter"), "dedup": public("dedup"), "annotate": public("annotate")},
     }
@@ -142,6 +144,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
+def _dynamic(context: dict[str, Any]) -> bool:
+    return str((context.get("review") or {}).get("rule") or "").startswith("dynamic")
+
+
 def datasheet(items: list[Item], context: dict[str, Any]) -> str:
     """DATASHEET.md: what is in the release, where it came from and how it was chosen."""
     sources = Counter(i.source or "unknown" for i in items)
@@ -190,7 +196,16 @@ def datasheet(items: list[Item], context: dict[str, Any]) -> str:
         + (", ".join(f"{n} ({c} items{'' if ok else ', incomplete'})" for n, c, ok in context["references"]) or "none")
         + ".",
         f"- Annotation: accepted by a majority of {context['votes_needed']} vote(s), with more accepts than other "
-        "verdicts (skips do not count); images accepted for several classes are left out.",
+        "verdicts (skips do not count); images accepted for several classes are left out."
+        if not _dynamic(context)
+        else "- Annotation: accepted under dynamic consensus, votes asked until the posterior that the pair is true "
+        "(reviewer accuracies estimated from agreement) passed 0.98 with a human accept; images accepted for "
+        "several classes are left out.",
+        *(
+            [f"- Review at release: {progress_line(context['review']).removeprefix('review: ')}."]
+            if context.get("review")
+            else []
+        ),
         f"- Per-class limits: min {context['min_per_class']}, max {context['max_per_class'] or 'none'} "
         "(above the maximum a class keeps the images with the smallest sha256).",
         "- Left out at release: "
