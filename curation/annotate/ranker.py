@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from curation.catalog import Annotation, Candidate, Meta, Prediction, ReviewQueue
@@ -188,14 +188,15 @@ def learn(session: Session) -> RankerState:
     votes = [(sha, wnid, verdict == "accept") for _id, sha, wnid, verdict in rows if verdict != SKIP]
     if votes:
         fit(state, session, votes)
+        tally_drawn(state, session, [(i, sha, wnid, v == "accept") for i, sha, wnid, v in rows if v != SKIP])
     if not save(session, state, old):
         return load(session)[0]  # another server learned these first
     return state
 
 
 def fit(state: RankerState, session: Session, votes: list[tuple[str, str, bool]]) -> None:
-    """One ``partial_fit`` over ``votes`` (sha256, wnid, accepted), each seen with the class rate of
-    before it; then the tallies, including those of the randomly drawn pairs."""
+    """``EPOCHS`` passes of ``partial_fit`` over ``votes`` (sha256, wnid, accepted), each seen with the
+    class rate of before it; then the per-class tallies."""
     from sklearn.linear_model import SGDClassifier  # imported on the first vote: ~0.6 s
 
     pairs = [(sha, wnid) for sha, wnid, _ in votes]
@@ -217,9 +218,25 @@ def fit(state: RankerState, session: Session, votes: list[tuple[str, str, bool]]
         model.partial_fit(X, y)
     state.coef, state.intercept = model.coef_[0].tolist(), float(model.intercept_[0])
     state.steps, state.version, state.votes = float(model.t_), state.version + 1, state.votes + len(votes)
-    drawn = drawn_pairs(session, pairs)
-    for sha, wnid, accepted in votes:
-        if (sha, wnid) in drawn:
+
+
+def tally_drawn(state: RankerState, session: Session, votes: list[tuple[int, str, str, bool]]) -> None:
+    """Count, among ``votes`` (id, sha256, wnid, accepted), the first vote on each pair served at random:
+    a pair-level sample (later votes come mostly to disputed and likely-true pairs, and would inflate it)."""
+    drawn = drawn_pairs(session, [(sha, wnid) for _, sha, wnid, _ in votes])
+    if not drawn:
+        return
+    first: dict[tuple[str, str], int] = {}
+    shas = sorted({sha for sha, _ in drawn})
+    for start in range(0, len(shas), 500):
+        rows = session.execute(
+            select(Annotation.sha256, Annotation.wnid, func.min(Annotation.id))
+            .where(Annotation.sha256.in_(shas[start : start + 500]), Annotation.verdict != SKIP)
+            .group_by(Annotation.sha256, Annotation.wnid)
+        )
+        first.update({(sha, wnid): low for sha, wnid, low in rows})
+    for vote_id, sha, wnid, accepted in votes:
+        if (sha, wnid) in drawn and first.get((sha, wnid)) == vote_id:
             state.drawn[0] += int(accepted)
             state.drawn[1] += 1
 
