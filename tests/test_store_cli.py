@@ -4,13 +4,20 @@ resumable, SHA-256 checked, never overwriting other bytes; `curation storage che
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from curation import storage
 from curation.store import image_key, open_store
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, VAL
 from tests.seaweed_server import SeaweedServer
 
 PHOTOS = ("n01498041.JPEG", "n01531178.JPEG", "n01534433.JPEG")
@@ -104,3 +111,42 @@ def test_check(tmp_path: Path, s3_env: SeaweedServer, run_cli, monkeypatch) -> N
         f"curation: error: storage preflight failed on {node}: cannot list in s3://images/checked: "
         "wrong secret key (SignatureDoesNotMatch): check AWS_SECRET_ACCESS_KEY\n"
     )
+
+
+def _fill_many(folder: Path, count: int) -> dict[str, str]:
+    """``count`` real photos (ImageNet val) under their content addresses: key -> SHA-256."""
+    store = open_store(str(folder))
+    keys = {}
+    for path in sorted(VAL.glob("*.JPEG"))[:count]:
+        data = path.read_bytes()
+        image = storage.validate(data)
+        keys[image_key(image.sha256, image.ext)] = image.sha256
+        store.put_if_absent(image_key(image.sha256, image.ext), data)
+    return keys
+
+
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_kill_9_mid_copy_then_a_rerun_completes_it(tmp_path: Path, s3_env: SeaweedServer, run_cli, scheme) -> None:
+    """A copy killed with SIGKILL leaves only whole objects under the destination's prefix (S3 puts are
+    atomic; file:// writes go to a staging folder beside it and are renamed); the rerun copies the rest."""
+    keys = _fill_many(tmp_path / "src" / "images", 300)
+    target = f"s3://images/kill-{uuid.uuid4().hex[:12]}/images" if scheme == "s3" else f"file://{tmp_path}/dst/images"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATION_")}
+    argv = [sys.executable, "-m", "curation", "storage", "copy", str(tmp_path / "src" / "images"), target]
+    copier = subprocess.Popen([*argv, "--workers", "1"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    store = open_store(target)
+    deadline = time.monotonic() + 120
+    while len(list(store.list())) < 20 and copier.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    copier.kill()
+    assert copier.wait() == -signal.SIGKILL  # killed mid-copy, not finished
+    before = dict(store.list())
+    assert 20 <= len(before) < len(keys)
+    for key in before:  # nothing partial under the prefix: every object is a whole image under its own hash
+        assert hashlib.sha256(store.get(key)).hexdigest() == keys[key]
+    again = run_cli("storage", "copy", str(tmp_path / "src" / "images"), target)
+    assert again.returncode == 0, again.stderr
+    copied = len(keys) - len(before)
+    assert again.stdout.startswith(f"storage copy: {copied} copied, {len(before)} already there, 0 other keys skipped")
+    assert {key for key, _ in store.list()} == set(keys)
