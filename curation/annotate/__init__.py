@@ -117,6 +117,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         order=annotate.order,
         consensus=annotate.consensus,
     )
+    if annotate.order == "learned":
+        # The learner's import, here before the page's URL is printed rather than inside the request that
+        # brings the first votes (0.6 s on a quiet machine, 6-15 s at load 15: a stalled page).
+        import sklearn.linear_model  # noqa: F401
     try:
         server = make_server(create_app(cfg), args.host, args.port)
     except OSError as exc:
