@@ -237,8 +237,8 @@ def test_a_node_that_cannot_see_the_data_directory_stops_the_run_before_anything
 # --------------------------------------------------------------------------- filter
 
 
-def _filter_tables(root: Path) -> dict[str, list[tuple]]:
-    con = sqlite3.connect(root / "catalog.sqlite")
+def _filter_tables(root: Path, db: str = "catalog.sqlite") -> dict[str, list[tuple]]:
+    con = sqlite3.connect(root / db)
     con.create_function("unroot", 1, lambda text: text and text.replace(str(root), "ROOT"))
     try:
         return {
@@ -421,12 +421,13 @@ def _photo_folder(root: Path) -> Path:
     return folder.parent
 
 
-@pytest.mark.ray(timeout=300)
+@pytest.mark.ray(timeout=400)
 def test_crawl_on_ray_into_s3_writes_what_local_writes_and_a_node_with_a_wrong_key_stops_it(
-    s3_env, ray_cluster, tmp_path: Path, run_cli
+    s3_env, ray_cluster, tmp_path: Path, run_cli, lite0_checkpoint
 ) -> None:
     """The cluster's nodes take the S3 server's variables from their own environment (s3_env is set
-    before they start); the node added last has a wrong secret key."""
+    before they start); dedup and filter on the cluster, reading s3://, then agree with local runs
+    reading file://; the node added last has a wrong secret key."""
     import uuid
 
     from replay_server import ReplayServer
@@ -434,7 +435,8 @@ def test_crawl_on_ray_into_s3_writes_what_local_writes_and_a_node_with_a_wrong_k
     photos = _photo_folder(tmp_path)
     prefix = f"s3://images/ray-{uuid.uuid4().hex[:8]}"
     results = {}
-    for name, engine in (("local", []), ("ray", ["--engine", "ray", "--ray-address", ray_cluster.address])):
+    on_ray = ["--engine", "ray", "--ray-address", ray_cluster.address]
+    for name, engine in (("local", []), ("ray", on_ray)):
         with ReplayServer(latency=0.05) as a, ReplayServer(latency=0.05) as b, ReplayServer(latency=0.05) as c:
             servers = [a, b, c]
             root = tmp_path / name
@@ -453,12 +455,28 @@ def test_crawl_on_ray_into_s3_writes_what_local_writes_and_a_node_with_a_wrong_k
     assert sum(row[3] == "failed" for row in local["candidates"]) == 9
     assert ray == local
 
+    # Dedup then filter read each crawl's images: on the cluster from s3://, here from file://.
+    model = ("--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint))
+    runs = {}
+    for name, engine, env in (("local", [], {}), ("ray", on_ray, {"CURATION_STORAGE_IMAGES": f"{prefix}/images"})):
+        db = ("--db", str(tmp_path / name / "c.sqlite"), "--data-dir", str(tmp_path / name / "data"), *engine)
+        stages = (["dedup"], ["filter", *model, "--limit", "24"])  # 24 pairs: the model's start dominates
+        runs[name] = [run_cli(*db, *stage, env=env, timeout=300) for stage in stages]
+        assert all(run.returncode == 0 for run in runs[name]), [run.stderr for run in runs[name]]
+    assert ray_cluster.drivers_seen() == 4  # dedup and filter ran on the cluster (after the crawl and a query)
+    assert [run.stdout for run in runs["ray"]] == [run.stdout for run in runs["local"]]
+    assert "84 images, 84 hashed now, 0 unreadable" in runs["local"][0].stdout, runs["local"][0].stdout
+    assert "(24 pair(s), 0 image(s) failed" in runs["local"][1].stdout, runs["local"][1].stdout
+    deduped = {name: _dedup_tables(tmp_path / name) for name in runs}
+    assert len(deduped["local"]["hashes"]) == 84 and deduped["local"]["links"] and deduped["ray"] == deduped["local"]
+    filtered = {name: _filter_tables(tmp_path / name, "c.sqlite") for name in runs}
+    assert len(filtered["local"]["predictions"]) == 24 and filtered["ray"] == filtered["local"]
+
     wrong = ray_cluster.add_node({"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
     root = tmp_path / "wrong"
     config, listing = _crawl_setup(root, [a], per_host_urls=3)
-    engine = ["--engine", "ray", "--ray-address", ray_cluster.address]
     env = {"CURATION_STORAGE_IMAGES": f"{prefix}-2/images"}
-    result = run_cli(*_crawl_args(root, config), *engine, "crawl", "--urls", str(listing), env=env, timeout=200)
+    result = run_cli(*_crawl_args(root, config), *on_ray, "crawl", "--urls", str(listing), env=env, timeout=200)
     assert result.returncode == 1 and result.stdout == "", result.stderr
     assert result.stderr == (
         f"curation: error: storage preflight failed on Ray node 127.0.0.1 ({wrong.node_id[:8]}): cannot read in "
