@@ -175,8 +175,8 @@ def _recall_table(items, originals, linked_hash, verdicts, proposed) -> list[str
     for edit in EDITS:
         rows = [(i, originals[it.source]) for i, it in enumerate(items) if it.edit == edit]
         pairs = [(min(i, o), max(i, o)) for i, o in rows]
-        h = np.array([linked_hash[p] for p in pairs])
-        v = np.array([p in verdicts and verdicts[p].is_copy for p in pairs])
+        h = np.array([linked_hash[p] for p in pairs], bool)
+        v = np.array([p in verdicts and verdicts[p].is_copy for p in pairs], bool)
         band = np.mean([p in verdicts and verdicts[p].kind == "band" for p in pairs])
         prop = np.mean([p in proposed for p in pairs])
         inl = [verdicts[p].inliers for p in pairs if p in verdicts and verdicts[p].is_copy]
@@ -202,6 +202,9 @@ def _false_table(items, linked_hash, verdicts, totals) -> list[str]:
             continue
         if result.is_copy:
             verify_false[category] += 1
+            print(
+                f"false link ({category}): {items[i].source}/{items[i].edit} ~ {items[j].source}/{items[j].edit}: {result.reason}"
+            )
             both_extra[category] += int(not linked_hash[i, j])
         band[category] += int(result.kind == "band")
     for category in ("distinct photos", "copy vs other photo", "copy vs other's copy", "shared overlay"):
