@@ -2,8 +2,7 @@
 
 The embedding matcher proposes neighbours; each proposal is proved or refused here::
 
-    from curation.dedup.hamming_knn import two_nearest
-from curation.dedup.keypoints import extract
+    from curation.dedup.keypoints import extract
     from curation.dedup.verify import verify
     result = verify(extract(query_path), extract(candidate_path))
     result.kind   # "copy" (a link), "band" (review: "possible copy of ..."), "distinct"
@@ -15,11 +14,15 @@ heavy crop). A view proves a copy when its affine fit keeps ``min_inliers`` matc
 inliers agree with the photo, not only with an overlay: :func:`coverage`.
 
 Prove the photo, not the overlay. Different photos carrying the same sticker, caption or phone frame
-match on the overlay (46-121 inliers, notes/semantic_dedup.md), more than many true copies keep. But
-where both images have texture in the region where they overlap under the fitted transform, a true
-copy has inliers all over it, while an overlay's inliers sit in the overlay's few cells and the
-photo's cells, textured on both sides, hold none. ``coverage`` is the share of those cells with an
-inlier; a view with less than ``min_coverage`` proves nothing.
+match on the overlay (46-121 inliers, notes/semantic_dedup.md; 50-423 here), more than many true copies
+keep. Two guards: (1) cells drawn in mostly two grey levels (app and window chrome, text on a plain
+ground: :func:`curation.dedup.keypoints.flat_cells`) give no evidence, which leaves two screenshots of
+different posts in one app frame at most 6 inliers; (2) where both images have texture in the region
+where they overlap under the fitted transform, a true copy has agreeing matches all over it, while an
+overlay's sit in the overlay's few cells and the photo's cells, textured on both sides, hold none.
+:func:`coverage` is the share of those cells with an agreeing match; a copy needs ``min_coverage``,
+the review band ``band_coverage``. A caption covering more of a photo than the photo shows defeats (2):
+benchmarks/README.md names it.
 
 Images with too few keypoints to prove anything, or that did not decode, go to the band with a
 one-line reason: never a silent miss, never a merge.
@@ -45,9 +48,9 @@ class VerifyOptions:
 
     min_inliers: int = 40  # copies keep a median of 255-900; the 3,000 closest distinct pairs <= 36
     band_inliers: int = 20  # below min_inliers and at least this many: "possible copy", to review
-    # Share of the overlap's textured photo cells holding an agreeing match. Measured on 24 photos:
-    # copies have a median of 0.79-1.0 per edit; different photos sharing a sticker, caption or
-    # phone frame reach 0.47 / 0.48 / 0.58 (benchmarks/README.md, dedup thresholds).
+    # Share of the overlap's textured photo cells holding an agreeing match. Measured on 24 photos x 28
+    # edits: copies have a median of 0.79-1.0 per edit (lowest p10 0.63, caption); different photos
+    # sharing a sticker or a caption reach 0.47 / 0.48 (benchmarks/README.md, dedup thresholds).
     min_coverage: float = 0.6
     band_coverage: float = 0.5  # from here to min_coverage (or 20-39 inliers): the review band
     min_keypoints: int = 40  # fewer on either side cannot reach min_inliers: the band, with the reason
@@ -56,7 +59,9 @@ class VerifyOptions:
     max_anisotropy: float = 3.0  # the fitted affine's singular value ratio (a 3/4 squeeze is 1.33)
     scale_range: tuple[float, float] = (0.125, 8.0)
     agree: float = 18.0  # a match within this many pixels of the fit counts for coverage
-    graphic_flat: float = 0.7  # a cell this much one grey level is drawn (an overlay), not photo: no evidence
+    # A cell with this share of its pixels at its two commonest grey levels is drawn (an overlay), not
+    # photo: no evidence. Phone-frame UI cells 0.70-1.0; 3.3 % of photo cells with keypoints reach it.
+    graphic_flat: float = 0.7
     cell_points: int = 2  # keypoints on each side for a cell to count as textured
 
 
