@@ -21,9 +21,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image as PILImage
@@ -32,7 +29,7 @@ from sqlalchemy import insert, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation import catalog as cat  # noqa: E402
-from curation.annotate.app import ReviewConfig, create_app, make_server  # noqa: E402
+from curation.annotate.app import ReviewConfig, serving_in_thread  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO.parent / "shared" / "images" / "imagenet_samples"
@@ -71,18 +68,6 @@ def build(root: Path, n_photos: int, n_classes: int) -> tuple[cat.Catalog, Path]
         )
         s.execute(insert(cat.DedupStatus), [{"sha256": h, "status": cat.REPRESENTATIVE} for h in shas])
     return catalog, data_dir
-
-
-@contextmanager
-def serving(catalog: cat.Catalog, data_dir: Path, grid: int) -> Iterator[str]:
-    server = make_server(create_app(ReviewConfig(catalog=catalog, data_dir=data_dir, grid_size=grid)), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def opposite(verdict: str) -> str:
@@ -201,7 +186,7 @@ def main() -> None:
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as tmp:
                 catalog, data_dir = build(Path(tmp), args.grid, 2 * args.pages + 1)
-                with serving(catalog, data_dir, args.grid) as base:
+                with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=data_dir, grid_size=args.grid)) as base:
                     page = browser.new_page(viewport=VIEWPORT)
                     rng = random.Random(seed)
                     n, truth = single_run(page, base, single_class(catalog), args.exceptions, rng)

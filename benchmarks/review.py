@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from curation import catalog as cat  # noqa: E402
-from curation.annotate.app import ReviewConfig, create_app, make_server  # noqa: E402
+from curation.annotate.app import ReviewConfig, serving_in_thread  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "images"
 CLASSES_CSV = REPO / "data" / "classes" / "imagenet_a.csv"
@@ -172,14 +171,10 @@ def build_queue(seed: int, photos, pre, checkpoint: Path, root: Path) -> tuple[s
 def server(url: str, data_dir: Path, order: str, consensus: str, votes_needed: int) -> Iterator[str]:
     catalog = cat.open_catalog(url)
     cfg = ReviewConfig(catalog=catalog, data_dir=data_dir, votes_needed=votes_needed, order=order, consensus=consensus)
-    srv = make_server(create_app(cfg), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{srv.server_port}"
+        with serving_in_thread(cfg) as base:
+            yield base
     finally:
-        srv.shutdown()
-        srv.server_close()
         catalog.engine.dispose()
 
 

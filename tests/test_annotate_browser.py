@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from test_annotate import SCRIPT_TITLE, ReviewCatalog, ReviewConfig, build_review_catalog, running_server, votes_in
+from test_annotate import SCRIPT_TITLE, ReviewCatalog, ReviewConfig, build_review_catalog, votes_in
 from test_review_api import widened
 
 from curation import catalog as cat
+from curation.annotate.app import serving_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,7 +40,7 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
 
     catalog = review.open()
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir)
-    with running_server(cfg) as base, sync_playwright() as pw:
+    with serving_in_thread(cfg) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         dialogs: list[str] = []
@@ -158,7 +159,7 @@ def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
 
     catalog = classes.open()
     cfg = ReviewConfig(catalog=catalog, data_dir=classes.data_dir, grid_size=8)
-    with running_server(cfg) as base, sync_playwright() as pw:
+    with serving_in_thread(cfg) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 600, "height": 900})
         errors: list[str] = []

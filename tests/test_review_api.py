@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import func, insert, select
-from test_annotate import ReviewCatalog, build_review_catalog, client, running_server, votes_in
+from test_annotate import ReviewCatalog, build_review_catalog, client, votes_in
 
 from curation import catalog as cat
 from curation.annotate import accuracy, consensus, ranker
-from curation.annotate.app import ReviewConfig
+from curation.annotate.app import ReviewConfig, serving_in_thread
 from curation.annotate.progress import progress_line, review_progress
 from curation.annotate.votes import record_vote
 
@@ -59,7 +59,7 @@ def ids(pairs) -> list[str]:
 
 def test_session_next_and_decisions_round_trip(review):
     catalog = review.open()
-    with running_server(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)) as base:
+    with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)) as base:
         http, csrf = start(base, "alice")
         rules = http.get(base + "/api/v1/rules", timeout=30).json()
         assert rules["votes_needed"] == 2 and rules["accepts_needed"] == 2 and rules["skip_is_a_vote"] is False
@@ -108,7 +108,7 @@ def test_grid_pages_one_class_with_the_class_default(review):
     catalog = review.open()
     first_class = min(w for _, w in review.queue)
     in_class = [pair for pair in review.queue if pair[1] == first_class]
-    with running_server(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)) as base:
+    with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)) as base:
         alice, alice_csrf = start(base, "alice")
         grid = alice.get(base + "/api/v1/next", params={"mode": "grid", "limit": 48}, timeout=30).json()
         assert grid["page"]["wnid"] == first_class and grid["page"]["default_verdict"] == "accept"
@@ -144,7 +144,7 @@ def test_grid_pages_one_class_with_the_class_default(review):
 def test_v1_errors_are_per_item_and_lose_or_double_nothing(review):
     catalog = review.open()
     (s0, w0), (s1, w1), (s2, w2), (s3, w3) = review.queue[:4]
-    with running_server(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=1)) as base:
+    with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=1)) as base:
         anonymous = client()
         assert anonymous.get(base + "/api/v1/next", timeout=30).status_code == 409  # no annotator yet
         # the session needs a JSON body (a cross-site form cannot send one) and a good name
@@ -217,7 +217,7 @@ def test_v1_errors_are_per_item_and_lose_or_double_nothing(review):
         assert again == {"ok": True, "recorded": 1, "errors": []}
     assert votes_in(catalog) == {(s0, w0, "alice", "wrong_class"), (s2, w2, "alice", "skip"), (s3, w3, "bob", "accept")}
     token = ReviewConfig(catalog=catalog, data_dir=review.data_dir, token="s3cret-token")
-    with running_server(token) as base:  # the guard's token and Host rules hold for /api/v1 too
+    with serving_in_thread(token) as base:  # the guard's token and Host rules hold for /api/v1 too
         assert client().post(base + "/api/v1/session", json={"annotator": "eve"}, timeout=30).status_code == 403
         assert client().get(base + "/api/v1/rules", timeout=30).status_code == 403
         foreign = client().get(
@@ -242,7 +242,7 @@ def test_concurrent_annotators_never_double_a_pair_or_lose_a_vote(review, votes_
     refused: dict[str, list[str]] = {name: [] for name in names}
     failures: list[str] = []
     empty = dict.fromkeys(names, False)
-    with running_server(cfg) as base:
+    with serving_in_thread(cfg) as base:
         sessions = {name: start(base, name) for name in names}
         barrier = threading.Barrier(annotators)
 
@@ -328,7 +328,7 @@ def test_a_decision_that_cannot_get_its_lock_is_refused_and_can_be_sent_again(pg
     impatient = cat.Catalog(create_engine(pg_url, connect_args={"options": "-c lock_timeout=300"}))
     (s0, w0), (s1, w1) = review.queue[:2]
     body = {"decisions": [{"id": f"{s0}:{w0}", "verdict": "accept"}, {"id": f"{s1}:{w1}", "verdict": "accept"}]}
-    with running_server(ReviewConfig(catalog=impatient, data_dir=review.data_dir)) as base:
+    with serving_in_thread(ReviewConfig(catalog=impatient, data_dir=review.data_dir)) as base:
         http, csrf = start(base, "alice")
         with review.open().session() as holder:
             assert lock_pair(holder, s0, w0)  # a decision in progress elsewhere
@@ -350,7 +350,7 @@ def test_the_learned_order_serves_every_pair_with_a_random_share(tmp_path):
     liked = review.queue[0][1]
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, order="learned", consensus="fixed")
     served: list[str] = []
-    with running_server(cfg) as base:
+    with serving_in_thread(cfg) as base:
         http, csrf = start(base, "alice")
         while page := http.get(base + "/api/v1/next", params={"limit": 6}, timeout=30).json()["items"]:
             assert any(item["served_as"] == "random" for item in page)
@@ -383,7 +383,7 @@ def test_dynamic_consensus_asks_for_another_vote_where_two_reviewers_disagree(tm
     catalog = review.open()
     agreed, disputed = ids(review.queue[:2])
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, order="learned", consensus="dynamic")
-    with running_server(cfg) as base:
+    with serving_in_thread(cfg) as base:
         (alice, a_csrf), (bob, b_csrf), (carol, c_csrf) = (start(base, n) for n in ("alice", "bob", "carol"))
         rules = alice.get(base + "/api/v1/rules", timeout=30).json()
         assert rules["consensus"] == "dynamic" and "posterior" in rules["rule"] and rules["order"] == "learned"

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import pytest
-from test_annotate import ReviewCatalog, build_review_catalog, client, running_server, votes_in
+from test_annotate import ReviewCatalog, build_review_catalog, client, votes_in
 from test_review_api import ids, start
 
 from curation import options
 from curation.annotate import MAX_GRID, AnnotateOptions
 from curation.annotate.api_v1 import MAX_LIMIT
-from curation.annotate.app import ReviewConfig
+from curation.annotate.app import ReviewConfig, serving_in_thread
 from curation.config import Settings
 from curation.errors import CurationError
 
@@ -23,7 +23,7 @@ def review(tmp_path) -> ReviewCatalog:
 def test_undo_withdraws_only_the_annotators_own_verdicts(review):
     catalog = review.open()
     (s0, w0), (s1, w1), (s2, w2) = review.queue[:3]
-    with running_server(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)) as base:
+    with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=review.data_dir, votes_needed=2)) as base:
         alice, alice_csrf = start(base, "alice")
         bob, bob_csrf = start(base, "bob")
         page = [{"id": i, "verdict": "accept"} for i in ids(review.queue[:2])]
@@ -70,7 +70,7 @@ def test_an_undone_decision_reopens_its_pair_for_everyone(review, consensus):
     catalog = review.open()
     first = ids(review.queue[:1])
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir, consensus=consensus)
-    with running_server(cfg) as base:
+    with serving_in_thread(cfg) as base:
         alice, alice_csrf = start(base, "alice")
         bob, _ = start(base, "bob")
 

@@ -16,6 +16,9 @@ import hmac
 import io
 import ipaddress
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,3 +328,18 @@ def make_server(app: Flask, host: str, port: int) -> Any:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return werkzeug_server(host, port, app, threaded=True)
+
+
+@contextmanager
+def serving_in_thread(cfg: ReviewConfig, host: str = "127.0.0.1") -> Iterator[str]:
+    """The review server for ``cfg`` on a free port of ``host``, in a thread; yields its base URL (for
+    scripts, benchmarks and tests that drive the pages or the v1 API in-process)."""
+    server = make_server(create_app(cfg), host, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
