@@ -82,7 +82,8 @@ def test_status_creates_and_migrates_and_is_idempotent(run_cli, tmp_path):
     lines = second.stdout.strip().splitlines()
     assert lines[0].split()[:2] == ["wnid", "class"]
     assert sum(line.startswith("n") for line in lines[1:]) == 200
-    assert lines[-2].startswith("total") and lines[-1].startswith("annotation: 0 votes")
+    assert lines[-3].startswith("total") and lines[-2].startswith("annotation: 0 votes")
+    assert lines[-1].startswith("review: 0 of 0 pairs reviewed, 0 accepted")
 
 
 def test_foreign_keys_are_enforced(catalog_url):
