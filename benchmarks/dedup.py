@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", type=int, default=100, help="images added before each rerun")
     parser.add_argument("--repeats", type=int, default=3, help="reruns measured")
     parser.add_argument("--stress", action="store_true", help="part 3: every image a copy of one of 1,500 seeds")
+    parser.add_argument("--leak", action="store_true", help="part 4; the other options: benchmarks/dedup_leak.py")
     args = parser.parse_args(argv)
     if args.rerun:
         bench_rerun(args.rerun, args.new, args.repeats, args.stress)
