@@ -129,16 +129,18 @@ def _sources(settings: Settings, sources: list[str] | None, listed: Any) -> list
 def _checked_store(settings: Settings) -> tuple[ImageStore, Any]:
     """The image store and the cluster (None for the local engine), once this machine and every
     node have written, read and deleted a check object there: a store or cluster problem stops the
-    run with one line before anything is written."""
-    store = open_images(settings)
-    preflight(store, "the driver")
+    run with one line before anything is written. The cluster comes first: an unreachable one must
+    not leave the driver's preflight folder (a new data directory) behind."""
     cluster = open_cluster(settings)
-    if cluster is not None:
-        try:
+    try:
+        store = open_images(settings)
+        preflight(store, "the driver")
+        if cluster is not None:
             preflight_nodes(store, cluster, options.resolve(StorageOptions, settings).retry_seconds)
-        except BaseException:
+    except BaseException:
+        if cluster is not None:
             cluster.close()
-            raise
+        raise
     return store, cluster
 
 
