@@ -19,6 +19,7 @@ import hashlib
 import io
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,9 +307,15 @@ class _ImageFiles(torch.utils.data.Dataset):
             return index, None, False, image_error(exc)
 
 
+OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
+
+
 def image_error(exc: BaseException) -> str:
-    """One-line reason for an image that cannot be decoded."""
+    """One-line reason for an image that cannot be decoded, the same wherever it was read: PIL names
+    the in-memory file it was handed (``<_io.BytesIO object at 0x...>``), an address that differs per
+    process and told a local run's record from a Ray run's."""
     text = str(exc).splitlines()[0] if str(exc) else ""
+    text = OBJECT_REPR.sub("", text)
     return f"unreadable image: {type(exc).__name__}: {text}"[:300]
 
 
