@@ -261,8 +261,8 @@ def score_pages(
                 done |= {(pair.sha256, pair.wnid) for pair in committed}
                 scored.failed |= failed
                 scored.rechecked += rechecked
-            images = {sha for sha, _ in done}
-            scored.images += len(images) - (after is not None and after[0] in images)
+            page_shas = {sha for sha, _ in done}
+            scored.images += len(page_shas) - (after is not None and after[0] in page_shas)
             scored.pairs += len(done)
             after = (page[-1][0].sha256, page[-1][0].wnid)
             if stop is not None and stop():
