@@ -115,7 +115,7 @@ ifeq ($(DEMO_REVIEW),serve)
 	@echo "demo: review the kept images at the URL below, press Ctrl-C when done, then run: make demo-release"
 	$(DEMO_CURATION) annotate serve
 else
-	$(DEMO_CURATION) annotate auto-accept
+	$(DEMO_CURATION) annotate auto-accept --count-for-release
 	$(demo_release_steps)
 endif
 

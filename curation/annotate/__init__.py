@@ -57,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     auto = commands.add_parser(
         "auto-accept", help="accept every queued pair unseen, for a scripted demo: NOT a human review"
     )
+    auto.add_argument(
+        "--count-for-release",
+        action="store_true",
+        help="let these automatic accepts enter a release (a demo; every other release needs a human accept)",
+    )
     auto.set_defaults(func=run_auto_accept)
 
 
@@ -196,18 +201,25 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_auto_accept(args: argparse.Namespace, settings: Settings) -> int:
-    from curation.annotate.auto_accept import AUTO_ACCEPT_ANNOTATOR, auto_accept
+    from curation.annotate.auto_accept import AUTO_ACCEPT_ANNOTATOR, auto_accept, count_for_release
     from curation.catalog import accepted_pairs
 
     needed = votes_needed(settings)
     catalog = open_catalog(settings.db_url)
     with catalog.session() as session:
         added = auto_accept(session)
+        if args.count_for_release:
+            count_for_release(session)
     with catalog.session() as session:
         accepted = len(accepted_pairs(session, needed))
+    counted = (
+        "they count toward a release (--count-for-release: a demo)"
+        if args.count_for_release
+        else "they enter no release without a human accept (--count-for-release for a demo)"
+    )
     print(
         f"annotate: auto-accept (NOT a human review): {added} accept votes added as annotator "
-        f"{AUTO_ACCEPT_ANNOTATOR!r}; {accepted} pairs now accepted (votes_needed={needed}). "
+        f"{AUTO_ACCEPT_ANNOTATOR!r}; {counted}; {accepted} pairs now accepted (votes_needed={needed}). "
         "For a real dataset, review with `curation annotate serve`.",
         file=sys.stderr,
     )

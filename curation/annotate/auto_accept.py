@@ -9,9 +9,10 @@ from sqlalchemy import and_, exists, insert, select
 from sqlalchemy.orm import Session
 
 from curation.annotate.queue import eligible
-from curation.catalog import Annotation, FilterVerdict, utcnow
+from curation.catalog import Annotation, FilterVerdict, Meta, utcnow
+from curation.catalog.queries import AUTO_ACCEPT_ANNOTATOR, AUTOMATIC_RELEASE_KEY
 
-AUTO_ACCEPT_ANNOTATOR = "auto-accept_not-a-human-review"
+__all__ = ["AUTO_ACCEPT_ANNOTATOR", "AUTO_ACCEPT_NOTE", "auto_accept", "count_for_release"]
 AUTO_ACCEPT_NOTE = "curation annotate auto-accept: not a human review"
 CHUNK = 5000  # rows per INSERT: keeps each statement well under SQLite's and psycopg's parameter limits
 
@@ -44,3 +45,10 @@ def auto_accept(session: Session) -> int:
     for start in range(0, len(rows), CHUNK):
         session.execute(insert(Annotation), rows[start : start + CHUNK])
     return len(rows)
+
+
+def count_for_release(session: Session) -> None:
+    """Mark the catalog so that automatic accepts enter a release under the fixed rule (a demo's
+    choice, named in the datasheet); without the mark every released pair needs a human accept."""
+    if session.get(Meta, AUTOMATIC_RELEASE_KEY) is None:
+        session.add(Meta(key=AUTOMATIC_RELEASE_KEY, value="auto-accept --count-for-release: NOT a human review"))

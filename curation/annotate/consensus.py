@@ -21,9 +21,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from curation.annotate import accuracy, ranker
-from curation.annotate.auto_accept import AUTO_ACCEPT_ANNOTATOR
 from curation.catalog import CLOSED, MORE, Annotation, Meta, ReviewQueue
-from curation.catalog.queries import CONSENSUS_RULE_KEY
+from curation.catalog.queries import AUTOMATIC_ANNOTATORS, CONSENSUS_RULE_KEY
 
 FIXED, DYNAMIC = "fixed", "dynamic"
 CONSENSUS = (DYNAMIC, FIXED)
@@ -35,7 +34,7 @@ ACCEPT_AT, REJECT_AT = 0.98, 0.02
 MAX_VOTES = 5
 PRIOR_MIN, PRIOR_MAX = 0.02, 0.9
 RULE_KEY = CONSENSUS_RULE_KEY  # catalog_meta: the rule that closed the CLOSED pairs (accepted_query reads it)
-AUTOMATIC = (AUTO_ACCEPT_ANNOTATOR,)  # annotators that are not people
+AUTOMATIC = AUTOMATIC_ANNOTATORS  # annotators that are not people
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,22 @@ from curation.errors import CurationError
 
 # catalog_meta: the consensus rule the review server adopted ("fixed:N" or "dynamic:...").
 CONSENSUS_RULE_KEY = "annotate:consensus-rule"
+# Annotators that are not people: `curation annotate auto-accept` (a scripted demo) votes as this name.
+AUTO_ACCEPT_ANNOTATOR = "auto-accept_not-a-human-review"
+AUTOMATIC_ANNOTATORS = (AUTO_ACCEPT_ANNOTATOR,)
+# catalog_meta: set by `annotate auto-accept --count-for-release` (a demo): automatic accepts then enter
+# a release under the fixed rule; without it every accepted pair needs a human accept.
+AUTOMATIC_RELEASE_KEY = "annotate:automatic-accepts-release"
 
 # --------------------------------------------------------------------------- reading helpers
 
 
 def accepted_query(votes_needed: int = 1) -> Any:
     """SELECT (sha256, wnid) of the pairs accepted by annotation. Under the fixed rule: at least a
-    majority of ``votes_needed`` accepts and more accepts than other verdicts (skips do not count).
-    Once a review server adopted dynamic consensus (``CONSENSUS_RULE_KEY``): the pairs it closed as
-    accepted (``review_queue.outcome``; it closes none without a human accept), whatever the
-    majority. One GROUP BY with HAVING over the (sha256, wnid, annotator) index: usable as a subquery."""
+    majority of ``votes_needed`` accepts and more accepts than other verdicts (skips do not count), by
+    people: automatic votes count only in a catalog a demo marked ``AUTOMATIC_RELEASE_KEY``. Once a
+    review server adopted dynamic consensus (``CONSENSUS_RULE_KEY``): the pairs it closed as accepted
+    (``review_queue.outcome``; it closes none without a human accept), whatever the majority. One GROUP BY with HAVING over the (sha256, wnid, annotator) index: usable as a subquery."""
     from sqlalchemy import case
 
     accepts = func.sum(case((Annotation.verdict == "accept", 1), else_=0))
@@ -56,12 +62,22 @@ def accepted_query(votes_needed: int = 1) -> Any:
     closed_accept = exists().where(
         ReviewQueue.sha256 == Annotation.sha256, ReviewQueue.wnid == Annotation.wnid, ReviewQueue.outcome == "accept"
     )
-    majority = and_(accepts >= votes_needed // 2 + 1, 2 * accepts > func.count())
+    person = Annotation.annotator.notin_(AUTOMATIC_ANNOTATORS)
+    by_people = func.sum(case((and_(Annotation.verdict == "accept", person), 1), else_=0))
+    people = func.sum(case((person, 1), else_=0))
+    automatic_counts = exists().where(Meta.key == AUTOMATIC_RELEASE_KEY)
+
+    def majority(yes: Any, votes: Any) -> Any:
+        return and_(yes >= votes_needed // 2 + 1, 2 * yes > votes)
+
+    fixed = or_(
+        and_(automatic_counts, majority(accepts, func.count())), and_(~automatic_counts, majority(by_people, people))
+    )
     return (
         select(Annotation.sha256, Annotation.wnid)
         .where(Annotation.verdict != "skip")
         .group_by(Annotation.sha256, Annotation.wnid)
-        .having(or_(and_(~dynamic, majority), and_(dynamic, closed_accept)))
+        .having(or_(and_(~dynamic, fixed), and_(dynamic, closed_accept)))
     )
 
 
