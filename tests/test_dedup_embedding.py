@@ -110,7 +110,9 @@ def test_copies_of_a_reference_photo_are_leaked_by_proved_links_and_a_refused_pa
     assert summary.images == 5
 
 
-def test_features_the_filter_wrote_are_reused_without_a_second_forward(tmp_path, lite0_checkpoint, monkeypatch):
+def test_features_the_filter_wrote_are_reused_without_a_second_forward(
+    catalog_url, tmp_path, lite0_checkpoint, monkeypatch
+):
     from curation import inference
     from curation.cli import main
     from curation.filter.weights import known_weights_hash
@@ -118,7 +120,7 @@ def test_features_the_filter_wrote_are_reused_without_a_second_forward(tmp_path,
 
     for key in [k for k in os.environ if k.startswith("CURATION_")]:
         monkeypatch.delenv(key)
-    db = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    db = catalog_url
     common = ["--db", db, "--data-dir", str(tmp_path)]
     assert main([*common, "crawl", "--folder", str(_val_folder(tmp_path / "photos", 4))]) == 0
     model = ["--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--device", "cpu"]
@@ -153,7 +155,7 @@ def _embed_then_die_slowly(db: str, data_dir: Path, embedder) -> None:
         os._exit(0)
 
 
-def test_reference_add_embedding_resumes_after_kill_9(tmp_path, lite0_checkpoint):
+def test_reference_add_embedding_resumes_after_kill_9(catalog_url, tmp_path, lite0_checkpoint):
     """A forked child (torch already imported: no second start-up) embeds two images a segment and is
     killed with SIGKILL after two segments; a new run here computes only the rest."""
     from curation.dedup.embeddings import open_embedder
@@ -163,7 +165,7 @@ def test_reference_add_embedding_resumes_after_kill_9(tmp_path, lite0_checkpoint
     refs.mkdir()
     for path in sorted(VAL.glob("*.JPEG"))[:12]:
         (refs / path.name).write_bytes(path.read_bytes())
-    db = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    db = catalog_url
     catalog = cat.open_catalog(db)
     reference_sets.add_folder(catalog, tmp_path, "r", refs, workers=1)
     embedder = open_embedder(catalog, _spec(lite0_checkpoint), load=True)
