@@ -3,8 +3,9 @@
 ``POST /api/v1/session`` names the annotator and returns the CSRF token (no HTML scraping);
 ``GET /api/v1/rules`` the consensus rule and order in force; ``GET /api/v1/next`` the next pairs in
 the server's order (``serving.py``; never one the annotator already decided), each item with
-``served_as`` (``more_votes``, ``random``, ``ranked`` or ``hash``) and ``p_accept`` (the learned
-order's score, else null), plus ``remaining`` and ``estimated_remaining_accepts`` with its
+``served_as`` (``more_votes``, ``random``, ``ranked`` or ``hash``), ``p_accept`` (the learned
+order's score, else null) and ``possible_copies`` (``possible.py``: dedup's undecided near-copies of
+the image, never links), plus ``remaining`` and ``estimated_remaining_accepts`` with its
 ``estimate`` object (``interval``, ``accept_rate``, ``sampled_votes``, ``basis``: ``progress.py``);
 ``POST /api/v1/decisions`` records a
 list of verdicts, each atomically (``decide.py``), answering a per-item error for bad ones;
@@ -34,6 +35,7 @@ from curation.annotate import progress, serving
 from curation.annotate.consensus import FIXED, Rule, adopt
 from curation.annotate.decide import BUSY, ERROR_TEXT, decide, lock_pair
 from curation.annotate.estimates import page_default
+from curation.annotate.possible import attach
 from curation.annotate.queue import SKIP, class_names, describe, is_sha256, is_wnid
 from curation.annotate.votes import MAX_NOTE, check_annotator, undo_vote
 from curation.catalog import Catalog
@@ -187,6 +189,7 @@ def create_api(
                 pair = (item["sha256"], item["wnid"])
                 item["served_as"] = served.how[pair]
                 item["p_accept"] = served.scores.get(pair)
+            attach(s, items)  # "possible copy of ...": one query for the page
             left = progress.remaining(s, name, rule, wnid)
             estimate = progress.accepts_left(served.state, left)
         return jsonify(

@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 from curation.annotate.agreement import VOTE_VERDICTS, agreement_stats, conflicts
 from curation.annotate.api_v1 import SESSION_ENDPOINT, create_api, csrf_token
 from curation.annotate.consensus import Rule
+from curation.annotate.possible import attach
 from curation.annotate.progress import remaining
 from curation.annotate.queue import CENTRE_CROP_FRACTION, describe, is_sha256, is_wnid, pair_exists
 from curation.annotate.votes import MAX_NOTE, check_annotator
@@ -260,6 +261,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
             if mode == "single" and request.args.get("pair"):
                 pair = parse_pair(request.args["pair"])
                 boot["items"] = describe(s, [pair] if pair_exists(s, *pair) else [], name, cfg.crop_fraction)
+                attach(s, boot["items"])
                 boot.update(pair=True, remaining=len(boot["items"]))
             else:  # once per page load: exact, from the maintained counts
                 boot["remaining"] = remaining(s, name, rule, wnid)

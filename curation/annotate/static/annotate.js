@@ -115,6 +115,7 @@
     if (!it) {
       for (const id of ["class-name", "wnid", "gloss", "title", "source", "author", "license", "size"]) $(id).textContent = "";
       $("predictions").replaceChildren();
+      $("copies").hidden = true;
       $("page-link").removeAttribute("href");
       $("current").textContent = exhausted ? "" : "loading…";
       if (!exhausted) fetchMore().then(() => { if (items[pos] || exhausted) render(); });
@@ -142,6 +143,9 @@
       return li;
     });
     $("predictions").replaceChildren(...list);
+    const copies = it.possible_copies || [];
+    $("copy-list").replaceChildren(...window.possibleCopies(copies));
+    $("copies").hidden = !copies.length;
     text("title", it.title);
     text("source", it.source);
     text("author", it.author);

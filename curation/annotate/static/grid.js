@@ -90,6 +90,16 @@
     zoom.title = "large view (v)";
     zoom.addEventListener("click", (e) => { e.stopPropagation(); setFocus(index); openViewer(); });
     button.append(img, tag, num, zoom);
+    const copies = it.possible_copies || [];
+    if (copies.length) { // dedup's undecided near-copies: the large view lists them
+      const mark = document.createElement("i");
+      mark.className = "copy-mark";
+      mark.textContent = "copy?";
+      mark.title = "possible copy of " + copies.length + " other image" + (copies.length > 1 ? "s" : "") + ": large view (v)";
+      mark.addEventListener("click", (e) => { e.stopPropagation(); setFocus(index); openViewer(); });
+      button.classList.add("maybe-copy");
+      button.append(mark);
+    }
     button.addEventListener("click", () => {
       button.blur();
       if (!busy) { setFocus(index); flip(index); }
@@ -279,6 +289,9 @@
       return li;
     }));
     for (const key of ["title", "source", "license"]) $(key).textContent = it[key] || "—";
+    const copies = it.possible_copies || [];
+    $("copy-list").replaceChildren(...window.possibleCopies(copies));
+    $("copies").hidden = !copies.length;
     $("size").textContent = it.width ? it.width + " × " + it.height : "—";
     badge($("viewer-verdict"), chosen.get(it.id));
   }
