@@ -53,18 +53,25 @@ def test_next_lists_possible_copies_in_one_query_and_review_writes_no_link(catal
     catalog = review.open()
     query, other = add_possible(catalog, review)
     before = dedup_state(catalog)
-    statements: list[str] = []
+    statements: list[tuple[str, object]] = []
     with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=review.data_dir)) as base:
         http, csrf = start(base, "alice")
 
-        def count(_conn, _cursor, sql, *_rest) -> None:
-            statements.append(sql)
+        def count(_conn, _cursor, sql, params, *_rest) -> None:
+            statements.append((sql, params))
 
         event.listen(catalog.engine, "before_cursor_execute", count)
         answer = http.get(base + "/api/v1/next", params={"limit": 64}, timeout=30).json()
         event.remove(catalog.engine, "before_cursor_execute", count)
         assert len(answer["items"]) == 64  # a possible copy never takes a pair out of review
-        assert sum("possible_copies" in sql for sql in statements) == 1  # one query for the page, not per item
+        mine = [(sql, params) for sql, params in statements if "possible_copies" in sql]
+        assert len(mine) == 1  # one query for the page, not one per item
+        if catalog_url.startswith("sqlite"):  # ... and by the index on possible_copies.sha256, not a scan
+            with catalog.engine.connect() as conn:
+                plan = " ".join(
+                    str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + mine[0][0], mine[0][1])
+                )
+            assert "possible_copies USING INDEX" in plan and "SCAN possible_copies" not in plan, plan
         with_copies = {item["id"] for item in answer["items"] if item["possible_copies"]}
         assert with_copies == {f"{query}:{w}" for sha, w in review.queue if sha == query}
         copies = next(item for item in answer["items"] if item["sha256"] == query)["possible_copies"]

@@ -6,6 +6,8 @@ so dedup, clustering and release never read them. Review only shows them, beside
 reviewer can reject a copy with the verdicts of the page; the pair's verdict is recorded as for any
 pair and the row stays as it is. One query per page, by the indexed ``possible_copies.sha256``.
 
+A crawl pair is stored once, under the image dedup was checking (on a rerun the newer one), so only
+that side carries the note: reviewers are not led to reject the original and its copy together.
 A crawled other image is shown by its catalog id (``/image/<sha256>``, the only way the server
 serves files); a reference set's item is no catalog image, so it is shown as text: set and key.
 """
