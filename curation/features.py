@@ -31,10 +31,11 @@ COMPACT_AT = 64
 COMPACT_BLOCK = 65_536  # rows a compaction holds at once (168 MB of float32 at 1280-d)
 
 
-def store_dir(data_dir: Path, model: str, weights_hash: str) -> Path:
-    """The folder of one model's features (the model name made safe for a file name)."""
+def store_dir(data_dir: Path, model: str, weights_hash: str, part: str = "") -> Path:
+    """The folder of one model's features (the model name made safe for a file name); ``part``: a
+    store of other vectors of the same images (``tiles``), in a folder of its own."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-    return Path(data_dir) / "features" / f"{safe}--{weights_hash}"
+    return Path(data_dir) / "features" / (f"{safe}--{weights_hash}" + (f"--{part}" if part else ""))
 
 
 def stored_models(data_dir: Path) -> list[str]:
@@ -43,7 +44,8 @@ def stored_models(data_dir: Path) -> list[str]:
     for meta in sorted((Path(data_dir) / "features").glob("*/meta.json")):
         try:
             info = json.loads(meta.read_text())
-            found.append(f"{info['model']}@{info['weights_hash']}")
+            if not info.get("part"):
+                found.append(f"{info['model']}@{info['weights_hash']}")
         except (OSError, ValueError, KeyError):
             continue
     return found
@@ -59,16 +61,17 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 class FeatureStore:
-    """The features of one (model, weights hash): append-only, crash-safe, memory-mapped."""
+    """The features of one (model, weights hash): append-only, crash-safe, memory-mapped. ``part``:
+    another store of the same images (``tiles``: a row holds the nine tile vectors of one image)."""
 
-    def __init__(self, data_dir: Path, model: str, weights_hash: str) -> None:
-        self.model, self.weights_hash = model, weights_hash
-        self.folder = store_dir(data_dir, model, weights_hash)
+    def __init__(self, data_dir: Path, model: str, weights_hash: str, part: str = "") -> None:
+        self.model, self.weights_hash, self.part = model, weights_hash, part
+        self.folder = store_dir(data_dir, model, weights_hash, part)
         self.dim: int | None = None
         meta = self.folder / "meta.json"
         if meta.exists():
             info = json.loads(meta.read_text())
-            if info.get("format") != FORMAT or info.get("weights_hash") != weights_hash:
+            if info.get("format") != FORMAT or info.get("weights_hash") != weights_hash or info.get("part", "") != part:
                 raise CurationError(f"{self.folder}: not a feature store of {model}@{weights_hash}")
             self.dim = int(info["dim"])
         self._keys: np.ndarray | None = None  # sorted S64
@@ -150,6 +153,8 @@ class FeatureStore:
     def _write_meta(self, dim: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT, "model": self.model, "weights_hash": self.weights_hash, "dim": dim}
+        if self.part:
+            info["part"] = self.part
         tmp = self.folder / "meta.json.tmp"
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.folder / "meta.json")

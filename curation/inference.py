@@ -268,12 +268,21 @@ class Preprocess:
                 want = self.scale_size * DRAFT_FACTOR
                 img.draft("RGB", (want, want))
             rgb = img.convert("RGB")
+        return self._resize_crop(rgb, full_w, full_h), rgb.size != (full_w, full_h)
+
+    def of_image(self, img: Image.Image) -> np.ndarray:
+        """The crop of an image already decoded (e.g. a tile cut from one), as it is: no draft scaling."""
+        if not self.fast:
+            return self._generic_transform(img)
+        rgb = img.convert("RGB")
+        return self._resize_crop(rgb, *rgb.size)
+
+    def _resize_crop(self, rgb: Image.Image, full_w: int, full_h: int) -> np.ndarray:
         (new_w, new_h), (left, top) = self.geometry(full_w, full_h)
         crop_h, crop_w = self.crop_size
         # Without draft scaling these are the very operations of torchvision Resize + CenterCrop.
         resized = rgb.resize((new_w, new_h), self.resample)
-        crop = np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)))
-        return crop, rgb.size != (full_w, full_h)
+        return np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)))
 
     def _generic_transform(self, img: Image.Image) -> np.ndarray:
         if self._generic is None:

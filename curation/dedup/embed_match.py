@@ -19,8 +19,11 @@ import numpy as np
 from curation.dedup.config import EmbeddingSpec
 from curation.dedup.embeddings import Embedder, ensure_features, open_embedder
 from curation.dedup.hash_table import chunks
+from curation.dedup.keypoints import TILES
 from curation.dedup.ref_index import exact_top_k, normalise
+from curation.dedup.tiles import TILE_EXTRA, TILE_TOP_K, tile_vectors, with_tiles
 from curation.dedup.writes import EMBED_KIND
+from curation.store.reader import ImageReader, ImageRef
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -28,33 +31,39 @@ if TYPE_CHECKING:
 
 KIND = EMBED_KIND  # how a proved link was found and proved: an embedding proposal, ORB + RANSAC
 VERIFY_BATCH = 4  # queries (each with its proposals) per verification task: ~1-2 s of work
+# Queries whose images a local run fetches at once for its forked workers: at most 32 x 29 images
+# (~90 MB of 100 KB photos) held while they verify.
+VERIFY_PAGE = 32
 
 
 class VerifyTask:
-    """Verifies a batch of (query key, query path, [(candidate key, path, cosine), ...]) on a worker:
-    one record (query, candidate, cosine, kind, inliers, score, reason) per proposal. Each image's
-    keypoints are extracted once per batch."""
+    """Verifies a batch of (query key, query image, [(candidate key, image, cosine), ...]) on a
+    worker: one record (query, candidate, cosine, kind, inliers, score, reason) per proposal. An image
+    is a store ref (read here, a cluster's node reading with its own credentials), the bytes the
+    driver fetched for forked workers, or a reference set's local path. Each image's keypoints are
+    extracted once per batch."""
 
     resource = "cpu"
 
     def setup(self) -> None:
         pass
 
-    def run(self, batch: list[tuple[str, str, list[tuple[str, str, float]]]]) -> list[tuple]:
-        from curation.dedup.keypoints import extract
+    def run(self, batch: list[tuple[str, Any, list[tuple[str, Any, float]]]]) -> list[tuple]:
+        from curation.dedup.keypoints import ImageFeatures, extract
         from curation.dedup.verify import verify
+        from curation.store.reader import fetch_sources
 
-        cache: dict[str, Any] = {}
-
-        def features(path: str) -> Any:
-            if path not in cache:
-                cache[path] = extract(path)
-            return cache[path]
-
+        images = {query: item for query, item, _ in batch}
+        images.update({other: item for _, _, found in batch for other, item, _ in found})
+        features = {}
+        for key, source in zip(images, fetch_sources(images.values()), strict=True):
+            missing = isinstance(source, Exception)
+            reason = f"did not decode for ORB: {type(source).__name__}: {source}"[:200] if missing else ""
+            features[key] = ImageFeatures((0, 0), error=reason) if missing else extract(source)
         records = []
-        for query, query_path, proposals in batch:
-            for other, other_path, cosine in proposals:
-                result = verify(features(query_path), features(other_path))
+        for query, _, proposals in batch:
+            for other, _, cosine in proposals:
+                result = verify(features[query], features[other])
                 records.append((query, other, cosine, result.kind, result.inliers, result.score, result.reason))
         return records
 
@@ -72,109 +81,175 @@ class EmbeddingResult:
 
 
 class EmbeddingMatcher:
-    """Proposes by embedding, proves by geometric verification (see the module docstring)."""
+    """Proposes by embedding (the whole image and its tiles: :mod:`curation.dedup.tiles`), proves by
+    geometric verification (see the module docstring)."""
 
     name = "embedding"
 
     def __init__(
-        self, catalog: Catalog, data_dir: Path, spec: EmbeddingSpec, executor: Executor | None, workers: int
+        self,
+        catalog: Catalog,
+        data_dir: Path,
+        spec: EmbeddingSpec,
+        executor: Executor | None,
+        workers: int,
+        images: ImageReader | None = None,
     ) -> None:
+        from curation.store.location import StorageOptions
+
         self.catalog, self.data_dir, self.spec = catalog, Path(data_dir), spec
         self.executor, self.workers = executor, workers
+        self.images = images or ImageReader(str(self.data_dir.absolute() / "images"), StorageOptions.retry_seconds)
         self.embedder: Embedder = open_embedder(catalog, spec)
         self.embedded_now = 0
         self.unreadable = 0
 
     @property
     def label(self) -> str:
-        return f"embedding {self.embedder.label}, top {self.spec.top_k} >= cos {self.spec.cos_floor}, verified by ORB"
+        return (
+            f"embedding {self.embedder.label}, top {self.spec.top_k} (+{TILE_EXTRA} by {len(TILES)} tiles) "
+            f">= cos {self.spec.cos_floor}, verified by ORB"
+        )
 
     def run(self, crawl_queries: list[str], references: dict[str, tuple[Any, list[str]]]) -> EmbeddingResult:
         """Search ``crawl_queries`` among the catalog's embedded images and each reference set's
         ``(index, queried sha256s)``, verify every proposal and return what was proved."""
-        paths = image_paths(
-            self.catalog, self.data_dir, sorted(set(crawl_queries).union(*(q for _, q in references.values())))
-        )
+        wanted = sorted(set(crawl_queries).union(*(q for _, q in references.values())))
+        refs = image_refs(self.catalog, self.images, wanted)
         store, computed, failed = ensure_features(
-            self.catalog, self.data_dir, self.embedder, sorted(paths.items()), self.executor
+            self.catalog, self.data_dir, self.embedder, sorted(refs.items()), self.executor
         )
+        good = [(sha, refs[sha]) for sha in wanted if sha in refs and sha not in failed]
+        tiles, _, tiles_failed = ensure_features(
+            self.catalog, self.data_dir, self.embedder, good, self.executor, desc="embedding tiles", tiles=True
+        )
+        failed = {**tiles_failed, **failed}
         self.embedded_now += computed
         self.unreadable += len(failed)
         result = EmbeddingResult()
-        work: dict[str | None, dict[str, list[tuple[str, str, float]]]] = {}
-        queries = [sha for sha in crawl_queries if sha in paths and sha not in failed]
+        work: dict[str | None, dict[str, list[tuple[str, Any, float]]]] = {}
+        queries = [sha for sha in crawl_queries if sha in refs and sha not in failed]
         if queries:
-            work[None] = self._crawl_proposals(store, queries, paths)
+            work[None] = self._crawl_proposals(store, tiles, queries, refs)
         for name, (index, shas) in references.items():
-            mine = [sha for sha in shas if sha in paths and sha not in failed]
+            mine = [sha for sha in shas if sha in refs and sha not in failed]
             if index is not None and mine:
-                work[name] = self._reference_proposals(store, index, mine, paths)
+                work[name] = self._reference_proposals(store, tiles, index, mine)
         for name, proposals in work.items():
-            self._verify(name, proposals, paths, result)
+            self._verify(name, proposals, refs, result)
         return result
 
-    def _crawl_proposals(self, store: Any, queries: list[str], paths: dict[str, str]) -> dict:
-        """Each query's top-k other catalog images (hashed ones) at or above the cosine floor; a pair
-        is proposed once."""
+    def _queries(self, store: Any, tiles: Any, queries: list[str]) -> np.ndarray:
+        """The queries' whole-image vectors, then their tiles' (9 rows a query; a missing tile row
+        is zero, below any floor), L2-normalised."""
         _, vectors = store.get(queries)
-        vectors = normalise(vectors)
-        keys, rows, cosines = store_top_k(store, vectors, self.spec.top_k + 1)
-        proposed: dict[str, list[tuple[str, str, float]]] = {}
+        _, tile_rows = tile_vectors(tiles, queries)
+        return normalise(np.concatenate([vectors, tile_rows]))
+
+    def _merged(self, sha: str, q: int, n: int, neighbours: Any) -> list[tuple[str, float]]:
+        """Query ``q``'s proposals (of ``n`` queries): the whole image's top-k and its tiles' top
+        :data:`TILE_TOP_K` at or above the floor, merged by :func:`with_tiles`; ``neighbours(row)``:
+        that query row's (key, cosine) best first."""
+
+        def best(row: int, limit: int) -> list[tuple[str, float]]:
+            found = [(o, c) for o, c in neighbours(row) if o != sha and c >= self.spec.cos_floor]
+            return found[:limit]
+
+        tiles = [hit for t in range(len(TILES)) for hit in best(n + len(TILES) * q + t, TILE_TOP_K)]
+        return with_tiles(best(q, self.spec.top_k), tiles)
+
+    def _crawl_proposals(self, store: Any, tiles: Any, queries: list[str], refs: dict[str, Any]) -> dict:
+        """Each query's proposals among the other catalog images (hashed ones); a pair is proposed once."""
+        keys, rows, cosines = store_top_k(
+            store, self._queries(store, tiles, queries), max(self.spec.top_k, TILE_TOP_K) + 1
+        )
+
+        def neighbours(row: int) -> list[tuple[str, float]]:
+            pairs = zip(rows[row].tolist(), cosines[row].tolist(), strict=True)
+            return [(keys[r].decode(), c) for r, c in pairs if r >= 0]
+
+        merged = {sha: self._merged(sha, q, len(queries), neighbours) for q, sha in enumerate(queries)}
+        candidates = {other for found in merged.values() for other, _ in found}
+        refs.update(image_refs(self.catalog, self.images, sorted(candidates - set(refs))))
+        proposed: dict[str, list[tuple[str, Any, float]]] = {}
         seen: set[tuple[str, str]] = set()
-        candidates = [keys[r].decode() for r in np.unique(rows[rows >= 0]).tolist()]
-        paths.update(image_paths(self.catalog, self.data_dir, [c for c in candidates if c not in paths]))
-        for q, sha in enumerate(queries):
-            for r, cos in zip(rows[q].tolist(), cosines[q].tolist(), strict=True):
-                other = keys[r].decode() if r >= 0 else None
-                pair = tuple(sorted((sha, other))) if other else None
-                if other is None or other == sha or cos < self.spec.cos_floor or other not in paths or pair in seen:
-                    continue
-                seen.add(pair)
-                proposed.setdefault(sha, []).append((other, paths[other], cos))
+        for sha, found in merged.items():
+            for other, cos in found:
+                pair = (min(sha, other), max(sha, other))
+                if other in refs and pair not in seen:
+                    seen.add(pair)
+                    proposed.setdefault(sha, []).append((other, refs[other], cos))
         return proposed
 
-    def _reference_proposals(self, store: Any, index: Any, queries: list[str], paths: dict[str, str]) -> dict:
-        _, vectors = store.get(queries)
-        rows, cosines = index.search(vectors, self.spec.top_k)
-        proposed: dict[str, list[tuple[str, str, float]]] = {}
+    def _reference_proposals(self, store: Any, tiles: Any, index: Any, queries: list[str]) -> dict:
+        rows, cosines = index.search(self._queries(store, tiles, queries), max(self.spec.top_k, TILE_TOP_K))
+
+        def neighbours(row: int) -> list[tuple[str, float]]:
+            pairs = zip(rows[row].tolist(), cosines[row].tolist(), strict=True)
+            return [(index.keys[r].decode("utf-8", "replace"), c) for r, c in pairs if r >= 0]
+
+        proposed: dict[str, list[tuple[str, Any, float]]] = {}
         for q, sha in enumerate(queries):
-            for r, cos in zip(rows[q].tolist(), cosines[q].tolist(), strict=True):
-                if r >= 0 and cos >= self.spec.cos_floor:
-                    key = index.keys[r].decode("utf-8", "replace")
-                    proposed.setdefault(sha, []).append((key, str(index.base / key), cos))
+            for key, cos in self._merged(sha, q, len(queries), neighbours):
+                proposed.setdefault(sha, []).append((key, str(index.base / key), cos))
         return proposed
 
-    def _verify(self, name: str | None, proposals: dict, paths: dict[str, str], result: EmbeddingResult) -> None:
-        """Verify the proposals of one target (the crawl: None, or a set) on the executor's workers."""
+    def _verify(self, name: str | None, proposals: dict, refs: dict[str, Any], result: EmbeddingResult) -> None:
+        """Verify the proposals of one target (the crawl: None, or a set) on the executor's workers,
+        :data:`VERIFY_PAGE` queries at a time; forked local workers get the images' bytes, fetched
+        here (obstore is not fork-safe), a cluster's workers the refs."""
         from tqdm import tqdm
 
         from curation.engine.local import LocalExecutor
 
-        items = [(sha, paths[sha], found) for sha, found in sorted(proposals.items())]
+        items = [(sha, refs[sha], found) for sha, found in sorted(proposals.items())]
         total = sum(len(found) for _, _, found in items)
         result.proposals += total
         executor = self.executor or LocalExecutor()
-        records = executor.map(VerifyTask(), items, batch_size=VERIFY_BATCH, workers=max(1, self.workers))
+        workers = max(1, self.workers)
         desc = f"verifying {name or 'crawl'} proposals"
-        for sha, other, cosine, kind, inliers, score, reason in tqdm(
-            records, total=total, desc=desc, unit="pair", file=sys.stderr, leave=False
-        ):
-            if "decode" in reason:
-                result.undecodable += 1
-            if kind == "copy" and name is None:
-                result.edges.append((sha, other))
-                for end in (sha, other):
-                    if score > result.proofs.get(end, (0, -1.0))[1]:
-                        result.proofs[end] = (inliers, score)
-            elif kind == "copy":
-                row = {"sha256": sha, "other": other, "reference": name, "hash_kind": KIND, "distance": inliers}
-                result.reference_links.setdefault(name, []).append({**row, "score": score})
-            elif kind == "band":
-                why = "embed+orb:" + (
-                    "no-decode" if "decode" in reason else "few-keypoints" if "keypoint" in reason else "band"
-                )
-                row = {"sha256": sha, "other": other, "reference": name, "kind": why[:32], "score": score}
-                result.possible.append({**row, "cosine": float(cosine)})
+        with tqdm(total=total, desc=desc, unit="pair", file=sys.stderr, leave=False) as bar:
+            for start in range(0, len(items), VERIFY_PAGE):
+                page = items[start : start + VERIFY_PAGE]
+                if executor.name == "local":
+                    page = fetched(page)
+                for record in executor.map(VerifyTask(), page, batch_size=VERIFY_BATCH, workers=workers):
+                    bar.update()
+                    self._record(name, record, result)
+
+    def _record(self, name: str | None, record: tuple, result: EmbeddingResult) -> None:
+        """One verified proposal into ``result``: a proved link, a band row, or nothing."""
+        sha, other, cosine, kind, inliers, score, reason = record
+        if "decode" in reason:
+            result.undecodable += 1
+        if kind == "copy" and name is None:
+            result.edges.append((sha, other))
+            for end in (sha, other):
+                if score > result.proofs.get(end, (0, -1.0))[1]:
+                    result.proofs[end] = (inliers, score)
+        elif kind == "copy":
+            row = {"sha256": sha, "other": other, "reference": name, "hash_kind": KIND, "distance": inliers}
+            result.reference_links.setdefault(name, []).append({**row, "score": score})
+        elif kind == "band":
+            why = "embed+orb:" + (
+                "no-decode" if "decode" in reason else "few-keypoints" if "keypoint" in reason else "band"
+            )
+            row = {"sha256": sha, "other": other, "reference": name, "kind": why[:32], "score": score}
+            result.possible.append({**row, "cosine": float(cosine)})
+
+
+def fetched(page: list[tuple[str, Any, list[tuple[str, Any, float]]]]) -> list[tuple]:
+    """``page`` with each stored image (a ref) replaced by its bytes (or the MissingObject of one
+    not in the store), fetched many at once in this process, each image once."""
+    from curation.store.reader import ImageRef, fetch_sources
+
+    wanted = list(dict.fromkeys(item for _, query, found in page for item in (query, *(i for _, i, _ in found))))
+    wanted = [item for item in wanted if isinstance(item, ImageRef)]
+    sources = dict(zip(wanted, fetch_sources(wanted), strict=True))
+    return [
+        (sha, sources.get(query, query), [(other, sources.get(item, item), cos) for other, item, cos in found])
+        for sha, query, found in page
+    ]
 
 
 def store_top_k(store: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,18 +269,18 @@ def store_top_k(store: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np
     return np.concatenate(keys_parts), np.take_along_axis(rows, order, 1), np.take_along_axis(cosines, order, 1)
 
 
-def image_paths(catalog: Catalog, data_dir: Path, shas: list[str]) -> dict[str, str]:
-    """The absolute file path of each hashed image among ``shas`` (others are left out)."""
+def image_refs(catalog: Catalog, images: ImageReader, shas: list[str]) -> dict[str, ImageRef]:
+    """The stored image of each hashed image among ``shas`` (others are left out)."""
     from sqlalchemy import select
 
     from curation.catalog import Image, PerceptualHash
 
-    found: dict[str, str] = {}
+    found: dict[str, ImageRef] = {}
     with catalog.session() as session:
         for part in chunks(shas):
             stmt = select(Image.sha256, Image.path).join(PerceptualHash, PerceptualHash.sha256 == Image.sha256)
             for sha, path in session.execute(stmt.where(Image.sha256.in_(part))):
-                found[sha] = str((data_dir / path).absolute())
+                found[sha] = images.ref(path)
     return found
 
 

@@ -67,22 +67,25 @@ def ensure_features(
     executor: Executor | None,
     store: FeatureStore | None = None,
     desc: str = "embedding",
+    tiles: bool = False,
 ) -> tuple[FeatureStore, int, dict[str, str]]:
-    """Make sure every (key, absolute path) of ``items`` has a stored vector: those missing get one
-    forward (the model is loaded only then). Returns the store, how many were computed now and
-    {key: reason} of the files that could not be read. ``store``: another store than the catalog's
-    (a reference set's)."""
+    """Make sure every (key, image) of ``items`` has a stored vector: those missing get one forward
+    (the model is loaded only then). An image is a catalog image's store ref or an absolute path.
+    Returns the store, how many were computed now and {key: reason} of the images that could not be
+    read. ``store``: another store than the catalog's (a reference set's). ``tiles``: the nine tile
+    vectors of each image (:mod:`curation.dedup.tiles`) in the catalog's tile store instead."""
     if store is None:
-        store = FeatureStore(data_dir, embedder.spec.model, embedder.weights_hash)
+        part = "tiles" if tiles else ""
+        store = FeatureStore(data_dir, embedder.spec.model, embedder.weights_hash, part)
     missing = [item for item, have in zip(items, store.has([k for k, _ in items]), strict=True) if not have]
     if not missing:
         return store, 0, {}
-    if store.dim is None and len(store) == 0:
+    if store.dim is None and len(store) == 0 and not tiles:
         _note_other_models(data_dir, embedder, len(missing))
     if embedder.loaded is None:
         reloaded = open_embedder(catalog, embedder.spec, load=True)
         embedder.loaded, embedder.weights_hash = reloaded.loaded, reloaded.weights_hash
-    errors = _forward(embedder, missing, store, executor, desc)
+    errors = _forward(embedder, missing, store, executor, desc, tiles)
     return store, len(missing) - len(errors), errors
 
 
@@ -98,20 +101,29 @@ def _note_other_models(data_dir: Path, embedder: Embedder, count: int) -> None:
 
 
 def _forward(
-    embedder: Embedder, items: list[tuple[str, str]], store: FeatureStore, executor: Executor | None, desc: str
+    embedder: Embedder,
+    items: list[tuple[str, Any]],
+    store: FeatureStore,
+    executor: Executor | None,
+    desc: str,
+    tiles: bool = False,
 ) -> dict[str, str]:
-    """Pooled pre-logits of ``items``, appended to ``store`` one chunk at a time; returns the failures.
-    A cluster engine runs the filter's decode tasks and scoring actors, the local one inference's loop."""
+    """Pooled pre-logits of ``items`` (or of their tiles), appended to ``store`` one chunk at a time;
+    returns the failures. A cluster engine runs the filter's decode tasks and scoring actors, the
+    local one inference's loop."""
     from tqdm import tqdm
 
+    from curation.dedup.tiles import tile_parts
     from curation.inference import iter_logits
 
     loaded = embedder.loaded
-    keys, paths = [k for k, _ in items], [Path(p) for _, p in items]
+    keys, paths = [k for k, _ in items], [p for _, p in items]
     no_recheck = {"margin_recheck": float("-inf"), "precision": "auto"}  # features only: no exact re-run
     errors: dict[str, str] = {}
     with tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, leave=False) as bar:
-        if executor is None or getattr(executor, "name", "local") == "local":
+        if tiles:
+            parts = tile_parts(loaded, paths, executor, _score_task(embedder, no_recheck), no_recheck, bar)
+        elif executor is None or getattr(executor, "name", "local") == "local":
             workers = 0 if len(items) < WORKER_MIN_IMAGES else None
             batch = min(EMBED_CHUNK, 32)  # a chunk is whole batches
             parts = iter_logits(
@@ -130,12 +142,19 @@ def _forward(
 
 def _cluster_parts(embedder: Embedder, items: list[tuple[str, str]], executor: Any, pipeline: dict, bar: Any) -> Any:
     """Feature chunks from a cluster: the filter's decode tasks, then its scoring actors."""
-    from curation.filter.scoring import CLUSTER_CHUNK, DecodeTask, ScoreTask
+    from curation.filter.scoring import CLUSTER_CHUNK, DecodeTask
 
-    loaded, spec = embedder.loaded, embedder.spec
-    score = ScoreTask(spec.model, spec.checkpoint, loaded.weights_hash, {**pipeline, "features": True}, None)
+    loaded, score = embedder.loaded, _score_task(embedder, pipeline)
     positions = [(i, path) for i, (_, path) in enumerate(items)]
     decode = DecodeTask(loaded.data_config)
     for part in executor.pipeline(decode, score, positions, batch_size=CLUSTER_CHUNK, workers=1):
         bar.update(len(part.logits))
         yield part
+
+
+def _score_task(embedder: Embedder, pipeline: dict) -> Any:
+    """The filter's scoring actor for features: the model pass of the local run, on a cluster."""
+    from curation.filter.scoring import ScoreTask
+
+    spec = embedder.spec
+    return ScoreTask(spec.model, spec.checkpoint, embedder.loaded.weights_hash, {**pipeline, "features": True}, None)

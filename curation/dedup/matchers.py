@@ -22,19 +22,26 @@ from curation.errors import CurationError
 if TYPE_CHECKING:
     from curation.catalog import Catalog
     from curation.engine import Executor
+    from curation.store.reader import ImageReader
 
 
 def open_embedding(
-    catalog: Catalog, data_dir: Path, spec: EmbeddingSpec | None, executor: Executor | None, workers: int
+    catalog: Catalog,
+    data_dir: Path,
+    spec: EmbeddingSpec | None,
+    executor: Executor | None,
+    workers: int,
+    images: ImageReader | None = None,
 ) -> EmbeddingMatcher | None:
     """The embedding matcher, or None with one line when its weights cannot be had here (no
-    checkpoint, no file a filter run recorded, hub unreachable): the run goes on with the hashes."""
+    checkpoint, no file a filter run recorded, hub unreachable): the run goes on with the hashes.
+    ``images``: the image store the catalog's images are read from (default: ``data_dir/images``)."""
     if spec is None:
         return None
     why = _no_weights(catalog, spec)
     if why is None:
         try:
-            return EmbeddingMatcher(catalog, data_dir, spec, executor, workers)
+            return EmbeddingMatcher(catalog, data_dir, spec, executor, workers, images)
         except CurationError as exc:
             why = str(exc)
     print(f"dedup: embedding matcher off this run: {why}", file=sys.stderr)

@@ -62,7 +62,7 @@ def run_stage(
     hashed_now, rehashed, failures = hash_new_images(catalog, images, workers, orientations, executor)
     rule = f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations"
     match = Match(max_distance, margin, orientations, rule)
-    matcher = open_embedding(catalog, data_dir, embedding, executor, workers)
+    matcher = open_embedding(catalog, data_dir, embedding, executor, workers, images)
     decided = rule if matcher is None else f"{rule}; {matcher.label}"  # what stored clusters were made by
     with catalog_lock(catalog.engine, "dedup"):  # one run at a time owns the stored index
         with catalog.session() as session:
