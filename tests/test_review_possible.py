@@ -92,7 +92,7 @@ def test_next_lists_possible_copies_in_one_query_and_review_writes_no_link(catal
         # a reviewer rejects the copy with the page's verdicts: a vote, nothing else
         decided = http.post(
             base + "/api/v1/decisions",
-            json={"decisions": [{"id": f"{query}:{w}", "verdict": "low_quality", "note": "copy"}
+            json={"decisions": [{"id": f"{query}:{w}", "verdict": "duplicate"}
                                 for sha, w in review.queue if sha == query]},
             headers=csrf,
             timeout=30,
@@ -158,5 +158,19 @@ def test_pages_show_an_escaped_possible_copy_note_and_mark_the_grid(classes):
         expect(page.locator("#copy-list .copy-key")).to_have_text(SCRIPT_KEY)
         page.keyboard.press("ArrowRight")  # the next thumbnail has none: the note goes
         expect(page.locator("#copies")).to_be_hidden()
+
+        page.goto(f"{base}/?pair={query}:{wnid}")  # the same photo: the duplicate verdict, one key
+        expect(copies).to_be_visible()
+        page.keyboard.press("d")
+        expect(page.locator("#wnid")).not_to_have_text(wnid)
+        votes: list[tuple] = []
+        for _ in range(50):  # the page sends in the background
+            with catalog.session() as s:
+                votes = s.execute(select(cat.Annotation.annotator, cat.Annotation.verdict).where(
+                    cat.Annotation.sha256 == query, cat.Annotation.wnid == wnid)).all()  # fmt: skip
+            if votes:
+                break
+            page.wait_for_timeout(100)
+        assert [tuple(v) for v in votes] == [("alice", "duplicate")]
         browser.close()
     assert dialogs == [] and errors == []

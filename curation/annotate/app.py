@@ -66,6 +66,7 @@ VERDICT_UI = {
     "ambiguous": ("m", "ambiguous / several objects"),
     "low_quality": ("q", "low quality / not a photo"),
     "inappropriate": ("x", "inappropriate"),
+    "duplicate": ("d", "duplicate: a copy of another image"),
     "skip": ("s", "skip"),
 }
 IN_DISTRIBUTION_UI = ("i", "in-distribution (an ImageNet-1k class)")

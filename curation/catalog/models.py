@@ -32,7 +32,16 @@ PENDING, DOWNLOADED, FAILED, SKIPPED = "pending", "downloaded", "failed", "skipp
 REPRESENTATIVE, DUPLICATE, LEAKED = "representative", "duplicate", "leaked"
 # Annotation verdicts.
 # "in_distribution" (ImageNet-O review: the photo shows one of the 1,000 ImageNet classes) rejects.
-VERDICTS = ("accept", "wrong_class", "ambiguous", "low_quality", "inappropriate", "skip", "in_distribution")
+VERDICTS = (
+    "accept",
+    "wrong_class",
+    "ambiguous",
+    "low_quality",
+    "inappropriate",
+    "skip",
+    "in_distribution",
+    "duplicate",  # a copy of another image (the review pages' "possible copy of ...")
+)
 
 
 def utcnow() -> datetime:

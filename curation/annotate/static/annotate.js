@@ -9,12 +9,12 @@
   const KEYS = {
     a: "accept", 1: "accept", w: "wrong_class", 2: "wrong_class", m: "ambiguous", 3: "ambiguous",
     q: "low_quality", 4: "low_quality", x: "inappropriate", 5: "inappropriate", s: "skip",
-    i: "in_distribution", 6: "in_distribution",
+    i: "in_distribution", 6: "in_distribution", d: "duplicate", 7: "duplicate",
   };
   const LABELS = {
     accept: "accept", wrong_class: "wrong class", ambiguous: "ambiguous / several objects",
     low_quality: "low quality / not a photo", inappropriate: "inappropriate", skip: "skipped",
-    in_distribution: "in-distribution (an ImageNet-1k class)",
+    in_distribution: "in-distribution (an ImageNet-1k class)", duplicate: "duplicate: a copy of another image",
   };
   const PRELOAD = 3;
   const MAX_LIMIT = 100; // the most one GET /api/v1/next returns

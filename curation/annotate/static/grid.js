@@ -9,10 +9,11 @@
   const boot = JSON.parse($("boot").textContent);
   const KEYS = {
     a: "accept", w: "wrong_class", m: "ambiguous", q: "low_quality", x: "inappropriate", i: "in_distribution",
+    d: "duplicate",
   };
   const LABELS = {
     accept: "accept", wrong_class: "wrong class", ambiguous: "ambiguous", low_quality: "low quality",
-    inappropriate: "inappropriate", in_distribution: "in-distribution", skip: "skip",
+    inappropriate: "inappropriate", in_distribution: "in-distribution", skip: "skip", duplicate: "duplicate",
   };
   const GONE = new Set(["complete", "not_reviewable", "unknown_id"]); // nothing the reviewer can fix
 
