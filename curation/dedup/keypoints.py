@@ -92,18 +92,23 @@ def _orb(features: int) -> cv2.ORB:
 
 
 def _spread(keypoints: list, width: int, height: int, features: int) -> list:
-    """The strongest keypoints with at most ``2 × features / GRID²`` per grid cell, ``features`` in all."""
+    """The strongest keypoints with at most ``2 × features / GRID²`` per grid cell, ``features`` in all
+    (in numpy: the loop over up to 16,000 candidates took 40 % of an extraction)."""
+    if not keypoints:
+        return []
     cap = max(2, 2 * features // (GRID * GRID))
-    counts: dict[tuple[int, int], int] = {}
-    kept = []
-    for kp in sorted(keypoints, key=lambda k: -k.response):
-        cell = (min(GRID - 1, int(kp.pt[0] * GRID / width)), min(GRID - 1, int(kp.pt[1] * GRID / height)))
-        if counts.get(cell, 0) < cap:
-            counts[cell] = counts.get(cell, 0) + 1
-            kept.append(kp)
-            if len(kept) == features:
-                break
-    return kept
+    points = cv2.KeyPoint_convert(keypoints).astype(np.float64)
+    response = np.array([kp.response for kp in keypoints])
+    order = np.argsort(-response, kind="stable")
+    col = np.minimum(GRID - 1, (points[order, 0] * GRID / width).astype(np.int64))
+    row = np.minimum(GRID - 1, (points[order, 1] * GRID / height).astype(np.int64))
+    cell = row * GRID + col
+    by_cell = np.argsort(cell, kind="stable")  # each cell's candidates, strongest first
+    starts = np.searchsorted(cell[by_cell], cell[by_cell], side="left")
+    rank = np.empty(len(order), np.int64)
+    rank[by_cell] = np.arange(len(order)) - starts  # the candidate's rank within its cell
+    kept = order[rank < cap][:features]
+    return [keypoints[i] for i in kept.tolist()]
 
 
 def detect(grey: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
