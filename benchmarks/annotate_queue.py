@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation import catalog as cat  # noqa: E402
 from curation.annotate.app import ReviewConfig, create_app, make_server  # noqa: E402
 from curation.annotate.consensus import FIXED, Rule  # noqa: E402
-from curation.annotate.queue import _open_for, describe, next_pairs, remaining  # noqa: E402
+from curation.annotate.queue import describe, next_pairs, open_for, remaining  # noqa: E402
 from curation.annotate.serving import HASH, LEARNED, next_page  # noqa: E402
 from curation.annotate.votes import record_vote  # noqa: E402
 
@@ -90,7 +90,7 @@ def best_ms(fn: Callable[[], object], repeat: int = 5) -> float:
 
 def walked_count(session, annotator: str, votes_needed: int) -> int:
     """The exact count as it was before review_counts: every open pair of the queue visited."""
-    stmt = _open_for(select(cat.FilterVerdict.sha256), annotator, votes_needed)
+    stmt = open_for(select(cat.FilterVerdict.sha256), annotator, votes_needed)
     return int(session.scalar(select(func.count()).select_from(stmt.subquery())))
 
 

@@ -69,7 +69,9 @@ def eligible(stmt: Any) -> Any:
     )
 
 
-def _open_for(stmt: Any, annotator: str, votes_needed: int) -> Any:
+def open_for(stmt: Any, annotator: str, votes_needed: int) -> Any:
+    """Restrict a select over FilterVerdict to ``annotator``'s open pairs under the fixed rule: reviewable,
+    fewer than ``votes_needed`` non-skip votes, none by ``annotator``."""
     same_pair = and_(Annotation.sha256 == FilterVerdict.sha256, Annotation.wnid == FilterVerdict.wnid)
     votes = select(func.count()).where(same_pair, Annotation.verdict != SKIP).scalar_subquery()
     mine = exists().where(same_pair, Annotation.annotator == annotator)
@@ -121,7 +123,7 @@ def walk_pairs(
 ) -> list[tuple[str, str]]:
     """The queue's next ``limit`` pairs in hash order (of class ``wnid``, if given), by walking the
     kept pairs' index past those that are not open: the truth ``review_counts`` summarises."""
-    stmt = _open_for(select(FilterVerdict.sha256, FilterVerdict.wnid), annotator, votes_needed)
+    stmt = open_for(select(FilterVerdict.sha256, FilterVerdict.wnid), annotator, votes_needed)
     if wnid:
         stmt = stmt.where(FilterVerdict.wnid == wnid)
     if after is not None:
