@@ -161,7 +161,7 @@ def gather(session: Session, votes_needed: int, per_class: int) -> ReportData:
             ).all()
         )
     )
-    shown_sources, licences = _release_sources(session, latest)
+    shown_sources, licences = release_sources(session, latest)
     confidences = confidence_histograms(session)
     return ReportData(
         funnel=rows,
@@ -218,7 +218,7 @@ def _target_table(by_target: dict[str, Any]) -> list[str]:
     ]
 
 
-def _release_sources(session: Session, latest: cat.Release | None) -> tuple[Counter, Counter]:
+def release_sources(session: Session, latest: cat.Release | None) -> tuple[Counter, Counter]:
     """Sources and licences of the latest release's images (of every download before a release),
     each (image, class) pair counted once, by its first candidate: two GROUP BY aggregates in SQL,
     memory proportional to the number of sources and licences."""

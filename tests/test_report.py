@@ -72,7 +72,7 @@ def test_report_counts_in_sql_equal_a_walk_of_every_row(catalog_url, tmp_path):
     import numpy as np
     from sqlalchemy import select
 
-    from curation.report import CONFIDENCE_BINS, _release_sources, confidence_histograms
+    from curation.report import CONFIDENCE_BINS, confidence_histograms, release_sources
 
     build_catalog(catalog_url, tmp_path / "data")
     catalog = cat.open_catalog(catalog_url)
@@ -113,7 +113,7 @@ def test_report_counts_in_sql_equal_a_walk_of_every_row(catalog_url, tmp_path):
                 seen.add((sha, wnid))
                 sources[source] = sources.get(source, 0) + 1
                 licences[licence or "unknown"] = licences.get(licence or "unknown", 0) + 1
-        assert _release_sources(s, None) == (sources, licences)
+        assert release_sources(s, None) == (sources, licences)
         assert "urls" in sources and "unknown" in licences  # the test exercises both
 
 
