@@ -8,8 +8,11 @@ CPU path, L2-normalised). Rules:
 
 * **hash**: the stage's default (pHash <= 10 AND dHash <= 14, the image and its mirror), over every pair.
 * **embed+verify**: each photo's top ``--k`` neighbours by cosine among the photos, each copy's among
-  the photos and, apart, among the other photos' copies, are proposed, and each proposal is
-  verified (:func:`curation.dedup.verify.verify`); only a ``copy`` verdict links.
+  the photos and, apart, among the other photos' copies, are proposed, plus what the item's nine tiles
+  propose as the matcher does (:mod:`curation.dedup.tiles`: each tile's top ``TILE_TOP_K`` at or above
+  the cosine floor, at most ``TILE_EXTRA`` new ones per item and group), and each proposal is
+  verified (:func:`curation.dedup.verify.verify`); only a ``copy`` verdict links. The columns "whole
+  image only" count only the whole image's proposals: the matcher before tiles, in the same run.
 * **both**: either links.
 
 Printed: recall per edit (the copy linked to its own photo; also the share whose photo was among the
@@ -38,8 +41,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from dedup_edits import EDITS, SHARED_OVERLAYS, edited  # noqa: E402
 
-from curation.dedup.config import DEFAULT_DHASH_MARGIN, DEFAULT_MAX_DISTANCE  # noqa: E402
+from curation.dedup.config import DEFAULT_COS_FLOOR, DEFAULT_DHASH_MARGIN, DEFAULT_MAX_DISTANCE  # noqa: E402
 from curation.dedup.keypoints import ImageFeatures, extract  # noqa: E402
+from curation.dedup.tiles import TILE_TOP_K, tile_crops, with_tiles  # noqa: E402
 from curation.dedup.verify import Verification, verify  # noqa: E402
 from curation.hashing import hash_file  # noqa: E402
 
@@ -56,6 +60,7 @@ class Prepared:
     hashes: list[int]
     features: ImageFeatures
     crop: np.ndarray  # the model's uint8 input, HWC
+    data: bytes  # the encoded item (its tiles are cut in the main process: 1.4 MB of crops an item)
 
 
 _STATE: dict = {}
@@ -72,7 +77,7 @@ def _prepare(task: tuple[int, str | None]) -> tuple[Prepared, frozenset[int]]:
         rng = random.Random(f"{seed}:{source}:{edit}")
         contains |= {pool.index(p) for p in rng.sample([p for p in pool if p != path], 3)}
     crop, _ = preprocess(io.BytesIO(data))
-    return Prepared(hash_file(data).orientation_row(), extract(data), crop), frozenset(contains)
+    return Prepared(hash_file(data).orientation_row(), extract(data), crop, data), frozenset(contains)
 
 
 def _init(pool: list[Path], seed: int, preprocess: object) -> None:
@@ -125,10 +130,24 @@ def hash_levels(rows: np.ndarray) -> np.ndarray:
     return match | match.T
 
 
-def proposals(vectors: np.ndarray, items: list[Item], k: int) -> set[tuple[int, int]]:
+def embed_tiles(preprocess: object, datas: list[bytes], batch: int = 32) -> np.ndarray:
+    """(n, 9, dim) L2-normalised tile embeddings (:func:`curation.dedup.tiles.tile_crops`), a batch
+    of images at a time."""
+    from tqdm import tqdm
+
+    parts = []
+    for start in tqdm(range(0, len(datas), batch), desc="tiles", file=sys.stderr):
+        crops = [c for data in datas[start : start + batch] for c in tile_crops(preprocess, data)]
+        vectors = embed(crops)
+        parts.append(vectors.reshape(-1, 9, vectors.shape[1]))
+    return np.concatenate(parts)
+
+
+def proposals(vectors: np.ndarray, items: list[Item], k: int, tiles: np.ndarray | None = None) -> set[tuple[int, int]]:
     """Unordered pairs (i < j) proposed by cosine top-k: every photo against the other photos (the
     reference set), every copy against the photos and, apart, against the other photos' copies (so
-    the copies of its own photo, true anyway, do not fill its proposals)."""
+    the copies of its own photo, true anyway, do not fill its proposals). ``tiles`` (n, 9, dim):
+    each group also gets the item's tile proposals (:func:`curation.dedup.tiles.with_tiles`)."""
     sources = np.array([it.source for it in items])
     is_photo = np.array([it.edit is None for it in items])
     sims = vectors @ vectors.T
@@ -136,10 +155,18 @@ def proposals(vectors: np.ndarray, items: list[Item], k: int) -> set[tuple[int, 
     pairs = set()
     for i, item in enumerate(items):
         groups = [is_photo] if item.edit is None else [is_photo, ~is_photo & (sources != item.source)]
+        tile_sims = None if tiles is None else tiles[i] @ vectors.T  # (9, n)
         for allowed in groups:
             row = np.where(allowed, sims[i], -np.inf)
-            for j in np.argpartition(-row, k)[:k]:
-                pairs.add((min(i, int(j)), max(i, int(j))))
+            found = [(int(j), float(row[j])) for j in np.argpartition(-row, k)[:k]]
+            if tile_sims is not None:
+                hits = []
+                for tile_row in np.where(allowed & (np.arange(len(items)) != i), tile_sims, -np.inf):
+                    best = np.argsort(-tile_row)[:TILE_TOP_K]
+                    hits += [(int(j), float(tile_row[j])) for j in best if tile_row[j] >= DEFAULT_COS_FLOOR]
+                found = with_tiles(found, hits)
+            for j, _ in found:
+                pairs.add((min(i, j), max(i, j)))
     return pairs
 
 
@@ -167,21 +194,24 @@ def _pair_counts(items: list[Item]) -> Counter:
     return counts
 
 
-def _recall_table(items, originals, linked_hash, verdicts, proposed) -> list[str]:
+def _recall_table(items, originals, linked_hash, verdicts, proposed, whole, edits) -> list[str]:
     lines = [
-        "| edit | hash | embed+verify | both | proposed (top-k) | band | min inliers (copy) |",
-        "|---|" + "---:|" * 6,
+        "| edit | hash | embed+verify | both | proposed (top-k) | band | min inliers (copy) "
+        "| embed+verify, whole image only | proposed, whole image only |",
+        "|---|" + "---:|" * 8,
     ]
-    for edit in EDITS:
+    for edit in edits:
         rows = [(i, originals[it.source]) for i, it in enumerate(items) if it.edit == edit]
         pairs = [(min(i, o), max(i, o)) for i, o in rows]
         h = np.array([linked_hash[p] for p in pairs], bool)
         v = np.array([p in verdicts and verdicts[p].is_copy for p in pairs], bool)
+        v_whole = np.mean([p in whole and verdicts[p].is_copy for p in pairs])
         band = np.mean([p in verdicts and verdicts[p].kind == "band" for p in pairs])
-        prop = np.mean([p in proposed for p in pairs])
+        prop, prop_whole = np.mean([p in proposed for p in pairs]), np.mean([p in whole for p in pairs])
         inl = [verdicts[p].inliers for p in pairs if p in verdicts and verdicts[p].is_copy]
         lines.append(
-            f"| {edit} | {h.mean():.3f} | {v.mean():.3f} | {(h | v).mean():.3f} | {prop:.3f} | {band:.3f} | {min(inl) if inl else '-'} |"
+            f"| {edit} | {h.mean():.3f} | {v.mean():.3f} | {(h | v).mean():.3f} | {prop:.3f} | {band:.3f} "
+            f"| {min(inl) if inl else '-'} | {v_whole:.3f} | {prop_whole:.3f} |"
         )
     return lines
 
@@ -215,7 +245,17 @@ def _false_table(items, linked_hash, verdicts, totals) -> list[str]:
     return lines
 
 
-def run(pool_size: int, photos: int, k: int, hardest: int, seed: int, workers: int, shared: list[Path]) -> int:
+def run(
+    pool_size: int,
+    photos: int,
+    k: int,
+    hardest: int,
+    seed: int,
+    workers: int,
+    shared: list[Path],
+    edits: list[str] | None = None,
+) -> int:
+    """The tables above; ``edits``: only these edit families (default: all)."""
     from tqdm import tqdm
 
     from curation.inference import Preprocess, load_model
@@ -223,7 +263,10 @@ def run(pool_size: int, photos: int, k: int, hardest: int, seed: int, workers: i
 
     rng = random.Random(seed)
     pool = rng.sample(shared, min(pool_size, len(shared)))
-    tasks = [(s, None) for s in range(len(pool))] + [(s, e) for s in range(min(photos, len(pool))) for e in EDITS]
+    edits = list(edits or EDITS)
+    if set(edits) - set(EDITS):
+        raise SystemExit(f"unknown edits {sorted(set(edits) - set(EDITS))}; choose from {', '.join(EDITS)}")
+    tasks = [(s, None) for s in range(len(pool))] + [(s, e) for s in range(min(photos, len(pool))) for e in edits]
     name, checkpoint = write_checkpoint(REPO / "build" / "weights" / "tf_efficientnet_lite0.pth")
     preprocess = Preprocess(load_model(name, checkpoint, device="cpu").data_config, draft=False)
     times = {}
@@ -238,8 +281,12 @@ def run(pool_size: int, photos: int, k: int, hardest: int, seed: int, workers: i
     start = time.perf_counter()
     vectors = embed([p.crop for p, _ in prepared])
     times["embedding, per item"] = (time.perf_counter() - start) / len(tasks)
+    start = time.perf_counter()
+    tiles = embed_tiles(preprocess, [p.data for p, _ in prepared])
+    times["its 9 tiles' embeddings, per item"] = (time.perf_counter() - start) / len(tasks)
     linked_hash = hash_levels(np.array([p.hashes for p, _ in prepared], dtype=np.uint64))
-    proposed = proposals(vectors, items, k)
+    whole = proposals(vectors, items, k)
+    proposed = proposals(vectors, items, k, tiles)
     orig_idx = np.array(sorted(originals.values()))
     sims = vectors[orig_idx] @ vectors[orig_idx].T
     upper = np.triu_indices(len(orig_idx), 1)
@@ -261,9 +308,9 @@ def run(pool_size: int, photos: int, k: int, hardest: int, seed: int, workers: i
     hard_kinds = Counter(verdicts[p].kind for p in hard)
     hard_max = max((verdicts[p].inliers for p in hard if verdicts[p].kind != "copy"), default=0)
     print(
-        f"seed {seed}: {len(pool)} photos, {len(tasks) - len(pool)} copies of {min(photos, len(pool))} ({len(EDITS)} edits), k = {k}; {len(todo):,} pairs verified\n"
+        f"seed {seed}: {len(pool)} photos, {len(tasks) - len(pool)} copies of {min(photos, len(pool))} ({len(edits)} edits), k = {k}; {len(todo):,} pairs verified ({len(whole | hard):,} without tiles)\n"
     )
-    print("\n".join(_recall_table(items, originals, linked_hash, verdicts, proposed)) + "\n")
+    print("\n".join(_recall_table(items, originals, linked_hash, verdicts, proposed, whole, edits)) + "\n")
     print("\n".join(_false_table(items, linked_hash, verdicts, _pair_counts(items))) + "\n")
     sim_range = (float(sims[upper][closest].min()), float(sims[upper][closest].max()))
     print(

@@ -181,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=20, help="embedding proposals per item (top-k by cosine)")
     parser.add_argument("--hardest", type=int, default=2000, help="closest distinct pairs by embedding to verify")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--edits", help="comma-separated edit families (default: all of dedup_edits.EDITS)")
     args = parser.parse_args(argv)
     if not args.sweep:
         from dedup_matchers import run
 
-        return run(args.pool, args.photos, args.k, args.hardest, args.seed, args.workers, shared_photos())
+        edits = [e for e in (args.edits or "").split(",") if e] or None
+        return run(args.pool, args.photos, args.k, args.hardest, args.seed, args.workers, shared_photos(), edits)
 
     from tqdm import tqdm
 
