@@ -214,3 +214,89 @@ def test_feature_store_compacts_block_by_block_and_keeps_every_vector(tmp_path, 
     assert len(list(store.folder.glob("seg-*.keys.npy"))) == 1 and not list(store.folder.glob("*.tmp"))
     found, vectors = FeatureStore(tmp_path, "m", "abc").get(shas[::-1])
     assert found.all() and vectors[:, 0].tolist() == list(range(6, -1, -1))
+
+
+def _rows(catalog: cat.Catalog) -> dict[str, list[tuple]]:
+    """Links, statuses and possible copies, without ids and timestamps."""
+    tables = {
+        "links": (cat.DuplicateLink, ("sha256", "other", "reference", "hash_kind", "distance", "score")),
+        "statuses": (cat.DedupStatus, ("sha256", "status", "cluster_id", "label_conflict", "reason")),
+        "possible": (cat.PossibleCopy, ("sha256", "other", "reference", "kind", "score")),
+    }
+    with catalog.session() as session:
+        return {
+            name: sorted(tuple(getattr(row, c) for c in columns) for row in session.scalars(select(model)))
+            for name, (model, columns) in tables.items()
+        }
+
+
+def test_bad_input_gets_one_line_each_and_the_run_goes_on(tmp_path, shared, lite0_checkpoint, capsys, monkeypatch):
+    """`curation dedup` (in this process: no second torch start-up), three runs: a reference set added
+    without embeddings beside one imported without images; other weights than the stored features';
+    a reference photo that no longer decodes for ORB. Each: one line, exit 0, nothing lost."""
+    import shutil
+
+    import torch
+
+    from curation.cli import main
+
+    for key in [k for k in os.environ if k.startswith("CURATION_")]:
+        monkeypatch.delenv(key)
+    _, shared_refs, edits = shared
+    refs, data, db = tmp_path / "refs", tmp_path / "data", f"sqlite:///{tmp_path / 'c.sqlite'}"
+    shutil.copytree(shared_refs, refs)
+    catalog = cat.open_catalog(db)
+    reference_sets.add_folder(catalog, data, "val8", refs, workers=1)  # hashed, not embedded
+    reference_sets.export_file(catalog, data, "val8", tmp_path / "val8.npz")
+    reference_sets.import_file(catalog, data, "bare", tmp_path / "val8.npz")  # hashes only, no images here
+    with catalog.session() as session:
+        copies = [add_image(session, data, data_bytes) for data_bytes in edits.values()]
+    state = torch.load(lite0_checkpoint, map_location="cpu")
+    state["classifier.bias"] = state["classifier.bias"] + 1.0  # other weights, the same pre-logit features
+    torch.save(state, tmp_path / "other.pth")
+
+    def dedup(checkpoint: Path, leaked: int) -> list[str]:
+        config = tmp_path / "curation.toml"
+        config.write_text(f'[dedup]\nmodel = "tf_efficientnet_lite0"\ncheckpoint = "{checkpoint}"\ntop_k = 4\n')
+        args = ["--config", str(config), "--db", db, "--data-dir", str(data)]
+        assert main([*args, "dedup", "--against", "val8", "--against", "bare"]) == 0
+        out, err = capsys.readouterr()
+        assert f"{leaked} leaked (against val8, bare)" in out, out + err
+        lines = [line for line in err.splitlines() if line.startswith("dedup:")]
+        bare = f"dedup: reference set 'bare' has no embeddings of tf_efficientnet_lite0@{label(checkpoint)} and no "
+        assert [line for line in lines if "'bare'" in line] == [
+            f"{bare}images here (imported): checked by its hashes alone"
+        ]
+        return [line for line in lines if "'bare'" not in line]
+
+    def label(checkpoint: Path) -> str:
+        from curation.filter.weights import known_weights_hash
+
+        with catalog.session() as session:
+            return known_weights_hash(session, "tf_efficientnet_lite0", str(checkpoint)) or "?"
+
+    assert dedup(lite0_checkpoint, 3) == [
+        f"dedup: reference set 'val8' has no embeddings, not of tf_efficientnet_lite0@{label(lite0_checkpoint)}: "
+        "embedding it now"
+    ]
+    first = _rows(catalog)
+    assert {kind for _, _, ref, kind, *_ in first["links"] if ref == "val8"} == {"embed+orb"}
+    lines = dedup(tmp_path / "other.pth", 3)
+    old, new = (f"tf_efficientnet_lite0@{label(path)}" for path in (lite0_checkpoint, tmp_path / "other.pth"))
+    assert old != new and lines == [
+        f"dedup: reference set 'val8' has embeddings of {old} (8), not of {new}: embedding it now",
+        f"dedup: stored features are of {old}, not the requested {new}: computing 3 embeddings (the stored ones stay)",
+    ]
+    assert _rows(catalog) == first  # the same links, statuses and possible copies under the new weights
+    assert FeatureStore(data, "tf_efficientnet_lite0", label(lite0_checkpoint)).has(copies).all()  # kept
+    # A reference photo damaged after it was embedded; a new copy of it is proposed it (and the crawl's).
+    (refs / REFERENCE[3].name).write_bytes(REFERENCE[3].read_bytes()[:500])
+    img = Image.open(REFERENCE[3]).convert("RGB").resize((454, 454), Image.BICUBIC)
+    with catalog.session() as session:
+        late = add_image(session, data, jpeg(img.crop((0, 60, 400, 454))))
+    (line,) = dedup(tmp_path / "other.pth", 4)  # the new copy joins the leaked cluster by its crawl proofs
+    assert line.startswith(f"dedup: 1 proposal(s) not verified: {REFERENCE[3].name} of reference set 'val8' did ")
+    assert "did not decode for ORB (OSError: " in line and line.endswith("left for review as possible copies")
+    rows = _rows(catalog)
+    assert set(first["links"]) < set(rows["links"])  # every proved link kept
+    assert (late, REFERENCE[3].name, "val8", "embed+orb:no-decode", 0.0) in rows["possible"]

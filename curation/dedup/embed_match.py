@@ -77,7 +77,8 @@ class EmbeddingResult:
     reference_links: dict[str, list[dict]] = field(default_factory=dict)  # set -> duplicate_links rows
     possible: list[dict] = field(default_factory=list)  # possible_copies rows
     proposals: int = 0
-    undecodable: int = 0
+    undecodable: int = 0  # proposals an image of which did not decode for ORB (to review, never links)
+    first_undecodable: tuple[str, str, str | None, str] | None = None  # (query, other, set, reason)
 
 
 class EmbeddingMatcher:
@@ -222,6 +223,7 @@ class EmbeddingMatcher:
         sha, other, cosine, kind, inliers, score, reason = record
         if "decode" in reason:
             result.undecodable += 1
+            result.first_undecodable = result.first_undecodable or (sha, other, name, reason)
         if kind == "copy" and name is None:
             result.edges.append((sha, other))
             for end in (sha, other):

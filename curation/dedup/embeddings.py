@@ -74,13 +74,14 @@ def ensure_features(
     Returns the store, how many were computed now and {key: reason} of the images that could not be
     read. ``store``: another store than the catalog's (a reference set's). ``tiles``: the nine tile
     vectors of each image (:mod:`curation.dedup.tiles`) in the catalog's tile store instead."""
+    catalog_images = store is None and not tiles  # a reference set says its own line (ref_embed.open_index)
     if store is None:
         part = "tiles" if tiles else ""
         store = FeatureStore(data_dir, embedder.spec.model, embedder.weights_hash, part)
     missing = [item for item, have in zip(items, store.has([k for k, _ in items]), strict=True) if not have]
     if not missing:
         return store, 0, {}
-    if store.dim is None and len(store) == 0 and not tiles:
+    if catalog_images and store.dim is None and len(store) == 0:
         _note_other_models(data_dir, embedder, len(missing))
     if embedder.loaded is None:
         reloaded = open_embedder(catalog, embedder.spec, load=True)

@@ -93,10 +93,26 @@ def embedding_round(
         for name, (ref, shas) in references.items()
     }
     result = matcher.run(crawl_queries, indexes)
+    _say_undecodable(result)
     queried: dict[str | None, list[str]] = {None: crawl_queries}
     queried.update({name: shas for name, (index, shas) in indexes.items() if index is not None})
     write_possible(catalog, queried, result.possible)
     return result, Proofs(max_distance, dict(result.proofs))
+
+
+def _say_undecodable(result: EmbeddingResult) -> None:
+    """One line for the proposals that could not be verified because an image did not decode for ORB
+    (a file damaged or gone since it was hashed and embedded): kept for review, never a link."""
+    if result.first_undecodable is None:
+        return
+    query, other, name, reason = result.first_undecodable
+    side, _, why = reason.partition(" did not decode for ORB: ")
+    image = query if side == "query" else f"{other} of reference set {name!r}" if name else other
+    print(
+        f"dedup: {result.undecodable} proposal(s) not verified: {image} did not decode for ORB ({why}); "
+        "left for review as possible copies",
+        file=sys.stderr,
+    )
 
 
 def add_stored_proofs(catalog: Catalog, proofs: Proofs, shas: list[str]) -> None:

@@ -56,11 +56,18 @@ def embed_reference(
 
 
 def _record(catalog: Catalog, name: str, label: str | None, count: int) -> None:
-    from curation.catalog import ReferenceSet, utcnow
+    """Record the set's embeddings, keeping its ``updated_at`` (the column's onupdate would bump it):
+    that dates its hashes, which the set's check signature stands for
+    (:func:`curation.dedup.references.reference_signatures`), and a dedup run that embeds a set checks
+    every image against it already (the model is in the run's rule)."""
+    from sqlalchemy import update
 
+    from curation.catalog import ReferenceSet
+
+    keep = {"updated_at": ReferenceSet.updated_at}
     with catalog.session() as session:
-        row = session.get(ReferenceSet, name)
-        row.embed_model, row.embed_count, row.updated_at = label, count, utcnow()
+        where = ReferenceSet.name == name
+        session.execute(update(ReferenceSet).where(where).values(embed_model=label, embed_count=count, **keep))
 
 
 def open_index(
