@@ -28,7 +28,8 @@ FORMAT = "curation-features-v1"
 # Segments before a writer merges them into one: each look-up maps every segment's keys, and 1 M
 # images in the filter's 512-image chunks would be ~2,000 segments.
 COMPACT_AT = 64
-COMPACT_BLOCK = 65_536  # rows a compaction holds at once (168 MB of float32 at 1280-d)
+COMPACT_BLOCK = 65_536  # rows a compaction holds at once (335 MB of float32 at 1280-d)
+COMPACT_BYTES = 65_536 * 1280 * 4  # ... and at most this many bytes: a tile store's row is 9 x 1280
 
 
 def store_dir(data_dir: Path, model: str, weights_hash: str, part: str = "") -> Path:
@@ -167,7 +168,7 @@ class FeatureStore:
 
     def compact(self) -> None:
         """Merge every segment into one new one, then drop the old ones (a crash in between leaves
-        keys twice, read once). Streams :data:`COMPACT_BLOCK` rows at a time: a reference set of
+        keys twice, read once). Streams :data:`COMPACT_BLOCK` rows (:data:`COMPACT_BYTES`) at a time: a reference set of
         1.28 M Lite0 vectors would otherwise be read whole into 6.6 GB of float32."""
         segments = self._segments()
         if len(segments) < 2:
@@ -177,8 +178,9 @@ class FeatureStore:
         path = self.folder / f"seg-{seg:06d}.vec.npy"
         tmp = path.with_name(path.name + ".tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(keys), self.dim or 0))
-        for start in range(0, len(keys), COMPACT_BLOCK):
-            out[start : start + COMPACT_BLOCK] = self.get(list(keys[start : start + COMPACT_BLOCK].astype(str)))[1]
+        block = max(1, min(COMPACT_BLOCK, COMPACT_BYTES // (4 * (self.dim or 1))))
+        for start in range(0, len(keys), block):
+            out[start : start + block] = self.get(list(keys[start : start + block].astype(str)))[1]
         out.flush()
         del out
         with open(tmp, "rb+") as fh:

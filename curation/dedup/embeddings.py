@@ -133,12 +133,27 @@ def _forward(
             )  # fmt: skip
         else:
             parts = _cluster_parts(embedder, items, executor, no_recheck, bar)
+        pending: list[tuple[list[str], Any]] = []  # parts not stored yet: fewer than EMBED_CHUNK images
         for part in parts:
             span = range(part.start, part.start + len(part.logits))
             good = [i for i in span if i not in part.errors]
             errors.update({keys[i]: part.errors[i] for i in span if i in part.errors})
-            store.append([keys[i] for i in good], part.features[[i - part.start for i in good]])
+            if good:  # (a part whose images all failed has features of no columns)
+                pending.append(([keys[i] for i in good], part.features[[i - part.start for i in good]]))
+            if sum(len(k) for k, _ in pending) >= EMBED_CHUNK:
+                _store(store, pending)
+        _store(store, pending)
     return errors
+
+
+def _store(store: FeatureStore, pending: list[tuple[list[str], Any]]) -> None:
+    """Append the pending parts as one segment (a cluster's parts and the tiles' come in chunks of
+    32-128 images: a segment each would make the store compact 4-16 times as often)."""
+    import numpy as np
+
+    if pending:
+        store.append([k for keys, _ in pending for k in keys], np.concatenate([v for _, v in pending]))
+        pending.clear()
 
 
 def _cluster_parts(embedder: Embedder, items: list[tuple[str, str]], executor: Any, pipeline: dict, bar: Any) -> Any:
