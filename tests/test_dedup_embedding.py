@@ -130,11 +130,11 @@ def test_features_the_filter_wrote_are_reused_without_a_second_forward(
         shas = list(session.scalars(select(cat.Image.sha256)))
         weights = known_weights_hash(session, "tf_efficientnet_lite0", str(lite0_checkpoint))
     assert FeatureStore(tmp_path, "tf_efficientnet_lite0", weights).has(shas).all()
-    forwards = []
+    forwards = []  # whole-image forwards (the tiles' are dedup's own work: curation/dedup/tiles.py)
     monkeypatch.setattr(inference, "iter_logits", lambda *a, **k: forwards.append(a) or iter(()))
-    monkeypatch.setattr(inference, "load_model", lambda *a, **k: forwards.append(a))
     summary = _dedup(catalog, tmp_path, lite0_checkpoint)
     assert forwards == [] and summary.embedded_now == 0 and summary.images == len(shas) == 4
+    assert len(FeatureStore(tmp_path, "tf_efficientnet_lite0", weights, "tiles")) == 4  # one row each
 
 
 def _embed_then_die_slowly(db: str, data_dir: Path, embedder) -> None:
