@@ -3,6 +3,11 @@ set are proposals, and only a proposal the geometric verifier (:mod:`curation.de
 becomes a link. Proposals it scores in the band below its threshold (or cannot decide: too few
 keypoints, no decode) become ``possible_copies`` rows for review; refused ones leave nothing.
 
+A query proposes by its whole image's embedding and by its nine tiles' (:mod:`curation.dedup.tiles`:
+collages, heavy crops). Catalog images are read through the image store (refs from ``[storage]
+images``: a local run's driver fetches the bytes its forked workers verify, a cluster's workers read
+the refs themselves); reference sets are local folders.
+
 The matcher only proposes and proves: clustering (the proved crawl pairs are union-find links beside
 the hash matches), survivors, leak flags, the stored index and the catalog writes stay shared.
 """
