@@ -310,6 +310,29 @@ def test_a_rerun_writes_verdicts_only_for_the_pairs_it_scored(tmp_path, lite0_ch
     assert "verdicts (all-wrong): kept" in rest.stdout and "scored 1 image(s)" in rest.stdout
 
 
+def test_a_run_of_several_pages_scores_every_pair_once(tmp_path, lite0_checkpoint, monkeypatch, capsys):
+    """Pages of 2 pairs (PAGE_PAIRS is 50,000): each page after the first reads from the image reader
+    again (a page once rebound it to a set of SHA-256s and the next page crashed), and the run's
+    summary counts each image once across pages."""
+    from curation.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(SAMPLES.glob("*.JPEG"))[:7]:
+        shutil.copy(path, photos / path.name)
+    assert _cli(tmp_path, "crawl", "--folder", str(photos)).returncode == 0
+    for key in [k for k in os.environ if k.startswith("CURATION_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr("curation.filter.scoring.PAGE_PAIRS", 2)
+    args = ["--db", f"sqlite:///{tmp_path / 'catalog.sqlite'}", "--data-dir", str(tmp_path / "data")]
+    model = ["--model", "tf_efficientnet_lite0", "--checkpoint", str(lite0_checkpoint), "--device", "cpu"]
+    assert main([*args, "filter", *model, "--workers", "0"]) == 0
+    assert "scored 7 image(s)" in capsys.readouterr().out
+    con = _db(tmp_path)
+    assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM predictions").fetchone() == (7, 7)
+    assert con.execute("SELECT count(*) FROM filter_verdicts").fetchone()[0] == 7
+
+
 def test_class_outside_the_label_space_is_refused(tmp_path, lite0_checkpoint):
     added = _cli(tmp_path, "classes", "add", "n00007846")  # "person": ImageNet-21k only
     assert added.returncode == 0, added.stderr
