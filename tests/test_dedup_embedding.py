@@ -300,3 +300,14 @@ def test_bad_input_gets_one_line_each_and_the_run_goes_on(tmp_path, shared, lite
     rows = _rows(catalog)
     assert set(first["links"]) < set(rows["links"])  # every proved link kept
     assert (late, REFERENCE[3].name, "val8", "embed+orb:no-decode", 0.0) in rows["possible"]
+    # Back to the first weights: a new rule, so every image is checked again, the damaged photo's proved
+    # links included. They stand (one line); nothing is un-leaked.
+    embedded, line = dedup(lite0_checkpoint, 4)
+    assert embedded == f"dedup: reference set 'val8' has embeddings of {new} (8), not of {old}: embedding it now"
+    assert line.startswith("dedup: 4 proposal(s) not verified: ") and line.endswith(
+        "; 3 kept their stored proved links"
+    )
+    again = _rows(catalog)
+    assert again["statuses"] == rows["statuses"]  # (a crawl link's proof may be a better one now)
+    assert [link for link in again["links"] if link[2]] == [link for link in rows["links"] if link[2]]
+    assert not [row for row in again["possible"] if row[1] == REFERENCE[3].name and row[0] != late]

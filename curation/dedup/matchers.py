@@ -93,24 +93,59 @@ def embedding_round(
         for name, (ref, shas) in references.items()
     }
     result = matcher.run(crawl_queries, indexes)
-    _say_undecodable(result)
+    kept = _keep_unverifiable_leaks(catalog, result)
+    _say_undecodable(result, kept)
     queried: dict[str | None, list[str]] = {None: crawl_queries}
     queried.update({name: shas for name, (index, shas) in indexes.items() if index is not None})
     write_possible(catalog, queried, result.possible)
     return result, Proofs(max_distance, dict(result.proofs))
 
 
-def _say_undecodable(result: EmbeddingResult) -> None:
+def _keep_unverifiable_leaks(catalog: Catalog, result: EmbeddingResult) -> int:
+    """A stored proved reference link whose pair cannot be verified now (an image did not decode for
+    ORB: damaged or gone since it was proved) stands, instead of becoming a possible copy: a run that
+    checks every image again (a new rule, a changed set) would otherwise drop it and un-leak its
+    cluster. Returns how many were kept."""
+    from sqlalchemy import select
+
+    from curation.catalog import DuplicateLink
+
+    unverified = [row for row in result.possible if row["reference"] and row["kind"].endswith(":no-decode")]
+    if not unverified:
+        return 0
+    stored: dict[tuple[str, str, str], dict] = {}
+    columns = (DuplicateLink.sha256, DuplicateLink.other, DuplicateLink.reference, DuplicateLink.distance)
+    with catalog.session() as session:
+        for part in chunks(sorted({row["sha256"] for row in unverified})):
+            where = (
+                DuplicateLink.sha256.in_(part),
+                DuplicateLink.reference.is_not(None),
+                DuplicateLink.hash_kind == KIND,
+            )
+            for sha, other, name, inliers, score in session.execute(
+                select(*columns, DuplicateLink.score).where(*where)
+            ):
+                link = {"sha256": sha, "other": other, "reference": name, "hash_kind": KIND, "distance": inliers}
+                stored[(sha, other, name)] = {**link, "score": score}
+    keys = [(row["sha256"], row["other"], row["reference"]) for row in unverified]
+    for key in dict.fromkeys(k for k in keys if k in stored):
+        result.reference_links.setdefault(key[2], []).append(stored[key])
+    result.possible = [row for row in result.possible if (row["sha256"], row["other"], row["reference"]) not in stored]
+    return sum(key in stored for key in keys)
+
+
+def _say_undecodable(result: EmbeddingResult, kept: int) -> None:
     """One line for the proposals that could not be verified because an image did not decode for ORB
-    (a file damaged or gone since it was hashed and embedded): kept for review, never a link."""
+    (a file damaged or gone since it was hashed and embedded): kept for review, never a new link."""
     if result.first_undecodable is None:
         return
     query, other, name, reason = result.first_undecodable
     side, _, why = reason.partition(" did not decode for ORB: ")
     image = query if side == "query" else f"{other} of reference set {name!r}" if name else other
+    stood = f"; {kept} kept their stored proved links" if kept else ""
     print(
         f"dedup: {result.undecodable} proposal(s) not verified: {image} did not decode for ORB ({why}); "
-        "left for review as possible copies",
+        f"left for review as possible copies{stood}",
         file=sys.stderr,
     )
 
