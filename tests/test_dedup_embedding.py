@@ -311,3 +311,12 @@ def test_bad_input_gets_one_line_each_and_the_run_goes_on(tmp_path, shared, lite
     assert again["statuses"] == rows["statuses"]  # (a crawl link's proof may be a better one now)
     assert [link for link in again["links"] if link[2]] == [link for link in rows["links"] if link[2]]
     assert not [row for row in again["possible"] if row[1] == REFERENCE[3].name and row[0] != late]
+    # Its weights gone, the embedding matcher cannot run: re-clustering by the hashes alone would drop
+    # every link it proved, so the run stops with one line and decides nothing (exit 1, a config error).
+    config = tmp_path / "curation.toml"
+    config.write_text(f'[dedup]\nmodel = "tf_efficientnet_lite0"\ncheckpoint = "{tmp_path / "gone.pth"}"\n')
+    assert main(["--config", str(config), "--db", db, "--data-dir", str(data), "dedup", "--against", "val8"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("curation: error: the stored clusters hold links the embedding matcher")
+    assert len(err.splitlines()) == 1 and f"checkpoint not found: {tmp_path / 'gone.pth'}" in err
+    assert _rows(catalog) == again

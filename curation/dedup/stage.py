@@ -59,10 +59,12 @@ def run_stage(
 
         executor = LocalExecutor()
     images = images or ImageReader(str(Path(data_dir).absolute() / "images"), StorageOptions.retry_seconds)
+    with catalog.session() as session:
+        made_by = session.get(Meta, RULE_META)  # a matcher that cannot run stops here if it made them
+    matcher = open_embedding(catalog, data_dir, embedding, executor, workers, images, made_by and made_by.value)
     hashed_now, rehashed, failures = hash_new_images(catalog, images, workers, orientations, executor)
     rule = f"pHash <= {max_distance}, dHash <= {max_distance + margin}, {orientations} orientations"
     match = Match(max_distance, margin, orientations, rule)
-    matcher = open_embedding(catalog, data_dir, embedding, executor, workers, images)
     decided = rule if matcher is None else f"{rule}; {matcher.label}"  # what stored clusters were made by
     with catalog_lock(catalog.engine, "dedup"):  # one run at a time owns the stored index
         with catalog.session() as session:
