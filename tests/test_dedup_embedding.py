@@ -231,9 +231,12 @@ def _rows(catalog: cat.Catalog) -> dict[str, list[tuple]]:
 
 
 def test_bad_input_gets_one_line_each_and_the_run_goes_on(tmp_path, shared, lite0_checkpoint, capsys, monkeypatch):
-    """`curation dedup` (in this process: no second torch start-up), three runs: a reference set added
-    without embeddings beside one imported without images; other weights than the stored features';
-    a reference photo that no longer decodes for ORB. Each: one line, exit 0, nothing lost."""
+    """`curation dedup` in this process (no second torch start-up), five steps, each one line:
+    a reference set added without embeddings (embedded now) beside one imported without images (its
+    hashes alone); other weights than the stored features' (computed anew, the old ones kept, the same
+    links); a reference photo that no longer decodes for ORB, first for a new copy, then in a run that
+    checks every image again (its proved links stand); the weights gone (exit 1, nothing decided).
+    Exit 0 but for the last, and nothing lost."""
     import shutil
 
     import torch
