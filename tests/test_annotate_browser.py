@@ -30,6 +30,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def watched_page(browser, width: int = 1280, height: int = 800) -> tuple:
+    """A new page and the lists its alert dialogs (dismissed) and script or console errors land in."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return page, dialogs, errors
+
+
 @pytest.fixture
 def review(tmp_path: Path) -> ReviewCatalog:
     return build_review_catalog(tmp_path / "review")
@@ -42,12 +53,7 @@ def test_keyboard_review_undo_and_reload(review, tmp_path):
     cfg = ReviewConfig(catalog=catalog, data_dir=review.data_dir)
     with serving_in_thread(cfg) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page, dialogs, errors = watched_page(browser)
         requests_seen: list[str] = []
         page.on("request", lambda r: requests_seen.append(r.url))
 
@@ -161,10 +167,7 @@ def test_grid_pages_by_keyboard_and_mouse_with_undo(classes, tmp_path):
     cfg = ReviewConfig(catalog=catalog, data_dir=classes.data_dir, grid_size=8)
     with serving_in_thread(cfg) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 600, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page, _, errors = watched_page(browser, 600, 900)
         requests_seen: list[str] = []
         page.on("request", lambda r: requests_seen.append(r.url))
         thumbs = page.locator("#grid .thumb")

@@ -6,25 +6,17 @@ statuses from `curation dedup`, with no image under the s3 run's data folder. Bo
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 from conftest import SAMPLES
 from PIL import Image
+from test_store_stages import sorted_rows
 
 from curation.cli import main
 
 LINKS = "SELECT sha256, other, reference, hash_kind, distance, round(score, 6) FROM duplicate_links"
 POSSIBLE = "SELECT sha256, other, reference, kind, round(score, 6) FROM possible_copies"
 STATUSES = "SELECT sha256, status, cluster_id FROM dedup_status"
-
-
-def _rows(db: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return sorted(con.execute(sql).fetchall())
-    finally:
-        con.close()
 
 
 def _folder(root: Path) -> Path:
@@ -56,8 +48,8 @@ def test_dedup_embedding_on_s3_gives_the_file_store_links(tmp_path, s3_env, lite
         assert main([*common, "dedup", "--workers", "2"]) == 0
         runs[name] = tmp_path / f"{name}.sqlite"
     assert not (tmp_path / "s3" / "images").exists()  # every image came from the object store
-    links = _rows(runs["file"], LINKS)
+    links = sorted_rows(runs["file"], LINKS)
     assert [link for link in links if link[3].startswith("embed+")], links  # the crop, proved
-    assert _rows(runs["s3"], LINKS) == links
-    assert _rows(runs["s3"], POSSIBLE) == _rows(runs["file"], POSSIBLE)
-    assert _rows(runs["s3"], STATUSES) == _rows(runs["file"], STATUSES)
+    assert sorted_rows(runs["s3"], LINKS) == links
+    assert sorted_rows(runs["s3"], POSSIBLE) == sorted_rows(runs["file"], POSSIBLE)
+    assert sorted_rows(runs["s3"], STATUSES) == sorted_rows(runs["file"], STATUSES)

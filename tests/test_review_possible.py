@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, insert, select
 from test_annotate import ReviewCatalog
-from test_annotate_browser import CHROMIUM, CHROMIUM_ARGS
+from test_annotate_browser import CHROMIUM, CHROMIUM_ARGS, watched_page
 from test_review_api import start, widened
 
 from curation import catalog as cat
@@ -119,11 +119,7 @@ def test_pages_show_an_escaped_possible_copy_note_and_mark_the_grid(classes):
     plain = next(pair for pair in classes.queue if pair[0] != query)
     with serving_in_thread(ReviewConfig(catalog=catalog, data_dir=classes.data_dir)) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page, dialogs, errors = watched_page(browser)
         loaded: dict[str, int] = {}
         page.on("response", lambda r: loaded.__setitem__(r.url, r.status))
 

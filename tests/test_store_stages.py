@@ -58,7 +58,7 @@ def _accept_everything(db: Path) -> None:
     con.close()
 
 
-def _rows(db: Path, sql: str) -> list[tuple]:
+def sorted_rows(db: Path, sql: str) -> list[tuple]:
     con = sqlite3.connect(db)
     try:
         return sorted(con.execute(sql).fetchall())
@@ -83,19 +83,21 @@ def test_s3_store_gives_the_file_store_results(crawled, s3_env, lite0_checkpoint
     s3_run = ["--db", str(s3_db), "--data-dir", str(crawled / "s3-data")]
     assert main([*s3_run, "crawl", "--folder", str(crawled / "photos")]) == 0
     assert sorted(key for key, _ in s3.list() if sha_of_key(key)) == sorted(
-        p[len("images/") :] for p, *_ in _rows(s3_db, IMAGES)
+        p[len("images/") :] for p, *_ in sorted_rows(s3_db, IMAGES)
     )
-    assert _rows(local_db, IMAGES) == _rows(s3_db, IMAGES) and _rows(local_db, CANDIDATES) == _rows(s3_db, CANDIDATES)
+    assert sorted_rows(local_db, IMAGES) == sorted_rows(s3_db, IMAGES) and sorted_rows(
+        local_db, CANDIDATES
+    ) == sorted_rows(s3_db, CANDIDATES)
 
     _stages(s3_db, crawled / "s3-data", lite0_checkpoint, f"s3://images/{crawled.name}/releases")
     assert not (crawled / "s3-data" / "images").exists()  # every image went to and came from the object store
     monkeypatch.delenv("CURATION_STORAGE_IMAGES")
     _stages(local_db, crawled / "file", lite0_checkpoint, str(crawled / "out"))
 
-    verdicts = _rows(local_db, VERDICTS)
-    assert verdicts == _rows(s3_db, VERDICTS) and sum(kept for *_, kept in verdicts) >= 4
-    clusters = _rows(local_db, CLUSTERS)
-    assert clusters == _rows(s3_db, CLUSTERS) and any(status == "duplicate" for _, status, *_ in clusters)
+    verdicts = sorted_rows(local_db, VERDICTS)
+    assert verdicts == sorted_rows(s3_db, VERDICTS) and sum(kept for *_, kept in verdicts) >= 4
+    clusters = sorted_rows(local_db, CLUSTERS)
+    assert clusters == sorted_rows(s3_db, CLUSTERS) and any(status == "duplicate" for _, status, *_ in clusters)
     releases = open_store(f"s3://images/{crawled.name}/releases")
     archive = (crawled / "out" / "imagenet-a-rebuilt.tar.gz").read_bytes()
     assert releases.get("imagenet-a-rebuilt.tar.gz") == archive
@@ -128,14 +130,14 @@ def _review_page_serves_from(db: Path, url: str, gone: str) -> None:
 
     cfg = ReviewConfig(catalog=open_catalog(f"sqlite:///{db}"), data_dir=db.parent, images=ImageReader(url, 5.0))
     client = create_app(cfg).test_client()
-    sha = next(sha for _, sha, *_ in _rows(db, IMAGES) if sha != Path(gone).stem)
+    sha = next(sha for _, sha, *_ in sorted_rows(db, IMAGES) if sha != Path(gone).stem)
     served = client.get(f"/image/{sha}")
     assert served.status_code == 200 and hashlib.sha256(served.data).hexdigest() == sha
     assert client.get(f"/image/{Path(gone).stem}").status_code == 404
 
 
 def _released(db: Path, key: str) -> bool:
-    return bool(_rows(db, f"SELECT 1 FROM release_items WHERE sha256 = '{Path(key).stem}'"))
+    return bool(sorted_rows(db, f"SELECT 1 FROM release_items WHERE sha256 = '{Path(key).stem}'"))
 
 
 def test_missing_object_is_the_images_failure(crawled, s3_env, lite0_checkpoint):

@@ -154,14 +154,7 @@
     const link = $("page-link");
     if (it.page_url) link.href = it.page_url; // http(s) only: checked by the server
     else link.removeAttribute("href");
-    const crop = $("crop");
-    if (it.crop) {
-      crop.style.left = it.crop.left + "%";
-      crop.style.top = it.crop.top + "%";
-      crop.style.width = it.crop.width + "%";
-      crop.style.height = it.crop.height + "%";
-    }
-    crop.hidden = !(showCrop && it.crop);
+    window.placeCrop($("crop"), it.crop, showCrop);
     const mine = votes.get(keyOf(it));
     $("current").textContent = mine ? "your verdict: " + LABELS[mine] + " (press a key to change it)" : "";
     $("note").value = it.note || "";

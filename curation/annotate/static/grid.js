@@ -275,14 +275,7 @@
       photo.style.width = Math.max(1, Math.floor(it.width * scale)) + "px";
       photo.style.height = Math.max(1, Math.floor(it.height * scale)) + "px";
     }
-    const crop = $("crop");
-    if (it.crop) {
-      crop.style.left = it.crop.left + "%";
-      crop.style.top = it.crop.top + "%";
-      crop.style.width = it.crop.width + "%";
-      crop.style.height = it.crop.height + "%";
-    }
-    crop.hidden = !(showCrop && it.crop);
+    window.placeCrop($("crop"), it.crop, showCrop);
     $("predictions").replaceChildren(...it.predictions.map((p) => {
       const li = document.createElement("li");
       const conf = p.confidence == null ? "?" : Math.round(100 * p.confidence) + "%";
