@@ -320,6 +320,8 @@ def seed_run(seed: int, photos, pre, checkpoint: Path, work: Path, reviewers: in
     }
     for name, flow in flows.items():
         copy = root / f"{name}.sqlite"
+        for stale in (copy.with_name(copy.name + "-wal"), copy.with_name(copy.name + "-shm")):
+            stale.unlink(missing_ok=True)  # a killed run's WAL over a fresh copy reads as a malformed database
         shutil.copy(root / "catalog.sqlite", copy)
         run, outcome = run_flow(f"sqlite:///{copy}", root / "data", truth, accuracy, seed, reviewers=reviewers, **flow)
         metrics = order_metrics(run, truth, outcome["facts"])
