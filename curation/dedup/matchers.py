@@ -18,6 +18,7 @@ from curation.dedup.config import EmbeddingSpec
 from curation.dedup.embed_match import KIND, EmbeddingMatcher, EmbeddingResult, write_possible
 from curation.dedup.hash_table import chunks
 from curation.errors import CurationError
+from curation.hub import hub_reachable
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -66,7 +67,7 @@ def _no_weights(catalog: Catalog, spec: EmbeddingSpec) -> str | None:
     with catalog.session() as session:
         if known_weights_hash(session, spec.model, None) is not None:
             return None
-    if _hub_reachable():
+    if hub_reachable():
         return None
     return (
         f"no local weights of {spec.model} (the hub is unreachable): set [dedup] checkpoint or "
@@ -179,20 +180,3 @@ def stored_proofs(catalog: Catalog, shas: list[str]) -> dict[str, tuple[int, flo
             for sha, inliers, score in session.execute(select(*columns).where(*where)):
                 found[sha] = (int(inliers), float(score or 0.0))
     return found
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """curation.inference.hub_reachable without importing torch (4 s here): offline mode answers at once."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return False
-    parts = urlsplit(constants.ENDPOINT)
-    try:
-        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from curation.errors import CurationError
+from curation.hub import hub_reachable
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -97,25 +98,6 @@ def label_space(model: torch.nn.Module) -> list[str]:
         return []
     wnids = list(ImageNetInfo(subset).label_names())
     return wnids if len(wnids) == getattr(model, "num_classes", len(wnids)) else []
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a TCP connection within ``timeout``
-    seconds; False at once in offline mode (``HF_HUB_OFFLINE=1``)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return False
-    parts = urlsplit(constants.ENDPOINT)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 @contextmanager
