@@ -39,8 +39,7 @@ from curation.catalog import Catalog, Image, Meta
 from curation.errors import CurationError
 from curation.kinds import catalog_kind
 from curation.store.base import StoreError
-from curation.store.location import StorageOptions
-from curation.store.reader import ImageReader, ReadFailed
+from curation.store.reader import ImageReader, ReadFailed, local_reader
 
 BATCH = 20
 TOKEN_COOKIE = "curation_token"
@@ -161,7 +160,7 @@ def create_app(cfg: ReviewConfig) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
     )
-    images = cfg.images or ImageReader(str(cfg.data_dir.resolve() / "images"), StorageOptions.retry_seconds)
+    images = cfg.images or local_reader(cfg.data_dir)
     with cfg.catalog.session() as s:
         kind = catalog_kind(s)
     verdict_ui = kind_verdict_ui(kind)

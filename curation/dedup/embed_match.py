@@ -28,7 +28,7 @@ from curation.dedup.keypoints import TILES
 from curation.dedup.ref_index import exact_top_k, normalise
 from curation.dedup.tiles import TILE_EXTRA, TILE_TOP_K, tile_vectors, with_tiles
 from curation.dedup.writes import EMBED_KIND
-from curation.store.reader import ImageReader, ImageRef
+from curation.store.reader import ImageReader, ImageRef, local_reader
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -101,11 +101,9 @@ class EmbeddingMatcher:
         workers: int,
         images: ImageReader | None = None,
     ) -> None:
-        from curation.store.location import StorageOptions
-
         self.catalog, self.data_dir, self.spec = catalog, Path(data_dir), spec
         self.executor, self.workers = executor, workers
-        self.images = images or ImageReader(str(self.data_dir.absolute() / "images"), StorageOptions.retry_seconds)
+        self.images = images or local_reader(self.data_dir)
         self.embedder: Embedder = open_embedder(catalog, spec)
         self.embedded_now = 0
         self.unreadable = 0

@@ -16,8 +16,7 @@ from curation.dedup.rerun import cluster_new
 from curation.dedup.summary import Summary, summarise
 from curation.dedup.writes import no_statuses, status_row, write_changes, write_clusters
 from curation.errors import CurationError
-from curation.store.location import StorageOptions
-from curation.store.reader import ImageReader
+from curation.store.reader import ImageReader, local_reader
 
 if TYPE_CHECKING:
     from curation.catalog import Catalog
@@ -58,7 +57,7 @@ def run_stage(
         from curation.engine.local import LocalExecutor
 
         executor = LocalExecutor()
-    images = images or ImageReader(str(Path(data_dir).absolute() / "images"), StorageOptions.retry_seconds)
+    images = images or local_reader(data_dir)
     with catalog.session() as session:
         made_by = session.get(Meta, RULE_META)  # a matcher that cannot run stops here if it made them
     matcher = open_embedding(catalog, data_dir, embedding, executor, workers, images, made_by and made_by.value)

@@ -95,6 +95,13 @@ Item = ImageRef | Path | str  # what a decoder reads: a stored image or a local 
 Source = bytes | Path | str | Exception  # its bytes (a stored image), its path (a local file) or why not
 
 
+def local_reader(data_dir: Path | str) -> ImageReader:
+    """The default image store: the folder ``<data_dir>/images``, with the default retry time."""
+    from curation.store.location import StorageOptions
+
+    return ImageReader(str(Path(data_dir).absolute() / "images"), StorageOptions.retry_seconds)
+
+
 def open_reader(settings: Any, flags: Any = None, check: bool = True, cluster: Any = None) -> ImageReader:
     """The run's image reader from ``[storage]``; with ``check``, an object store is preflighted first
     (write, read back and delete one object beside the images) by this machine and every node of
